@@ -1,0 +1,69 @@
+"""``worldvla`` command line: a thin dispatcher.
+
+Each sub-command lives in ``worldvla.commands.<module>`` and exposes ``main(argv) -> int``;
+it parses its arguments into a config and calls one library function. Errors the user can
+fix (:class:`worldvla.errors.WorldVLAError`) are printed as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from worldvla.errors import WorldVLAError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("collect", "run scripted experts and write demonstrations to HDF5"),
+    "train-tokenizer": ("train_tokenizer", "train the VQ image tokenizer on an episode store"),
+    "tokenize": ("tokenize", "encode an episode store into a token cache"),
+    "train": ("train", "train the action world model"),
+    "eval-policy": ("eval_policy", "closed-loop success rate in simulation"),
+    "eval-world": ("eval_world", "world-model rollouts: PSNR / SSIM / LPIPS / FVD"),
+    "report": ("report", "write report.md / report.html for a run directory"),
+    "quickstart": ("quickstart", "collect -> tokenizer -> tokenize -> train -> evaluate -> report"),
+    "ablate": ("ablate", "reproduce the paper's ablations"),
+    "serve": ("serve", "serve a policy over websockets (msgpack)"),
+    "ingest-libero": ("ingest_libero", "convert official LIBERO demonstrations"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: worldvla <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'worldvla <command> --help' for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"worldvla: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"worldvla.commands.{COMMANDS[name][0]}")
+    except ModuleNotFoundError as e:
+        if e.name == f"worldvla.commands.{COMMANDS[name][0]}":
+            print(f"worldvla: command {name!r} is not available in this version", file=sys.stderr)
+            return 2
+        raise
+    try:
+        return int(module.main(rest) or 0)
+    except WorldVLAError as e:
+        print(f"worldvla {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldvla {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

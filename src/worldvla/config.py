@@ -1,0 +1,79 @@
+"""Model configuration: a typed, frozen dataclass with named presets.
+
+Every preset has a tiny sibling that tests and laptops run in seconds (``tiny``). Other
+subsystems keep their own frozen configs next to their code (tokenizers, data, training);
+:mod:`worldvla.presets` composes them into the named experiment presets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from worldvla.utils.registry import lookup
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only transformer in the Chameleon/Llama style (RMSNorm, RoPE, SwiGLU)."""
+
+    vocab_size: int = 1280
+    d_model: int = 384
+    n_layers: int = 6
+    n_heads: int = 6
+    n_kv_heads: int | None = None  # None = n_heads (no grouped-query attention)
+    ffn_hidden: int = 1024  # SwiGLU inner width
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    qk_norm: bool = False  # Chameleon-7B uses QK-norm for stability in mixed-modal training
+    dropout: float = 0.0  # residual dropout (reference recipe: 0.05)
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and f.name not in ("dropout",) and v <= 0:
+                raise ValueError(f"ModelConfig.{f.name} must be > 0, got {v}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.kv_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    def with_vocab(self, vocab_size: int) -> ModelConfig:
+        return replace(self, vocab_size=vocab_size)
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # Tests: well under 1M parameters.
+    "tiny": ModelConfig(d_model=64, n_layers=2, n_heads=4, ffn_hidden=176, max_seq_len=512),
+    # The CPU default for the embedded Meta-World benchmark (~12M parameters).
+    "small": ModelConfig(d_model=384, n_layers=6, n_heads=6, ffn_hidden=1024, max_seq_len=1024),
+    # Shape of the reference model (Chameleon-7B); built on the meta device in tests.
+    "chameleon-7b": ModelConfig(
+        vocab_size=65536,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        ffn_hidden=11008,
+        max_seq_len=4096,
+        qk_norm=True,
+        dropout=0.05,
+    ),
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    return lookup(MODEL_PRESETS, name, "model preset")

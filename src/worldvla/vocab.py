@@ -1,0 +1,230 @@
+"""The one place that knows token ids.
+
+WorldVLA reads and writes a single stream of ids that mixes text, image codes and action
+bins (SPEC §2). Every other module asks a :class:`Vocab` for ids and ranges; no literal id
+appears anywhere else in the package.
+
+Two layouts are provided:
+
+``Vocab.build(VocabConfig(...))`` — the compact layout used by models trained with this
+package. Ids, in order::
+
+    0 PAD   1 BOS   2 SEP (end of turn)   3 BOI   4 EOI   5 ROW_SEP   6 BOA   7 EOA
+    8 .. 8+max_grid          grid-size tokens  (grid token n says "n rows" / "n columns")
+    text_start ..            text tokens       (text_size ids, e.g. 256 bytes)
+    image_start ..           image codes       (image_codes ids, code c -> image_start + c)
+    action_start ..          action bins       (action_bins ids, bin b -> action_start + b)
+    .. size                  unused padding up to a multiple of ``pad_to_multiple``
+
+``Vocab.chameleon_reference()`` — the layout of the reference Chameleon-based checkpoints
+(65,536 ids): image codes 4–8195, EOI 8196, BOI 8197, SEP 8710, row separator 8803, grid
+token 8804+n, BOA 10004, EOA 15004, action bins 10006–10261. There the BPE text tokenizer
+owns the whole id space, so the text range overlaps the carved-out image and action ranges.
+
+Functions here work on Python ints, numpy arrays and torch tensors alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+ArrayLike = TypeVar("ArrayLike")
+
+SPECIAL_NAMES = ("pad", "bos", "sep", "boi", "eoi", "row_sep", "boa", "eoa")
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """Sizes from which the compact layout is built."""
+
+    text_size: int = 256  # byte-level text tokenizer by default
+    image_codes: int = 512
+    action_bins: int = 256
+    max_grid: int = 64  # largest image grid side (rows or columns) that can be announced
+    pad_to_multiple: int = 64  # round the vocabulary up so the output matmul is aligned
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"VocabConfig.{f.name} must be >= 1, got {getattr(self, f.name)}")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token id layout. Build with :meth:`build` or :meth:`chameleon_reference`."""
+
+    name: str
+    size: int
+    pad: int
+    bos: int
+    sep: int
+    boi: int
+    eoi: int
+    row_sep: int
+    boa: int
+    eoa: int
+    grid_start: int
+    max_grid: int
+    text_start: int
+    text_size: int
+    image_start: int
+    image_codes: int
+    action_start: int
+    action_bins: int
+
+    def __post_init__(self) -> None:
+        specials = [getattr(self, n) for n in SPECIAL_NAMES]
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"vocab {self.name!r}: special ids are not distinct: {specials}")
+        ranges = {
+            "image": (self.image_start, self.image_start + self.image_codes),
+            "action": (self.action_start, self.action_start + self.action_bins),
+            "grid": (self.grid_start, self.grid_start + self.max_grid + 1),
+        }
+        names = list(ranges)
+        for i, a in enumerate(names):
+            lo, hi = ranges[a]
+            if lo < 0 or hi > self.size:
+                raise ValueError(f"vocab {self.name!r}: {a} range [{lo}, {hi}) outside [0, {self.size})")
+            for s_name, s in zip(SPECIAL_NAMES, specials):
+                if lo <= s < hi:
+                    raise ValueError(f"vocab {self.name!r}: special {s_name}={s} inside the {a} range")
+            for b in names[i + 1 :]:
+                lo2, hi2 = ranges[b]
+                if lo < hi2 and lo2 < hi:
+                    raise ValueError(f"vocab {self.name!r}: {a} and {b} ranges overlap")
+        if self.text_start < 0 or self.text_start + self.text_size > self.size:
+            raise ValueError(f"vocab {self.name!r}: text range outside the vocabulary")
+        if any(not 0 <= s < self.size for s in specials):
+            raise ValueError(f"vocab {self.name!r}: a special id is outside [0, {self.size})")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, cfg: VocabConfig | None = None) -> Vocab:
+        cfg = cfg or VocabConfig()
+        grid_start = len(SPECIAL_NAMES)
+        text_start = grid_start + cfg.max_grid + 1
+        image_start = text_start + cfg.text_size
+        action_start = image_start + cfg.image_codes
+        used = action_start + cfg.action_bins
+        size = -(-used // cfg.pad_to_multiple) * cfg.pad_to_multiple
+        return cls(
+            name="worldvla",
+            size=size,
+            **{n: i for i, n in enumerate(SPECIAL_NAMES)},
+            grid_start=grid_start,
+            max_grid=cfg.max_grid,
+            text_start=text_start,
+            text_size=cfg.text_size,
+            image_start=image_start,
+            image_codes=cfg.image_codes,
+            action_start=action_start,
+            action_bins=cfg.action_bins,
+        )
+
+    @classmethod
+    def chameleon_reference(cls) -> Vocab:
+        """Layout of the reference WorldVLA / Chameleon-7B checkpoints (see module docstring)."""
+        return cls(
+            name="chameleon-reference",
+            size=65536,
+            bos=0,  # Chameleon "<s>"
+            pad=1,  # Chameleon "<pad>"
+            image_start=4,
+            image_codes=8192,
+            eoi=8196,
+            boi=8197,
+            sep=8710,  # "<reserved08706>", the reference's end-of-turn separator
+            row_sep=8803,
+            grid_start=8804,
+            max_grid=64,
+            boa=10004,
+            eoa=15004,
+            action_start=10006,
+            action_bins=256,
+            text_start=0,  # the BPE owns the whole space; image/action ids are carved out of it
+            text_size=65536,
+        )
+
+    # ------------------------------------------------------------------ id <-> value maps
+    def image_ids(self, codes: ArrayLike) -> ArrayLike:
+        """Image code(s) in [0, image_codes) -> token id(s)."""
+        return codes + self.image_start
+
+    def image_codes_of(self, ids: ArrayLike) -> ArrayLike:
+        """Token id(s) of image codes -> code(s) in [0, image_codes)."""
+        return ids - self.image_start
+
+    def action_ids(self, bins: ArrayLike) -> ArrayLike:
+        """Action bin(s) in [0, action_bins) -> token id(s)."""
+        return bins + self.action_start
+
+    def action_bins_of(self, ids: ArrayLike) -> ArrayLike:
+        """Token id(s) of action bins -> bin(s) in [0, action_bins)."""
+        return ids - self.action_start
+
+    def text_ids(self, tokens: ArrayLike) -> ArrayLike:
+        """Text tokenizer ids in [0, text_size) -> token id(s)."""
+        return tokens + self.text_start
+
+    def text_tokens_of(self, ids: ArrayLike) -> ArrayLike:
+        return ids - self.text_start
+
+    def grid_id(self, n: int) -> int:
+        """Token announcing a grid side of ``n`` codes."""
+        if not 1 <= n <= self.max_grid:
+            raise ValueError(f"grid side {n} outside [1, {self.max_grid}] for vocab {self.name!r}")
+        return self.grid_start + n
+
+    # ------------------------------------------------------------------ predicates
+    def is_image_code(self, ids: ArrayLike) -> ArrayLike:
+        return (ids >= self.image_start) & (ids < self.image_start + self.image_codes)
+
+    def is_action_bin(self, ids: ArrayLike) -> ArrayLike:
+        return (ids >= self.action_start) & (ids < self.action_start + self.action_bins)
+
+    def is_text(self, ids: ArrayLike) -> ArrayLike:
+        return (ids >= self.text_start) & (ids < self.text_start + self.text_size)
+
+    @property
+    def specials(self) -> dict[str, int]:
+        return {n: getattr(self, n) for n in SPECIAL_NAMES}
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Vocab:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        missing = known - set(d)
+        if unknown or missing:
+            raise ValueError(f"vocab dict does not match: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        from worldvla.utils.io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read vocabulary: {e}") from e
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: invalid vocabulary: {e}") from e
+
+    def fingerprint(self) -> str:
+        """Short hash of the layout; checkpoints and caches record it."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
