@@ -1,0 +1,217 @@
+"""Serialize frames and actions into the WorldVLA token stream and build training samples.
+
+Layouts (SPEC §2; ``|`` marks where the loss starts)::
+
+    frame (h x w codes):  BOI, grid(h), grid(w), [code ... code, ROW_SEP] x h, EOI   (4 + h*(w+1) tokens)
+    action (D dims):      BOA, bin_1, ..., bin_D, EOA                                  (D + 2 tokens)
+    action-model sample:  BOS, prompt(instruction), IMG(t-M+1), ..., IMG(t), SEP | ACT(t), ..., ACT(t+K-1), SEP
+    world-model sample:   BOS, world prompt, IMG(t), ACT(t), SEP | IMG(t+1), SEP
+
+``ACT(t)`` is the action executed after observing ``IMG(t)``. Each sample comes with
+per-token loss weights aligned with its ids (``weights[i]`` weighs the prediction of
+``ids[i]`` from ``ids[:i]``): 0 on the context, ``image_weight`` (α, SPEC §4, default 0.04)
+on image-code targets and 1 on every other target token (action bins, BOA/EOA, BOI, grid
+tokens, ROW_SEP, EOI, SEP).
+
+Default prompts follow the reference implementation's wording (configurable in
+:class:`PromptConfig`): the action prompt is ``"What action should the robot take to
+{instruction}?"`` and the world prompt is ``"Generate the next image based on the provided
+image and action."``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from worldvla.tokenizers.text import TextTokenizer
+from worldvla.vocab import Vocab
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    action_prompt: str = "What action should the robot take to {instruction}?"
+    world_prompt: str = "Generate the next image based on the provided image and action."
+
+    def __post_init__(self) -> None:
+        if "{instruction}" not in self.action_prompt:
+            raise ValueError("PromptConfig.action_prompt must contain '{instruction}'")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sample: token ids and per-token loss weights, both of length L."""
+
+    ids: np.ndarray  # int64 (L,)
+    weights: np.ndarray  # float32 (L,)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# ---------------------------------------------------------------------------- frames
+def frame_length(h: int, w: int) -> int:
+    """Number of tokens of one serialized frame of an ``h x w`` code grid."""
+    return 4 + h * (w + 1)
+
+
+def frame_template(vocab: Vocab, h: int, w: int) -> np.ndarray:
+    """Token ids of a serialized ``h x w`` frame with ``-1`` at the code slots.
+
+    Decoding uses it to force every structural token (BOI, grid sizes, row separators,
+    EOI) and to sample only image codes in the ``-1`` slots (SPEC §6).
+    """
+    rows = np.full((h, w + 1), -1, dtype=np.int64)
+    rows[:, w] = vocab.row_sep
+    head = [vocab.boi, vocab.grid_id(h), vocab.grid_id(w)]
+    return np.concatenate([np.array(head, dtype=np.int64), rows.reshape(-1), np.array([vocab.eoi])])
+
+
+def frame_ids(vocab: Vocab, codes: np.ndarray) -> np.ndarray:
+    """Serialize one ``(h, w)`` grid of image codes (values in ``[0, vocab.image_codes)``)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"frame codes must be a 2-D (h, w) grid, got shape {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= vocab.image_codes):
+        raise ValueError(f"image codes must lie in [0, {vocab.image_codes}), got [{codes.min()}, {codes.max()}]")
+    h, w = codes.shape
+    ids = frame_template(vocab, h, w)
+    ids[ids == -1] = vocab.image_ids(codes.astype(np.int64).reshape(-1))
+    return ids
+
+
+def frame_codes(vocab: Vocab, ids: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Inverse of :func:`frame_ids`: a serialized frame back to its ``(h, w)`` code grid."""
+    ids = np.asarray(ids, dtype=np.int64)
+    template = frame_template(vocab, h, w)
+    if ids.shape != template.shape:
+        raise ValueError(f"expected {template.size} frame tokens for a {h}x{w} grid, got {ids.shape}")
+    fixed = template != -1
+    if not np.array_equal(ids[fixed], template[fixed]):
+        raise ValueError("frame tokens do not follow the BOI/grid/ROW_SEP/EOI layout")
+    codes = ids[~fixed]
+    if not vocab.is_image_code(codes).all():
+        raise ValueError("frame holds a non-image token in a code slot")
+    return vocab.image_codes_of(codes).reshape(h, w)
+
+
+# ---------------------------------------------------------------------------- actions
+def action_length(action_dim: int) -> int:
+    return action_dim + 2
+
+
+def action_ids(vocab: Vocab, bins: np.ndarray) -> np.ndarray:
+    """Serialize one action (``(D,)`` bins) or a chunk (``(K, D)``) as ``BOA, bins, EOA`` blocks."""
+    bins = np.asarray(bins, dtype=np.int64)
+    chunk = bins.reshape(-1, bins.shape[-1])  # (K, D)
+    if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab.action_bins):
+        raise ValueError(f"action bins must lie in [0, {vocab.action_bins}), got [{chunk.min()}, {chunk.max()}]")
+    k = chunk.shape[0]
+    out = np.empty((k, chunk.shape[1] + 2), dtype=np.int64)
+    out[:, 0] = vocab.boa
+    out[:, 1:-1] = vocab.action_ids(chunk)
+    out[:, -1] = vocab.eoa
+    return out.reshape(-1)
+
+
+def action_bins_from_ids(vocab: Vocab, ids: np.ndarray, action_dim: int) -> np.ndarray:
+    """Inverse of :func:`action_ids`: ``K*(D+2)`` ids -> ``(K, D)`` bins."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1, action_dim + 2)
+    if not ((ids[:, 0] == vocab.boa).all() and (ids[:, -1] == vocab.eoa).all()):
+        raise ValueError("action tokens are not framed by BOA ... EOA")
+    inner = ids[:, 1:-1]
+    if not vocab.is_action_bin(inner).all():
+        raise ValueError("action block holds a non-bin token")
+    return vocab.action_bins_of(inner)
+
+
+# ---------------------------------------------------------------------------- samples
+def _text(vocab: Vocab, text_tokenizer: TextTokenizer, text: str) -> np.ndarray:
+    return vocab.text_ids(np.asarray(text_tokenizer.encode(text), dtype=np.int64))
+
+
+def action_prompt_ids(
+    vocab: Vocab,
+    text_tokenizer: TextTokenizer,
+    instruction: str,
+    frames: Sequence[np.ndarray],
+    prompts: PromptConfig = PromptConfig(),
+) -> np.ndarray:
+    """Context of an action-model sample: ``BOS, prompt, IMG(t-M+1) ... IMG(t), SEP``.
+
+    This is exactly the prompt the policy feeds at inference, so training and evaluation
+    prompts cannot drift apart (a weak point of the reference, SPEC §9).
+    """
+    if not frames:
+        raise ValueError("an action-model prompt needs at least one frame")
+    parts = [np.array([vocab.bos], dtype=np.int64)]
+    parts.append(_text(vocab, text_tokenizer, prompts.action_prompt.format(instruction=instruction)))
+    parts += [frame_ids(vocab, f) for f in frames]
+    parts.append(np.array([vocab.sep], dtype=np.int64))
+    return np.concatenate(parts)
+
+
+def world_prompt_ids(
+    vocab: Vocab,
+    text_tokenizer: TextTokenizer,
+    frame: np.ndarray,
+    action_bins: np.ndarray,
+    prompts: PromptConfig = PromptConfig(),
+) -> np.ndarray:
+    """Context of a world-model sample: ``BOS, world prompt, IMG(t), ACT(t), SEP``."""
+    return np.concatenate(
+        [
+            np.array([vocab.bos], dtype=np.int64),
+            _text(vocab, text_tokenizer, prompts.world_prompt),
+            frame_ids(vocab, frame),
+            action_ids(vocab, np.asarray(action_bins).reshape(1, -1)),
+            np.array([vocab.sep], dtype=np.int64),
+        ]
+    )
+
+
+def _target_weights(vocab: Vocab, target: np.ndarray, image_weight: float) -> np.ndarray:
+    w = np.ones(len(target), dtype=np.float32)
+    w[vocab.is_image_code(target)] = image_weight
+    return w
+
+
+def _join(context: np.ndarray, target: np.ndarray, vocab: Vocab, image_weight: float) -> Sample:
+    ids = np.concatenate([context, target])
+    weights = np.concatenate([np.zeros(len(context), np.float32), _target_weights(vocab, target, image_weight)])
+    return Sample(ids=ids, weights=weights)
+
+
+def build_action_sample(
+    vocab: Vocab,
+    text_tokenizer: TextTokenizer,
+    instruction: str,
+    frames: Sequence[np.ndarray],
+    chunk_bins: np.ndarray,
+    prompts: PromptConfig = PromptConfig(),
+    image_weight: float = 0.04,
+) -> Sample:
+    """Action-model sample (SPEC §2): history ``frames`` (oldest first) -> ``(K, D)`` chunk."""
+    chunk_bins = np.asarray(chunk_bins)
+    if chunk_bins.ndim != 2:
+        raise ValueError(f"chunk_bins must be (K, D), got shape {chunk_bins.shape}")
+    context = action_prompt_ids(vocab, text_tokenizer, instruction, frames, prompts)
+    target = np.concatenate([action_ids(vocab, chunk_bins), np.array([vocab.sep], dtype=np.int64)])
+    return _join(context, target, vocab, image_weight)
+
+
+def build_world_sample(
+    vocab: Vocab,
+    text_tokenizer: TextTokenizer,
+    frame: np.ndarray,
+    action_bins: np.ndarray,
+    next_frame: np.ndarray,
+    prompts: PromptConfig = PromptConfig(),
+    image_weight: float = 0.04,
+) -> Sample:
+    """World-model sample (SPEC §2): ``IMG(t), ACT(t) -> IMG(t+1)``."""
+    context = world_prompt_ids(vocab, text_tokenizer, frame, action_bins, prompts)
+    target = np.concatenate([frame_ids(vocab, next_frame), np.array([vocab.sep], dtype=np.int64)])
+    return _join(context, target, vocab, image_weight)
