@@ -33,7 +33,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and f.name not in ("dropout",) and v <= 0:
+            if (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and f.name not in ("dropout",)
+                and v <= 0
+            ):
                 raise ValueError(f"ModelConfig.{f.name} must be > 0, got {v}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")

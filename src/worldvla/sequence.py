@@ -4,7 +4,7 @@ Layouts (SPEC §2; ``|`` marks where the loss starts)::
 
     frame (h x w codes):  BOI, grid(h), grid(w), [code ... code, ROW_SEP] x h, EOI   (4 + h*(w+1) tokens)
     action (D dims):      BOA, bin_1, ..., bin_D, EOA                                  (D + 2 tokens)
-    action-model sample:  BOS, prompt(instruction), IMG(t-M+1), ..., IMG(t), SEP | ACT(t), ..., ACT(t+K-1), SEP
+    frame (h x w codes):  BOI, grid(h), grid(w), [code ... code, ROW_SEP] x h, EOI  (4 + h*(w+1) tokens)
     world-model sample:   BOS, world prompt, IMG(t), ACT(t), SEP | IMG(t+1), SEP
 
 ``ACT(t)`` is the action executed after observing ``IMG(t)``. Each sample comes with
@@ -75,7 +75,9 @@ def frame_ids(vocab: Vocab, codes: np.ndarray) -> np.ndarray:
     if codes.ndim != 2:
         raise ValueError(f"frame codes must be a 2-D (h, w) grid, got shape {codes.shape}")
     if codes.size and (codes.min() < 0 or codes.max() >= vocab.image_codes):
-        raise ValueError(f"image codes must lie in [0, {vocab.image_codes}), got [{codes.min()}, {codes.max()}]")
+        raise ValueError(
+            f"image codes must lie in [0, {vocab.image_codes}), got [{codes.min()}, {codes.max()}]"
+        )
     h, w = codes.shape
     ids = frame_template(vocab, h, w)
     ids[ids == -1] = vocab.image_ids(codes.astype(np.int64).reshape(-1))
@@ -107,7 +109,9 @@ def action_ids(vocab: Vocab, bins: np.ndarray) -> np.ndarray:
     bins = np.asarray(bins, dtype=np.int64)
     chunk = bins.reshape(-1, bins.shape[-1])  # (K, D)
     if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab.action_bins):
-        raise ValueError(f"action bins must lie in [0, {vocab.action_bins}), got [{chunk.min()}, {chunk.max()}]")
+        raise ValueError(
+            f"action bins must lie in [0, {vocab.action_bins}), got [{chunk.min()}, {chunk.max()}]"
+        )
     k = chunk.shape[0]
     out = np.empty((k, chunk.shape[1] + 2), dtype=np.int64)
     out[:, 0] = vocab.boa
@@ -180,7 +184,9 @@ def _target_weights(vocab: Vocab, target: np.ndarray, image_weight: float) -> np
 
 def _join(context: np.ndarray, target: np.ndarray, vocab: Vocab, image_weight: float) -> Sample:
     ids = np.concatenate([context, target])
-    weights = np.concatenate([np.zeros(len(context), np.float32), _target_weights(vocab, target, image_weight)])
+    weights = np.concatenate(
+        [np.zeros(len(context), np.float32), _target_weights(vocab, target, image_weight)]
+    )
     return Sample(ids=ids, weights=weights)
 
 

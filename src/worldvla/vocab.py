@@ -204,7 +204,9 @@ class Vocab:
         unknown = set(d) - known
         missing = known - set(d)
         if unknown or missing:
-            raise ValueError(f"vocab dict does not match: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
+            raise ValueError(
+                f"vocab dict does not match: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
+            )
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
