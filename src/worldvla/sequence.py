@@ -2,10 +2,11 @@
 
 Layouts (SPEC §2; ``|`` marks where the loss starts)::
 
-    frame (h x w codes):  BOI, grid(h), grid(w), [code ... code, ROW_SEP] x h, EOI   (4 + h*(w+1) tokens)
-    action (D dims):      BOA, bin_1, ..., bin_D, EOA                                  (D + 2 tokens)
-    frame (h x w codes):  BOI, grid(h), grid(w), [code ... code, ROW_SEP] x h, EOI  (4 + h*(w+1) tokens)
-    world-model sample:   BOS, world prompt, IMG(t), ACT(t), SEP | IMG(t+1), SEP
+    frame (h x w codes): BOI, grid(h), grid(w), [code ... code, ROW_SEP] x h, EOI  (4 + h*(w+1) tokens)
+    action (D dims):     BOA, bin_1, ..., bin_D, EOA                                (D + 2 tokens)
+    action-model sample: BOS, prompt(instruction), IMG(t-M+1), ..., IMG(t), SEP
+                         | ACT(t), ..., ACT(t+K-1), SEP
+    world-model sample:  BOS, world prompt, IMG(t), ACT(t), SEP | IMG(t+1), SEP
 
 ``ACT(t)`` is the action executed after observing ``IMG(t)``. Each sample comes with
 per-token loss weights aligned with its ids (``weights[i]`` weighs the prediction of
