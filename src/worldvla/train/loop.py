@@ -1,0 +1,507 @@
+"""The joint training loop: one stream of action-model and world-model samples (SPEC §1, §5).
+
+``train(cfg, cache, run_dir)`` reads top to bottom:
+
+1. join the process group if run under torchrun (:mod:`.distributed`);
+2. build the vocabulary, tokenizers, data layout and the mixed sample stream over the
+   training episodes (:mod:`worldvla.data.datasets`), plus a fixed validation set over
+   held-out episodes;
+3. build the single-device transformer, then wrap it from outside (DDP / FSDP2,
+   activation checkpointing, ``torch.compile``);
+4. restore the latest checkpoint with ``resume=True`` (refusing a different config);
+5. per optimizer step: fetch this rank's micro-batches, all-reduce the token counts that
+   normalize the loss, forward with the SPEC §3 mask and logits only at target positions,
+   backward, clip, AdamW; log, validate and checkpoint on their intervals;
+6. stop at ``cfg.steps`` — or when the time budget is spent — and write a final checkpoint.
+
+Sample positions: optimizer step ``s`` consumes global stream positions
+``[s·B, (s+1)·B)`` (``B = batch_size``); micro-batch ``m`` of rank ``r`` takes the slice
+``s·B + m·B/A + r·B/(A·W) …`` (``A = grad_accum``, ``W`` ranks). So the data seen by a step
+does not depend on how it is split across accumulation and ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worldvla.config import ModelConfig, model_preset
+from worldvla.data.datasets import (
+    ActionSamples,
+    Batch,
+    CacheLike,
+    DataLayout,
+    MixedStream,
+    WorldSamples,
+    encode_actions,
+    episode_field,
+    split_episodes,
+)
+from worldvla.errors import ConfigError, DataError
+from worldvla.sequence import PromptConfig
+from worldvla.tokenizers.action import ActionStats, ActionTokenizer
+from worldvla.tokenizers.text import TextTokenizer, load_text_tokenizer
+from worldvla.train import checkpoint as ckpt
+from worldvla.train.config import TrainConfig
+from worldvla.train.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    enable_activation_checkpointing,
+    init_distributed,
+    parallelize,
+    shutdown,
+)
+from worldvla.train.logs import RunLogger
+from worldvla.train.loss import STAT_NAMES, LossNorm, compute_loss, summarize, target_index
+from worldvla.train.optim import autocast, build_optimizer, clip_grad_norm, lr_at, set_lr
+from worldvla.vocab import Vocab, VocabConfig
+
+
+# ---------------------------------------------------------------------------- data setup
+@dataclass
+class TrainData:
+    """Everything built from the token cache for one run."""
+
+    vocab: Vocab
+    layout: DataLayout
+    text_tokenizer: TextTokenizer
+    action_stats: ActionStats
+    image_tokenizer: ckpt.ImageTokenizerRef
+    train: MixedStream
+    val: MixedStream | None
+    val_episodes: list[str]
+    max_len: int
+
+
+def open_cache(cache: str | Path | CacheLike) -> CacheLike:
+    if not isinstance(cache, (str, Path)):
+        return cache
+    from worldvla.data.token_cache import TokenCache
+
+    return TokenCache.open(cache)
+
+
+def _meta(cache: CacheLike) -> dict[str, Any]:
+    meta = getattr(cache, "meta", None)
+    return dict(meta) if isinstance(meta, dict) else dict(getattr(meta, "__dict__", {}) or {})
+
+
+def cache_vocab(cache: CacheLike, text_tokenizer: TextTokenizer) -> Vocab:
+    """The cache's own vocabulary if it has one, else the compact layout for its codebook."""
+    vocab = getattr(cache, "vocab", None)
+    if isinstance(vocab, Vocab):
+        return vocab
+    meta = _meta(cache)
+    codebook = getattr(cache, "codebook_size", None) or meta.get("codebook_size")
+    if not codebook:
+        raise DataError("the token cache records neither a vocabulary nor the image codebook size")
+    return Vocab.build(VocabConfig(text_size=text_tokenizer.size, image_codes=int(codebook)))
+
+
+def cache_action_stats(cache: CacheLike) -> ActionStats:
+    stats = getattr(cache, "action_stats", None)
+    if isinstance(stats, ActionStats):
+        return stats
+    path = getattr(cache, "stats_path", None)
+    if path is not None:
+        return ActionStats.load(path)
+    return ActionStats.from_actions(cache.actions)
+
+
+def cache_image_tokenizer(cache: CacheLike) -> ckpt.ImageTokenizerRef:
+    info = _meta(cache).get("image_tokenizer") or {}
+    if isinstance(info, str):
+        info = {"path": info}
+    return ckpt.ImageTokenizerRef(path=info.get("path"), fingerprint=info.get("fingerprint"))
+
+
+def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainData:
+    text_tokenizer = load_text_tokenizer(cfg.text_tokenizer)
+    vocab = cache_vocab(cache, text_tokenizer)
+    if text_tokenizer.size > vocab.text_size:
+        raise ConfigError(f"text tokenizer {cfg.text_tokenizer!r} has {text_tokenizer.size} ids, the vocabulary "
+                          f"only {vocab.text_size}")
+    stats = cache_action_stats(cache)
+    action_dim = int(cache.actions.shape[1])
+    if stats.dim != action_dim:
+        raise DataError(f"action statistics have {stats.dim} dimensions, the cache's actions {action_dim}")
+    meta = _meta(cache)
+    layout = DataLayout(
+        action_dim=action_dim,
+        grid=(int(cache.codes.shape[1]), int(cache.codes.shape[2])),
+        history=cfg.history,
+        chunk_len=cfg.chunk_len,
+        chunk_mask=cfg.chunk_mask,
+        prompts=PromptConfig(),
+        text_tokenizer=cfg.text_tokenizer,
+        camera=meta.get("camera"),
+        image_size=meta.get("image_size"),
+    )
+    bins = encode_actions(cache.actions, ActionTokenizer(stats, n_bins=vocab.action_bins))
+    # Sample weights carry α only for the reference loss; the split form applies α itself.
+    image_weight = cfg.image_weight if cfg.loss_form == "reference" else 1.0
+    train_eps, val_eps = split_episodes(len(cache.episodes), cfg.val_fraction, cfg.split_seed)
+    f = cfg.effective_world_fraction
+
+    def stream(episodes, seed: int) -> MixedStream:
+        args = (cache, episodes, layout, vocab, text_tokenizer, bins, image_weight)
+        return MixedStream(
+            ActionSamples(*args) if f < 1 else None, WorldSamples(*args) if f > 0 else None, f, seed
+        )
+
+    train_stream = stream(train_eps, cfg.seed)
+    val_stream = None
+    if len(val_eps):
+        try:
+            val_stream = stream(val_eps, seed=0)
+        except DataError:
+            val_stream = None  # held-out episodes too short for a sample of each kind
+    prompt_len = max(
+        len(text_tokenizer.encode(layout.prompts.action_prompt.format(instruction=str(episode_field(e, "instruction")))))
+        for e in cache.episodes
+    )
+    world_len = len(text_tokenizer.encode(layout.prompts.world_prompt))
+    max_len = max(layout.action_sample_length(prompt_len) if f < 1 else 0,
+                  layout.world_sample_length(world_len) if f > 0 else 0)
+    if max_len > max_seq_len:
+        raise ConfigError(
+            f"samples reach {max_len} tokens but the model {cfg.model!r} has max_seq_len={max_seq_len} "
+            f"(grid {layout.grid}, history {cfg.history}, chunk {cfg.chunk_len})"
+        )
+    return TrainData(
+        vocab=vocab, layout=layout, text_tokenizer=text_tokenizer, action_stats=stats,
+        image_tokenizer=cache_image_tokenizer(cache), train=train_stream, val=val_stream,
+        val_episodes=[str(episode_field(cache.episodes[int(e)], "key")) for e in val_eps], max_len=max_len,
+    )
+
+
+# ---------------------------------------------------------------------------- model
+class TargetLogits(nn.Module):
+    """``forward(ids, mask, rows, cols) -> logits (N, V)`` at the N target positions only.
+
+    The output head (a ``d_model x V`` matmul) is applied to the selected hidden states
+    rather than to all ``B·L`` positions: with half of every sample being context, this
+    halves the largest matmul of a small model. This module is what DDP/FSDP wrap, so
+    their forward hooks run.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.hidden_states(ids, attn_mask=mask)  # (B, L, d)
+        return self.model.output_logits(hidden[rows, cols])  # (N, V)
+
+
+def build_model_config(cfg: TrainConfig, vocab: Vocab) -> ModelConfig:
+    model_cfg = model_preset(cfg.model).with_vocab(vocab.size)
+    if cfg.dropout is not None:
+        model_cfg = replace(model_cfg, dropout=cfg.dropout)
+    return model_cfg
+
+
+def build_model(model_cfg: ModelConfig) -> nn.Module:
+    from worldvla.model.transformer import Transformer
+
+    return Transformer(model_cfg)
+
+
+def _attention_mask(ids: torch.Tensor, vocab: Vocab, chunk_mask: bool) -> torch.Tensor:
+    from worldvla.model.masks import attention_mask
+
+    return attention_mask(ids, vocab, chunk_mask=chunk_mask)
+
+
+# ---------------------------------------------------------------------------- trainer
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)  # training loss of every step run in this call
+    last_train: dict[str, float] = field(default_factory=dict)
+    last_val: dict[str, float] = field(default_factory=dict)
+    stopped_by_budget: bool = False
+    tokens_per_s: float = float("nan")
+
+
+class Trainer:
+    """Holds the state of one run; :func:`train` is the entry point."""
+
+    def __init__(self, cfg: TrainConfig, cache: str | Path | CacheLike, run_dir: str | Path,
+                 info: DistInfo, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.run_dir = Path(run_dir)
+        self.device = info.device
+        if cfg.batch_size % (cfg.grad_accum * info.world_size):
+            raise ConfigError(
+                f"batch_size={cfg.batch_size} must be divisible by grad_accum x ranks = "
+                f"{cfg.grad_accum} x {info.world_size}"
+            )
+        self.rank_batch = cfg.batch_size // (cfg.grad_accum * info.world_size)
+        base = model_preset(cfg.model)
+        self.data = build_data(cfg, open_cache(cache), base.max_seq_len)
+        self.vocab = self.data.vocab
+        self.model_cfg = build_model_config(cfg, self.vocab)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = build_model(self.model_cfg)
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
+        if cfg.compile:
+            for block in _blocks(self.model):
+                block.compile()
+        if not cfg.fsdp or not info.distributed:
+            self.model.to(self.device)
+        self.module = parallelize(TargetLogits(self.model), self.model, info, cfg.fsdp, cfg.precision)
+        self.fsdp = cfg.fsdp and info.distributed
+        self.optimizer = build_optimizer(self.model, cfg)
+        # Under FSDP the mixed-precision policy casts parameters; autocast would be redundant.
+        self.use_autocast = not self.fsdp
+        self.step = 0
+        self.tokens_seen = 0
+        self.progress = progress
+
+    # ------------------------------------------------------------------ state
+    def model_state(self) -> dict[str, torch.Tensor]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(
+            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+
+    def save(self) -> Path | None:
+        model_state = self.model_state()  # collective under FSDP
+        optim_state = self.optimizer_state()
+        rngs = all_gather_object(ckpt.rng_state(), self.info)
+        path = None
+        if self.info.is_main:
+            trainer_state = {
+                "step": self.step,
+                "data_pos": self.step * self.cfg.batch_size,
+                "tokens_seen": self.tokens_seen,
+                "world_size": self.info.world_size,
+                "optimizer": optim_state,
+                "rng": rngs,
+            }
+            path = ckpt.save_checkpoint(
+                self.run_dir, self.step, model_state, trainer_state, self.cfg, self.model_cfg, self.data.layout,
+                self.vocab, self.data.action_stats, self.data.image_tokenizer, self.data.val_episodes,
+                self.cfg.keep_last,
+            )
+        barrier(self.info)
+        return path if path is not None else ckpt.latest_checkpoint(self.run_dir)
+
+    def restore(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        ckpt.check_resumable(path, self.cfg, self.data.layout, self.vocab)
+        state = ckpt.load_trainer_state(path)
+        opts = StateDictOptions(full_state_dict=True) if self.fsdp else StateDictOptions()
+        set_model_state_dict(self.model, ckpt.load_model_state(path), options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        if int(state["data_pos"]) != self.step * self.cfg.batch_size:
+            raise ConfigError(f"{path}: data position {state['data_pos']} does not match step {self.step}")
+        rngs = state["rng"]
+        ckpt.set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+
+    # ------------------------------------------------------------------ batches
+    def micro_batches(self, stream: MixedStream, step: int) -> list[Batch]:
+        cfg, info = self.cfg, self.info
+        micro = cfg.micro_batch_size
+        base = step * cfg.batch_size
+        return [
+            stream.batch(base + m * micro + info.rank * self.rank_batch, self.rank_batch, self.vocab)
+            for m in range(cfg.grad_accum)
+        ]
+
+    def _forward(self, batch: Batch, norm: LossNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = batch.to(self.device)
+        mask = _attention_mask(batch.ids, self.vocab, self.cfg.chunk_mask)  # (B, L, L)
+        rows, cols = target_index(batch)
+        with autocast(self.device, self.cfg.precision, self.use_autocast):
+            logits = self.module(batch.ids, mask, rows, cols)  # (N, V)
+        return compute_loss(
+            logits, batch, rows, cols, self.vocab, norm, self.cfg.loss_form, self.cfg.image_weight, self.cfg.z_loss
+        )
+
+    def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
+        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+        if last or not self.info.distributed:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            self.module.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return self.module.no_sync()
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        batches = self.micro_batches(self.data.train, self.step)
+        sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
+        norm = LossNorm.from_global_sums(sums, self.info.world_size)
+        self.module.train()
+        total = torch.zeros(len(STAT_NAMES) + 2, dtype=torch.float64)
+        for m, batch in enumerate(batches):
+            last = m == len(batches) - 1
+            if self.fsdp and last:
+                self.module.set_requires_gradient_sync(True)
+            with self._sync_context(last):
+                loss, stats = self._forward(batch, norm)
+                loss.backward()
+            total[: len(STAT_NAMES)] += stats.cpu()
+            total[-2] += float(loss.detach()) * self.info.world_size
+            total[-1] += batch.n_tokens
+        grad_norm = clip_grad_norm(self.model, cfg.grad_clip)
+        lr = lr_at(self.step, cfg)
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        all_reduce_sum(total, self.info)
+        self.step += 1
+        tokens = int(total[-1])
+        self.tokens_seen += tokens
+        metrics = summarize(total[: len(STAT_NAMES)])
+        metrics.update(loss=float(total[-2]) / self.info.world_size, lr=lr, grad_norm=grad_norm,
+                       tokens=float(tokens))
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss and accuracies over a fixed set of held-out samples (the same every time)."""
+        if self.data.val is None:
+            return {}
+        cfg = self.cfg
+        batches = [
+            b for s in range(cfg.val_batches) for b in self.micro_batches(self.data.val, s)
+        ]
+        sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
+        norm = LossNorm.from_global_sums(sums, self.info.world_size)
+        self.module.eval()
+        total = torch.zeros(len(STAT_NAMES) + 1, dtype=torch.float64)
+        for batch in batches:
+            loss, stats = self._forward(batch, norm)
+            total[: len(STAT_NAMES)] += stats.cpu()
+            total[-1] += float(loss)
+        all_reduce_sum(total, self.info)
+        self.module.train()
+        metrics = summarize(total[: len(STAT_NAMES)])
+        metrics["loss"] = float(total[-1]) / self.info.world_size
+        return metrics
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    from worldvla.train.distributed import decoder_blocks
+
+    return decoder_blocks(model)
+
+
+def _flag_any(flag: bool, info: DistInfo) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+    return bool(all_reduce_sum(t, info).item() > 0)
+
+
+def train(
+    cfg: TrainConfig,
+    cache: str | Path | CacheLike,
+    run_dir: str | Path,
+    resume: bool = False,
+    minutes: float | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a run; returns where it ended. See the module docstring.
+
+    ``minutes`` is a wall-clock budget: when it is spent the run stops after the current
+    step and writes a checkpoint; the LR schedule stays that of ``cfg.steps``.
+    ``stop_after`` ends this call after that many optimizer steps (tests and tools), also
+    with a checkpoint, as if the process had been stopped there.
+    """
+    info = init_distributed(device)
+    try:
+        return _train(cfg, cache, Path(run_dir), resume, minutes, info, progress, stop_after)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, cache: str | Path | CacheLike, run_dir: Path, resume: bool, minutes: float | None,
+           info: DistInfo, progress: bool, stop_after: int | None) -> TrainResult:
+    t_start = time.monotonic()
+    trainer = Trainer(cfg, cache, run_dir, info, progress)
+    existing = ckpt.latest_checkpoint(run_dir)
+    if existing is not None and not resume:
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue, or use a new --out")
+    if resume and existing is not None:
+        trainer.restore(existing)
+    if info.is_main:
+        ckpt.remove_partial(run_dir)
+    log = RunLogger(run_dir, trainer.step, cfg.steps, progress and info.is_main, enabled=info.is_main)
+    if resume and existing is not None:
+        log.message(f"resumed from {existing} at step {trainer.step}")
+    result = TrainResult(run_dir=run_dir, step=trainer.step, checkpoint=existing)
+    deadline = t_start + minutes * 60 if minutes else None
+    end = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
+    saved_at = trainer.step if existing is not None else -1
+    t_window, tok_window = time.perf_counter(), 0
+    try:
+        while trainer.step < end:
+            metrics = trainer.train_step()
+            step = trainer.step
+            if not math.isfinite(metrics["loss"]):
+                raise ConfigError(f"training diverged at step {step}: loss {metrics['loss']} (lower lr?)")
+            result.losses.append(metrics["loss"])
+            result.last_train = metrics
+            tok_window += int(metrics["tokens"])
+            if step % cfg.log_every == 0 or step == end:
+                dt = time.perf_counter() - t_window
+                metrics["tokens_per_s"] = tok_window / dt if dt > 0 else float("nan")
+                result.tokens_per_s = metrics["tokens_per_s"]
+                log.log(step, "train", metrics)
+                t_window, tok_window = time.perf_counter(), 0
+            log.advance(1, {"loss": f"{metrics['loss']:.3f}", "tok/s": f"{result.tokens_per_s:.0f}"})
+            if cfg.val_every and step % cfg.val_every == 0:
+                result.last_val = trainer.validate()
+                if result.last_val:
+                    log.log(step, "val", result.last_val)
+            out_of_time = deadline is not None and _flag_any(time.monotonic() > deadline, info)
+            if step % cfg.ckpt_every == 0 or out_of_time:
+                result.checkpoint = trainer.save()
+                saved_at = step
+            if out_of_time:
+                result.stopped_by_budget = True
+                log.message(f"time budget of {minutes} min spent at step {step}; checkpoint written")
+                break
+        if trainer.step != saved_at:
+            result.checkpoint = trainer.save()
+        if trainer.step >= cfg.steps and cfg.val_every and trainer.step % cfg.val_every:
+            result.last_val = trainer.validate()
+            if result.last_val:
+                log.log(trainer.step, "val", result.last_val)
+    finally:
+        log.close()
+    result.step = trainer.step
+    return result
