@@ -126,12 +126,19 @@ class InMemoryCache:
             codes.append(frames.astype(np.uint16))  # (T, h, w)
             actions.append(act)
             episodes.append(
-                EpisodeRecord(key=f"demo_{e}", start=start, length=length, instruction=f"task {e % 3}",
-                              task=f"task-{e % 3}")
+                EpisodeRecord(
+                    key=f"demo_{e}",
+                    start=start,
+                    length=length,
+                    instruction=f"task {e % 3}",
+                    task=f"task-{e % 3}",
+                )
             )
             start += length
         return cls(
-            codes=np.concatenate(codes), actions=np.concatenate(actions), episodes=episodes,
+            codes=np.concatenate(codes),
+            actions=np.concatenate(actions),
+            episodes=episodes,
             codebook_size=codebook_size,
         )
 
@@ -165,9 +172,14 @@ class DataLayout:
 
     def action_sample_length(self, prompt_tokens: int) -> int:
         """Tokens of an action-model sample whose instruction prompt has ``prompt_tokens`` text tokens."""
-        return 1 + prompt_tokens + self.history * frame_length(*self.grid) + 1 + self.chunk_len * action_length(
-            self.action_dim
-        ) + 1
+        return (
+            1
+            + prompt_tokens
+            + self.history * frame_length(*self.grid)
+            + 1
+            + self.chunk_len * action_length(self.action_dim)
+            + 1
+        )
 
     def world_sample_length(self, prompt_tokens: int) -> int:
         return 1 + prompt_tokens + 2 * frame_length(*self.grid) + action_length(self.action_dim) + 2
@@ -191,8 +203,16 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.
 
 # ---------------------------------------------------------------------------- datasets
 class _SampleSet:
-    def __init__(self, cache: CacheLike, episode_ids: Sequence[int], layout: DataLayout, vocab: Vocab,
-                 text_tokenizer: TextTokenizer, bins: np.ndarray, image_weight: float) -> None:
+    def __init__(
+        self,
+        cache: CacheLike,
+        episode_ids: Sequence[int],
+        layout: DataLayout,
+        vocab: Vocab,
+        text_tokenizer: TextTokenizer,
+        bins: np.ndarray,
+        image_weight: float,
+    ) -> None:
         self.cache = cache
         self.layout = layout
         self.vocab = vocab
@@ -237,8 +257,13 @@ class ActionSamples(_SampleSet):
         m, k = self.layout.history, self.layout.chunk_len
         hist = [self._codes(max(first, g - j)) for j in range(m - 1, -1, -1)]  # oldest first
         return build_action_sample(
-            self.vocab, self.text_tokenizer, self.instructions[self.episode[i]], hist, self.bins[g : g + k],
-            self.layout.prompts, self.image_weight,
+            self.vocab,
+            self.text_tokenizer,
+            self.instructions[self.episode[i]],
+            hist,
+            self.bins[g : g + k],
+            self.layout.prompts,
+            self.image_weight,
         )
 
 
@@ -251,8 +276,13 @@ class WorldSamples(_SampleSet):
     def __getitem__(self, i: int) -> Sample:
         g = int(self.frame[i])
         return build_world_sample(
-            self.vocab, self.text_tokenizer, self._codes(g), self.bins[g], self._codes(g + 1),
-            self.layout.prompts, self.image_weight,
+            self.vocab,
+            self.text_tokenizer,
+            self._codes(g),
+            self.bins[g],
+            self._codes(g + 1),
+            self.layout.prompts,
+            self.image_weight,
         )
 
 
@@ -274,10 +304,14 @@ class Batch:
         return int(self.lengths.sum())
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.ids.to(device), self.weights.to(device), self.is_world.to(device), self.lengths.to(device))
+        return Batch(
+            self.ids.to(device), self.weights.to(device), self.is_world.to(device), self.lengths.to(device)
+        )
 
 
-def collate(samples: Sequence[Sample], kinds: Sequence[int], vocab: Vocab, pad_multiple: int = PAD_MULTIPLE) -> Batch:
+def collate(
+    samples: Sequence[Sample], kinds: Sequence[int], vocab: Vocab, pad_multiple: int = PAD_MULTIPLE
+) -> Batch:
     """Pad samples to a common length (a multiple of ``pad_multiple``) with PAD and weight 0."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
@@ -299,8 +333,9 @@ def collate(samples: Sequence[Sample], kinds: Sequence[int], vocab: Vocab, pad_m
 class MixedStream:
     """The deterministic, resumable stream of mixed samples (see the module docstring)."""
 
-    def __init__(self, action: ActionSamples | None, world: WorldSamples | None, world_fraction: float,
-                 seed: int) -> None:
+    def __init__(
+        self, action: ActionSamples | None, world: WorldSamples | None, world_fraction: float, seed: int
+    ) -> None:
         if not 0.0 <= world_fraction <= 1.0:
             raise ValueError(f"world_fraction must be in [0, 1], got {world_fraction}")
         if world_fraction < 1.0 and (action is None or len(action) == 0):

@@ -147,7 +147,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = latest_checkpoint(run_dir)
         if found is not None:
             return found
-    raise ConfigError(f"{path}: no checkpoint found (expected model.safetensors + config.json, or a run directory)")
+    raise ConfigError(
+        f"{path}: no checkpoint found (expected model.safetensors + config.json, or a run directory)"
+    )
 
 
 # ---------------------------------------------------------------------------- save
@@ -193,7 +195,9 @@ def save_checkpoint(
     # safetensors refuses tensors sharing storage (tied embeddings): store independent copies.
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in model_state.items()}
     with atomic_dir(root / name) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": str(FORMAT), "step": str(step)})
+        save_file(
+            tensors, str(tmp / "model.safetensors"), metadata={"format": str(FORMAT), "step": str(step)}
+        )
         config = {
             "format": FORMAT,
             "step": step,
@@ -243,7 +247,10 @@ def check_resumable(ckpt: Path, cfg: TrainConfig, layout: DataLayout, vocab: Voc
         saved = TrainConfig.from_dict(d["train"])
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{ckpt}/config.json: cannot read the training config: {e}") from e
-    diffs = [f"{k}: checkpoint {a!r} != requested {b!r}" for k, (a, b) in config_diff(saved, cfg, RESUMABLE_FIELDS).items()]
+    diffs = [
+        f"{k}: checkpoint {a!r} != requested {b!r}"
+        for k, (a, b) in config_diff(saved, cfg, RESUMABLE_FIELDS).items()
+    ]
     saved_layout = d["layout"]
     for k, v in layout.to_dict().items():
         if saved_layout.get(k) != v:
@@ -292,7 +299,9 @@ def load_bundle(path: str | Path) -> Bundle:
     )
 
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Bundle]:
+def load_for_inference(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Bundle]:
     """``(model in eval mode on device, bundle)`` from a checkpoint or run directory."""
     from worldvla.model.transformer import Transformer
 

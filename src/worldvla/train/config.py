@@ -83,16 +83,37 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems: list[str] = []
         if self.model not in MODEL_PRESETS:
-            problems.append(f"model={self.model!r} is not a model preset ({', '.join(sorted(MODEL_PRESETS))})")
+            problems.append(
+                f"model={self.model!r} is not a model preset ({', '.join(sorted(MODEL_PRESETS))})"
+            )
         if not (self.use_action_data or self.use_world_data):
             problems.append("use_action_data and use_world_data are both false: nothing to train on")
         if self.use_action_data and self.use_world_data and not 0.0 < self.world_fraction < 1.0:
-            problems.append(f"world_fraction must be in (0, 1) when both data kinds are used, got {self.world_fraction}")
-        for name in ("history", "chunk_len", "steps", "batch_size", "grad_accum", "log_every", "val_batches",
-                     "ckpt_every", "keep_last"):
+            problems.append(
+                f"world_fraction must be in (0, 1) when both data kinds are used, got {self.world_fraction}"
+            )
+        for name in (
+            "history",
+            "chunk_len",
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "val_batches",
+            "ckpt_every",
+            "keep_last",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "val_every", "weight_decay", "grad_clip", "z_loss", "seed", "split_seed"):
+        for name in (
+            "warmup_steps",
+            "val_every",
+            "weight_decay",
+            "grad_clip",
+            "z_loss",
+            "seed",
+            "split_seed",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
@@ -111,7 +132,9 @@ class TrainConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (("loss_form", LossForm), ("schedule", Schedule), ("precision", Precision)):
             if getattr(self, name) not in typing.get_args(allowed):
-                problems.append(f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}")
+                problems.append(
+                    f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}"
+                )
         if problems:
             raise ConfigError(f"invalid training config {self.name!r}: " + "; ".join(problems))
 
@@ -143,7 +166,9 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed: they do not affect the trained weights.
-RESUMABLE_FIELDS = frozenset({"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile"})
+RESUMABLE_FIELDS = frozenset(
+    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile"}
+)
 
 
 def config_diff(a: TrainConfig, b: TrainConfig, ignore: frozenset[str] = frozenset()) -> dict[str, tuple]:
@@ -205,30 +230,53 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 def _presets() -> dict[str, TrainConfig]:
     # Seconds on a laptop CPU: the tests' and the smoke run's configuration.
     debug = TrainConfig(
-        name="debug", model="tiny", history=2, chunk_len=3, steps=4, batch_size=4, lr=1e-3, warmup_steps=1,
-        precision="fp32", log_every=1, val_every=2, val_batches=1, ckpt_every=2, keep_last=2,
+        name="debug",
+        model="tiny",
+        history=2,
+        chunk_len=3,
+        steps=4,
+        batch_size=4,
+        lr=1e-3,
+        warmup_steps=1,
+        precision="fp32",
+        log_every=1,
+        val_every=2,
+        val_batches=1,
+        ckpt_every=2,
+        keep_last=2,
     )
     # The embedded Meta-World benchmark at CPU size (`small` model, 8x8 image grids).
     mw_quick = TrainConfig(
-        name="mw-quick", model="small", history=2, chunk_len=5, steps=2000, batch_size=16, lr=5e-4,
-        warmup_steps=50, schedule="cosine", precision="fp32", log_every=10, val_every=250, val_batches=4,
+        name="mw-quick",
+        model="small",
+        history=2,
+        chunk_len=5,
+        steps=2000,
+        batch_size=16,
+        lr=5e-4,
+        warmup_steps=50,
+        schedule="cosine",
+        precision="fp32",
+        log_every=10,
+        val_every=250,
+        val_batches=4,
         ckpt_every=250,
-    )
-    # The reference recipe (SPEC §5): Chameleon-7B shape, lr 5e-6 constant after 1% warmup,
-    # FSDP per decoder block with bf16 compute and activation checkpointing.
-    libero_7b = TrainConfig(
-        name="libero-7b", model="chameleon-7b", history=2, chunk_len=5, steps=40000, batch_size=32,
-        lr=5e-6, warmup_steps=400, schedule="constant", min_lr_ratio=1.0, grad_clip=4.0, precision="bf16",
-        fsdp=True, activation_checkpointing=True, log_every=10, val_every=2000, ckpt_every=2000, keep_last=2,
     )
     out = {
         "debug": debug,
         "mw-quick": mw_quick,
-        "libero-7b": libero_7b,
-        # Tiny sibling of libero-7b: the same switches on the tiny model, runnable on CPU.
-        "libero-7b-debug": replace(
-            libero_7b, name="libero-7b-debug", model="tiny", steps=4, batch_size=4, warmup_steps=1,
-            precision="fp32", log_every=1, val_every=2, val_batches=1, ckpt_every=2,
+        # Tiny sibling of mw-quick: the same layout and schedule shape in seconds.
+        "mw-quick-debug": replace(
+            mw_quick,
+            name="mw-quick-debug",
+            model="tiny",
+            steps=6,
+            batch_size=4,
+            warmup_steps=2,
+            log_every=1,
+            val_every=3,
+            val_batches=1,
+            ckpt_every=3,
         ),
     }
     # Ablations of the paper (SPEC §1, §8), each a one- or two-field change of mw-quick.

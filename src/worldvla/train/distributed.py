@@ -37,6 +37,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this process created the process group (and destroys it)
 
     @property
     def is_main(self) -> bool:
@@ -68,16 +69,17 @@ def init_distributed(device: str | None = None) -> DistInfo:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

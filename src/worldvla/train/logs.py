@@ -20,7 +20,9 @@ from worldvla.utils.io import atomic_write_text
 class RunLogger:
     """Rank-0 sink for scalar metrics."""
 
-    def __init__(self, run_dir: Path, start_step: int, total_steps: int, progress: bool, enabled: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, start_step: int, total_steps: int, progress: bool, enabled: bool = True
+    ) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self._tb = None
@@ -38,7 +40,9 @@ class RunLogger:
         if progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train")
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train"
+            )
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():

@@ -128,8 +128,10 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
     text_tokenizer = load_text_tokenizer(cfg.text_tokenizer)
     vocab = cache_vocab(cache, text_tokenizer)
     if text_tokenizer.size > vocab.text_size:
-        raise ConfigError(f"text tokenizer {cfg.text_tokenizer!r} has {text_tokenizer.size} ids, the vocabulary "
-                          f"only {vocab.text_size}")
+        raise ConfigError(
+            f"text tokenizer {cfg.text_tokenizer!r} has {text_tokenizer.size} ids, the vocabulary "
+            f"only {vocab.text_size}"
+        )
     stats = cache_action_stats(cache)
     action_dim = int(cache.actions.shape[1])
     if stats.dim != action_dim:
@@ -166,21 +168,33 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         except DataError:
             val_stream = None  # held-out episodes too short for a sample of each kind
     prompt_len = max(
-        len(text_tokenizer.encode(layout.prompts.action_prompt.format(instruction=str(episode_field(e, "instruction")))))
+        len(
+            text_tokenizer.encode(
+                layout.prompts.action_prompt.format(instruction=str(episode_field(e, "instruction")))
+            )
+        )
         for e in cache.episodes
     )
     world_len = len(text_tokenizer.encode(layout.prompts.world_prompt))
-    max_len = max(layout.action_sample_length(prompt_len) if f < 1 else 0,
-                  layout.world_sample_length(world_len) if f > 0 else 0)
+    max_len = max(
+        layout.action_sample_length(prompt_len) if f < 1 else 0,
+        layout.world_sample_length(world_len) if f > 0 else 0,
+    )
     if max_len > max_seq_len:
         raise ConfigError(
             f"samples reach {max_len} tokens but the model {cfg.model!r} has max_seq_len={max_seq_len} "
             f"(grid {layout.grid}, history {cfg.history}, chunk {cfg.chunk_len})"
         )
     return TrainData(
-        vocab=vocab, layout=layout, text_tokenizer=text_tokenizer, action_stats=stats,
-        image_tokenizer=cache_image_tokenizer(cache), train=train_stream, val=val_stream,
-        val_episodes=[str(episode_field(cache.episodes[int(e)], "key")) for e in val_eps], max_len=max_len,
+        vocab=vocab,
+        layout=layout,
+        text_tokenizer=text_tokenizer,
+        action_stats=stats,
+        image_tokenizer=cache_image_tokenizer(cache),
+        train=train_stream,
+        val=val_stream,
+        val_episodes=[str(episode_field(cache.episodes[int(e)], "key")) for e in val_eps],
+        max_len=max_len,
     )
 
 
@@ -198,7 +212,9 @@ class TargetLogits(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.model.hidden_states(ids, attn_mask=mask)  # (B, L, d)
         return self.model.output_logits(hidden[rows, cols])  # (N, V)
 
@@ -238,8 +254,14 @@ class TrainResult:
 class Trainer:
     """Holds the state of one run; :func:`train` is the entry point."""
 
-    def __init__(self, cfg: TrainConfig, cache: str | Path | CacheLike, run_dir: str | Path,
-                 info: DistInfo, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        cache: str | Path | CacheLike,
+        run_dir: str | Path,
+        info: DistInfo,
+        progress: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.info = info
         self.run_dir = Path(run_dir)
@@ -278,7 +300,9 @@ class Trainer:
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def optimizer_state(self) -> dict[str, Any]:
@@ -303,8 +327,17 @@ class Trainer:
                 "rng": rngs,
             }
             path = ckpt.save_checkpoint(
-                self.run_dir, self.step, model_state, trainer_state, self.cfg, self.model_cfg, self.data.layout,
-                self.vocab, self.data.action_stats, self.data.image_tokenizer, self.data.val_episodes,
+                self.run_dir,
+                self.step,
+                model_state,
+                trainer_state,
+                self.cfg,
+                self.model_cfg,
+                self.data.layout,
+                self.vocab,
+                self.data.action_stats,
+                self.data.image_tokenizer,
+                self.data.val_episodes,
                 self.cfg.keep_last,
             )
         barrier(self.info)
@@ -346,7 +379,15 @@ class Trainer:
         with autocast(self.device, self.cfg.precision, self.use_autocast):
             logits = self.module(batch.ids, mask, rows, cols)  # (N, V)
         return compute_loss(
-            logits, batch, rows, cols, self.vocab, norm, self.cfg.loss_form, self.cfg.image_weight, self.cfg.z_loss
+            logits,
+            batch,
+            rows,
+            cols,
+            self.vocab,
+            norm,
+            self.cfg.loss_form,
+            self.cfg.image_weight,
+            self.cfg.z_loss,
         )
 
     def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
@@ -358,9 +399,12 @@ class Trainer:
             return contextlib.nullcontext()
         return self.module.no_sync()
 
-    def train_step(self) -> dict[str, float]:
-        cfg = self.cfg
-        batches = self.micro_batches(self.data.train, self.step)
+    def forward_backward(self, step: int) -> torch.Tensor:
+        """Accumulate the gradients of optimizer step ``step``; returns this rank's metric sums.
+
+        The returned vector is ``STAT_NAMES`` sums, then the loss, then the token count.
+        """
+        batches = self.micro_batches(self.data.train, step)
         sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
         norm = LossNorm.from_global_sums(sums, self.info.world_size)
         self.module.train()
@@ -373,8 +417,14 @@ class Trainer:
                 loss, stats = self._forward(batch, norm)
                 loss.backward()
             total[: len(STAT_NAMES)] += stats.cpu()
-            total[-2] += float(loss.detach()) * self.info.world_size
+            total[-2] += float(loss.detach())
             total[-1] += batch.n_tokens
+        return total
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step: gradients, clipping, learning rate, AdamW; returns the step's metrics."""
+        cfg = self.cfg
+        total = self.forward_backward(self.step)
         grad_norm = clip_grad_norm(self.model, cfg.grad_clip)
         lr = lr_at(self.step, cfg)
         set_lr(self.optimizer, lr)
@@ -385,8 +435,11 @@ class Trainer:
         tokens = int(total[-1])
         self.tokens_seen += tokens
         metrics = summarize(total[: len(STAT_NAMES)])
-        metrics.update(loss=float(total[-2]) / self.info.world_size, lr=lr, grad_norm=grad_norm,
-                       tokens=float(tokens))
+        # Each rank's loss is scaled by 1/world_size-normalized denominators (LossNorm): the sum
+        # over ranks divided by the world size is the loss of the global batch.
+        metrics.update(
+            loss=float(total[-2]) / self.info.world_size, lr=lr, grad_norm=grad_norm, tokens=float(tokens)
+        )
         return metrics
 
     @torch.no_grad()
@@ -395,9 +448,7 @@ class Trainer:
         if self.data.val is None:
             return {}
         cfg = self.cfg
-        batches = [
-            b for s in range(cfg.val_batches) for b in self.micro_batches(self.data.val, s)
-        ]
+        batches = [b for s in range(cfg.val_batches) for b in self.micro_batches(self.data.val, s)]
         sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
         norm = LossNorm.from_global_sums(sums, self.info.world_size)
         self.module.eval()
@@ -448,13 +499,23 @@ def train(
         shutdown(info)
 
 
-def _train(cfg: TrainConfig, cache: str | Path | CacheLike, run_dir: Path, resume: bool, minutes: float | None,
-           info: DistInfo, progress: bool, stop_after: int | None) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    cache: str | Path | CacheLike,
+    run_dir: Path,
+    resume: bool,
+    minutes: float | None,
+    info: DistInfo,
+    progress: bool,
+    stop_after: int | None,
+) -> TrainResult:
     t_start = time.monotonic()
     trainer = Trainer(cfg, cache, run_dir, info, progress)
     existing = ckpt.latest_checkpoint(run_dir)
     if existing is not None and not resume:
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue, or use a new --out")
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue, or use a new --out"
+        )
     if resume and existing is not None:
         trainer.restore(existing)
     if info.is_main:

@@ -41,8 +41,16 @@ LOSS_FORMS = ("reference", "split")
 
 # Order of the running sums returned by compute_loss (summed over micro-batches and ranks).
 STAT_NAMES = (
-    "action_ce", "action_n", "world_ce", "world_n", "action_correct", "action_bins", "image_correct",
-    "image_codes", "z", "targets",
+    "action_ce",
+    "action_n",
+    "world_ce",
+    "world_n",
+    "action_correct",
+    "action_bins",
+    "image_correct",
+    "image_codes",
+    "z",
+    "targets",
 )
 
 
@@ -150,4 +158,3 @@ def summarize(stats: torch.Tensor) -> dict[str, float]:
         "image_acc": ratio("image_correct", "image_codes"),
         "z": ratio("z", "targets"),
     }
-

@@ -48,7 +48,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     # The fused/foreach kernels differ in reduction order; `foreach=False` keeps the update
     # independent of how the parameters are grouped, which the resume test relies on.
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=1e-8,
         foreach=None if torch.cuda.is_available() else False,
     )
 
