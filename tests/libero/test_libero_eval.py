@@ -92,3 +92,24 @@ def test_one_episode_through_the_server_follows_the_protocol(server, tmp_path):
     assert not ep["success"] and ep["steps"] == STEPS and ep["policy_calls"] == STEPS
     assert res["summary"]["suites"]["libero_spatial"]["success_rate"] == 0.0
     print(f"\n[libero] 1 episode x {STEPS} steps through the server: {elapsed:.1f}s", file=sys.stderr)
+
+
+@pytest.mark.libero
+def test_env_adapter_restores_init_state_and_rotates_the_agent_view():
+    import numpy as np
+
+    from worldvla.envs.libero import LiberoEnv
+
+    env = LiberoEnv("spatial", 0, resolution=128, max_steps=2)
+    try:
+        obs = env.reset(0)
+        raw = env._env.env._get_observations()["agentview_image"]  # noqa: SLF001 - checking against LIBERO
+        assert obs["image"].shape == (128, 128, 3) and obs["image"].dtype == np.uint8
+        np.testing.assert_array_equal(obs["image"], raw[::-1, ::-1])
+        assert obs["instruction"] == env.instruction
+        _, _, terminated, truncated, info = env.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+        assert not terminated and not truncated and info["success"] is False
+        _, _, terminated, truncated, _ = env.step(np.zeros(7))
+        assert truncated and not terminated
+    finally:
+        env.close()
