@@ -136,11 +136,18 @@ def compute_loss(
         is_code = vocab.is_image_code(targets)
         stats = torch.stack(
             [
-                ce[~world].sum(), (~world).sum(), ce[world].sum(), world.sum(),
-                (correct & is_bin).sum(), is_bin.sum(), (correct & is_code).sum(), is_code.sum(),
-                z.sum(), torch.tensor(len(targets), device=logits.device),
+                ce[~world].sum(),
+                (~world).sum(),
+                ce[world].sum(),
+                world.sum(),
+                (correct & is_bin).sum(),
+                is_bin.sum(),
+                (correct & is_code).sum(),
+                is_code.sum(),
+                z.sum(),
+                torch.tensor(len(targets), device=logits.device),
             ]
-        ).double()  # fmt: skip
+        ).double()
     return loss, stats
 
 

@@ -1,0 +1,99 @@
+"""``worldvla train``: train the action world model on a token cache.
+
+    worldvla train --preset mw-quick --cache CACHE_DIR --out RUN_DIR [--resume] [--set key=value ...]
+    torchrun --nproc_per_node=4 -m worldvla.cli train --preset ... (DDP, or FSDP with --set fsdp=true)
+
+``--preset`` names a training preset (:mod:`worldvla.train.config`) or a LIBERO preset
+(:mod:`worldvla.libero_presets`, whose step count follows from the cache size and the
+number of processes). ``--set`` overrides any field of the training config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from worldvla.train.config import TRAIN_PRESETS, TrainConfig, apply_overrides, train_preset
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="worldvla train", description="Train the action world model.")
+    p.add_argument("--preset", default="debug", help="training preset (see --list-presets)")
+    p.add_argument("--cache", help="token cache directory (from 'worldvla tokenize')")
+    p.add_argument("--out", help="run directory: checkpoints/, metrics.jsonl, tb/")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training config field (repeatable), e.g. --set steps=500",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget: stop and checkpoint when spent (the LR schedule keeps --steps)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the local GPU if any)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)"
+    )
+    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    return p
+
+
+def _libero_config(name: str, cache_dir: str) -> TrainConfig | None:
+    """A LIBERO preset's recipe, sized to the cache (epochs -> steps) and the process count."""
+    from worldvla.libero_presets import LIBERO_PRESETS
+
+    if name not in LIBERO_PRESETS:
+        return None
+    from worldvla.data.datasets import episode_field
+    from worldvla.train.loop import open_cache
+
+    preset = LIBERO_PRESETS[name]
+    cache = open_cache(cache_dir)
+    k = preset.train.chunk_len
+    lengths = [int(episode_field(e, "length")) for e in cache.episodes]
+    n_samples = sum(max(t - k + 1, 0) + max(t - 1, 0) for t in lengths)
+    return preset.train_config(n_samples, num_gpus=int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list_presets:
+        print("\n".join(sorted(TRAIN_PRESETS)))
+        return 0
+    if not args.cache or not args.out:
+        _parser().error("--cache and --out are required")
+    if not Path(args.cache).exists():
+        from worldvla.errors import DataError
+
+        raise DataError(f"{args.cache}: token cache not found (create it with 'worldvla tokenize')")
+    cfg = _libero_config(args.preset, args.cache) or train_preset(args.preset)
+    cfg = apply_overrides(cfg, args.overrides)
+
+    from worldvla.train.loop import train
+
+    result = train(
+        cfg,
+        args.cache,
+        args.out,
+        resume=args.resume,
+        minutes=args.minutes,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        how = " (time budget spent)" if result.stopped_by_budget else ""
+        print(f"stopped at step {result.step}/{cfg.steps}{how}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(
+            f"metrics:    {Path(args.out) / 'metrics.jsonl'}  (tensorboard --logdir {Path(args.out) / 'tb'})"
+        )
+    return 0
