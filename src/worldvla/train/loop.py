@@ -215,8 +215,12 @@ class TargetLogits(nn.Module):
     def forward(
         self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
-        hidden = self.model.hidden_states(ids, attn_mask=mask)  # (B, L, d)
-        return self.model.output_logits(hidden[rows, cols])  # (N, V)
+        model = self.model
+        if hasattr(model, "hidden_states") and hasattr(model, "output_logits"):
+            hidden = model.hidden_states(ids, attn_mask=mask)  # (B, L, d)
+            return model.output_logits(hidden[rows, cols])  # (N, V)
+        # A model without the split API: full logits, then the same rows (correct, slower).
+        return model(ids, attn_mask=mask)[rows, cols]  # (N, V)
 
 
 def build_model_config(cfg: TrainConfig, vocab: Vocab) -> ModelConfig:
