@@ -1,0 +1,127 @@
+"""Policy and world-model APIs on a tiny trained checkpoint with a stand-in image tokenizer."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import worldvla.policy as policy_mod
+from worldvla.data.datasets import InMemoryCache
+from worldvla.errors import DataError
+from worldvla.policy import PolicyConfig, WorldVLAPolicy
+from worldvla.train.checkpoint import load_for_inference
+from worldvla.train.config import train_preset
+from worldvla.train.loop import train
+from worldvla.world_model import WorldModel
+
+
+class PoolTokenizer:
+    """Stand-in image tokenizer: 16x16 RGB -> 4x4 grid of 64 codes (mean brightness per cell)."""
+
+    image_size = 16
+    grid = (4, 4)
+    codebook_size = 64
+
+    def encode(self, images):
+        x = torch.as_tensor(np.asarray(images)).float().mean(-1)  # (N, 16, 16)
+        cells = x.view(-1, 4, 4, 4, 4).mean((2, 4))  # (N, 4, 4)
+        return (cells / 256 * 64).long().clamp(0, 63)
+
+    def decode(self, codes):
+        v = (codes.float() * 4 + 2).clamp(0, 255).byte()  # (N, 4, 4)
+        img = v.repeat_interleave(4, 1).repeat_interleave(4, 2)
+        return img[..., None].expand(*img.shape, 3).numpy()
+
+    def fingerprint(self):
+        return "pool"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    train(replace(train_preset("debug"), keep_last=1), InMemoryCache.synthetic(), run, progress=False)
+    return run
+
+
+def _load(checkpoint):
+    model, bundle = load_for_inference(checkpoint)
+    bundle.image_tokenizer = PoolTokenizer()
+    return model, bundle
+
+
+def _obs(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "instruction": "task 1"}
+
+
+def test_predict_action_chunk_shape_and_range(checkpoint):
+    model, bundle = _load(checkpoint)
+    pol = WorldVLAPolicy(model, bundle)
+    chunk = pol.predict_action_chunk(_obs())
+    assert chunk.shape == (bundle.layout.chunk_len, bundle.layout.action_dim)
+    lo, hi = np.array(bundle.action_stats.low), np.array(bundle.action_stats.high)
+    assert np.all(chunk >= lo - 1e-6) and np.all(chunk <= hi + 1e-6)
+
+
+def test_select_action_executes_the_chunk_open_loop(checkpoint, monkeypatch):
+    model, bundle = _load(checkpoint)
+    calls = []
+    real = policy_mod.generate_actions
+    monkeypatch.setattr(policy_mod, "generate_actions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pol = WorldVLAPolicy(model, bundle)
+    k = bundle.layout.chunk_len
+    first = pol.predict_action_chunk(_obs())
+    pol.reset()
+    calls.clear()
+    acts = [pol.select_action(_obs(0 if t == 0 else t)) for t in range(2 * k)]
+    assert len(calls) == 2  # one model call per chunk
+    assert np.allclose(acts[0], first[0]) and np.allclose(acts[k - 1], first[k - 1])
+    calls.clear()
+    pol = WorldVLAPolicy(model, bundle, PolicyConfig(replan_every=1))
+    for t in range(3):
+        pol.select_action(_obs(t))
+    assert len(calls) == 3
+
+
+def test_batched_envs_equal_single_env(checkpoint):
+    model, bundle = _load(checkpoint)
+    obs = [_obs(i) for i in range(3)]
+    batched = WorldVLAPolicy(model, bundle, num_envs=3).predict_action_chunk(obs)
+    for i, o in enumerate(obs):
+        assert np.allclose(WorldVLAPolicy(model, bundle).predict_action_chunk(o), batched[i], atol=1e-6)
+
+
+def test_history_buffer_and_reset(checkpoint):
+    model, bundle = _load(checkpoint)
+    pol = WorldVLAPolicy(model, bundle)
+    pol.predict_action_chunk(_obs(0))
+    assert len(pol._history[0]) == bundle.layout.history  # padded with the first frame
+    pol.predict_action_chunk(_obs(1))
+    assert not np.array_equal(pol._history[0][0], pol._history[0][-1])
+    pol.reset()
+    assert len(pol._history[0]) == 0
+
+
+def test_bad_observation_is_a_clear_error(checkpoint):
+    model, bundle = _load(checkpoint)
+    pol = WorldVLAPolicy(model, bundle)
+    with pytest.raises(DataError, match="uint8"):
+        pol.predict_action_chunk({"image": np.zeros((8, 8, 3), np.uint8), "instruction": "x"})
+    with pytest.raises(DataError, match="image"):
+        pol.predict_action_chunk({"instruction": "x"})
+
+
+def test_world_model_next_frame_and_rollout(checkpoint):
+    model, bundle = _load(checkpoint)
+    wm = WorldModel(model, bundle)
+    frames = np.stack([_obs(i)["image"] for i in range(2)])
+    nxt = wm.predict_next_frame(frames, np.zeros((2, bundle.layout.action_dim), np.float32))
+    assert nxt.shape == frames.shape and nxt.dtype == np.uint8
+    out, codes = wm.rollout(frames, np.zeros((2, 3, bundle.layout.action_dim), np.float32), return_codes=True)
+    assert out.shape == (2, 3, 16, 16, 3) and codes.shape == (2, 3, 4, 4)
+    # Feeding the first predicted frame back gives the second one (the rollout is autoregressive).
+    again = wm.next_codes(codes[:, 0], np.zeros((2, bundle.layout.action_dim), np.float32))
+    assert np.array_equal(again, codes[:, 1])
+    with pytest.raises(DataError, match="actions"):
+        wm.predict_next_frame(frames, np.full((2, bundle.layout.action_dim), np.nan, np.float32))
