@@ -175,27 +175,33 @@ class WorldVLAPolicy:
         return self.action_tokenizer.decode(bins.cpu().numpy())
 
     @torch.inference_mode()
-    def select_action(self, obs: Observation | Sequence[Observation]) -> np.ndarray:
+    def select_action(
+        self, obs: Observation | Sequence[Observation], env_ids: Sequence[int] | None = None
+    ) -> np.ndarray:
         """One action per env: ``(D,)`` for one obs, ``(N, D)`` for a list.
 
-        Every call observes the frame (so the history stays consecutive); the model is
-        queried only for envs whose queue is empty or whose replanning interval elapsed.
+        ``env_ids`` names the envs the observations belong to (default: all, in order), so
+        envs that finished early simply drop out of the batch. Every call observes the
+        frame (so the history stays consecutive); the model is queried only for envs
+        whose queue is empty or whose replanning interval elapsed, all in one batch.
         """
         single = isinstance(obs, dict)
         observations = [obs] if single else list(obs)
-        if not single and len(observations) != self.num_envs:
-            raise ValueError(f"got {len(observations)} observations for {self.num_envs} envs")
-        env_ids = list(range(len(observations)))
-        self._observe(env_ids, observations)
+        ids = list(env_ids) if env_ids is not None else list(range(len(observations)))
+        if len(ids) != len(observations) or (env_ids is None and not single and len(ids) != self.num_envs):
+            raise ValueError(f"got {len(observations)} observations for envs {ids} of {self.num_envs}")
+        self._observe(ids, observations)
         k = self.config.replan_every
-        need = [i for i in env_ids if not self._queue[i] or (k is not None and self._since_plan[i] >= k)]
+        need = [
+            j for j, i in enumerate(ids) if not self._queue[i] or (k is not None and self._since_plan[i] >= k)
+        ]
         if need:
-            chunks = self._plan(need, [observations[i] for i in need])
-            for i, chunk in zip(need, chunks):
-                self._queue[i] = deque(chunk)
-                self._since_plan[i] = 0
+            chunks = self._plan([ids[j] for j in need], [observations[j] for j in need])
+            for j, chunk in zip(need, chunks):
+                self._queue[ids[j]] = deque(chunk)
+                self._since_plan[ids[j]] = 0
         actions = []
-        for i in env_ids:
+        for i in ids:
             actions.append(self._queue[i].popleft())
             self._since_plan[i] += 1
         out = np.stack(actions).astype(np.float32)
