@@ -1,0 +1,229 @@
+"""Closed-loop policy evaluation on held-out task variations, with baselines in the same run.
+
+Several environments are stepped in lockstep and the policy answers them in one batched
+call (:meth:`WorldVLAPolicy.select_action` with ``env_ids``), so evaluation cost is
+dominated by one model call per chunk for the whole batch. An episode ends at success
+(the environment's flag) or after the suite's step limit.
+
+Agents compared in one run, on the same (task, variation) list:
+
+- ``worldvla``: the checkpoint's policy (chunks executed open-loop, SPEC §6);
+- ``random``: uniform actions inside the training actions' bounds;
+- ``replay``: the actions of a training demonstration of the same task replayed open-loop
+  (what a policy that ignores the image could at best do for a fixed task).
+
+Success rates come with 95% Wilson intervals per task and for the mean.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from worldvla.eval.stats import wilson_interval
+from worldvla.utils.io import atomic_write_text
+
+
+class Agent(Protocol):
+    """What the evaluator drives: the policy or a baseline, batched over env slots."""
+
+    name: str
+
+    def reset(self, env_ids: Sequence[int], tasks: Sequence[str]) -> None: ...
+
+    def act(self, env_ids: Sequence[int], observations: Sequence[Any]) -> np.ndarray: ...
+
+
+@dataclass
+class EpisodeResult:
+    agent: str
+    task: str
+    variation: int
+    success: bool
+    steps: int
+    seconds: float
+
+
+@dataclass
+class AgentSummary:
+    agent: str
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    success: float = 0.0
+    ci95: tuple[float, float] = (0.0, 0.0)
+    episodes: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def summarize(results: Sequence[EpisodeResult]) -> dict[str, AgentSummary]:
+    out: dict[str, AgentSummary] = {}
+    for agent in dict.fromkeys(r.agent for r in results):
+        rs = [r for r in results if r.agent == agent]
+        s = AgentSummary(
+            agent=agent, episodes=len(rs), steps=sum(r.steps for r in rs), seconds=sum(r.seconds for r in rs)
+        )
+        for task in dict.fromkeys(r.task for r in rs):
+            tr = [r for r in rs if r.task == task]
+            k = sum(r.success for r in tr)
+            lo, hi = wilson_interval(k, len(tr))
+            s.per_task[task] = {"success": k / len(tr), "ci_low": lo, "ci_high": hi, "episodes": len(tr)}
+        k = sum(r.success for r in rs)
+        s.success = k / len(rs)
+        s.ci95 = wilson_interval(k, len(rs))
+        out[agent] = s
+    return out
+
+
+# ---------------------------------------------------------------------------- agents
+class PolicyAgent:
+    """Wraps :class:`worldvla.policy.WorldVLAPolicy` (its ``num_envs`` must cover the slots)."""
+
+    name = "worldvla"
+
+    def __init__(self, policy: Any, camera: str, instructions: dict[str, str] | None = None) -> None:
+        self.policy = policy
+        self.camera = camera
+        self._instruction: dict[int, str] = {}
+
+    def reset(self, env_ids: Sequence[int], tasks: Sequence[str]) -> None:
+        self.policy.reset(env_ids)
+
+    def act(self, env_ids: Sequence[int], observations: Sequence[Any]) -> np.ndarray:
+        obs = [{"image": o.images[self.camera], "instruction": o.instruction} for o in observations]
+        return self.policy.select_action(obs, env_ids=env_ids)
+
+
+class RandomAgent:
+    name = "random"
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, seed: int = 0) -> None:
+        self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, env_ids: Sequence[int], tasks: Sequence[str]) -> None:
+        pass
+
+    def act(self, env_ids: Sequence[int], observations: Sequence[Any]) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high, size=(len(env_ids), len(self.low))).astype(np.float32)
+
+
+class ReplayAgent:
+    """Replays a training demonstration of the same task open-loop (then holds the last action)."""
+
+    name = "replay"
+
+    def __init__(self, demos: dict[str, list[np.ndarray]], seed: int = 0) -> None:
+        self.demos = demos
+        self.rng = np.random.default_rng(seed)
+        self._plan: dict[int, np.ndarray] = {}
+        self._t: dict[int, int] = {}
+
+    def reset(self, env_ids: Sequence[int], tasks: Sequence[str]) -> None:
+        for i, task in zip(env_ids, tasks):
+            options = self.demos[task]
+            self._plan[i] = options[int(self.rng.integers(len(options)))]
+            self._t[i] = 0
+
+    def act(self, env_ids: Sequence[int], observations: Sequence[Any]) -> np.ndarray:
+        out = []
+        for i in env_ids:
+            plan = self._plan[i]
+            out.append(plan[min(self._t[i], len(plan) - 1)])
+            self._t[i] += 1
+        return np.stack(out).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- loop
+def run_agent(
+    agent: Agent,
+    make_env: Callable[[], Any],
+    jobs: Sequence[tuple[str, int]],
+    num_envs: int,
+    max_steps: int,
+    record: Callable[[str, str, int, np.ndarray], None] | None = None,
+    record_first: int = 0,
+    progress: bool = True,
+) -> list[EpisodeResult]:
+    """Run ``(task, variation)`` jobs with ``num_envs`` envs in lockstep; return one result per job.
+
+    ``record(agent, task, variation, frames)`` receives the camera frames of the first
+    ``record_first`` episodes (for GIFs).
+    """
+    envs = [make_env() for _ in range(min(num_envs, len(jobs)))]
+    queue = list(jobs)
+    results: list[EpisodeResult] = []
+    slots: dict[int, dict[str, Any]] = {}
+    started = 0
+    bar = tqdm(
+        total=len(jobs), desc=f"eval {agent.name}", unit="ep", disable=not progress, dynamic_ncols=True
+    )
+
+    def start(i: int) -> None:
+        nonlocal started
+        task, variation = queue.pop(0)
+        obs = envs[i].reset(task, variation)
+        agent.reset([i], [task])
+        frames = [obs.images[envs[i].camera]] if started < record_first else None
+        slots[i] = {
+            "task": task,
+            "variation": variation,
+            "obs": obs,
+            "t": 0,
+            "t0": time.perf_counter(),
+            "frames": frames,
+        }
+        started += 1
+
+    try:
+        for i in range(len(envs)):
+            if queue:
+                start(i)
+        while slots:
+            ids = sorted(slots)
+            actions = agent.act(ids, [slots[i]["obs"] for i in ids])
+            for i, a in zip(ids, actions):
+                s = slots[i]
+                obs, success = envs[i].step(a)
+                s["obs"], s["t"] = obs, s["t"] + 1
+                if s["frames"] is not None:
+                    s["frames"].append(obs.images[envs[i].camera])
+                if success or s["t"] >= max_steps:
+                    results.append(
+                        EpisodeResult(
+                            agent.name,
+                            s["task"],
+                            s["variation"],
+                            bool(success),
+                            s["t"],
+                            time.perf_counter() - s["t0"],
+                        )
+                    )
+                    if record is not None and s["frames"] is not None:
+                        record(agent.name, s["task"], s["variation"], np.stack(s["frames"]))
+                    del slots[i]
+                    bar.update(1)
+                    if queue:
+                        start(i)
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
+    return results
+
+
+def write_results(path: str | Path, results: Sequence[EpisodeResult], meta: dict[str, Any]) -> dict[str, Any]:
+    summary = summarize(results)
+    doc = {
+        "meta": meta,
+        "summary": {k: asdict(v) for k, v in summary.items()},
+        "episodes": [asdict(r) for r in results],
+    }
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return doc
