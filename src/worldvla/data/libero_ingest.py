@@ -201,7 +201,11 @@ def ingest_libero(
     for path in _official_files(Path(src)):
         report.files += 1
         instruction, task, demos = _read_official(path)
-        splits = split_per_task([d["key"] for d in demos], val_fraction)
+        # The 90/10 split is drawn over the demos that survive the success filter, so a
+        # failed demo never takes a validation slot.
+        splits = split_per_task(
+            [d["key"] for d in demos if demo_succeeded(d["dones"], d["rewards"]) is not False], val_fraction
+        )
         task_split: dict[str, list[str]] = {"train": [], "val": []}
         for demo in demos:
             report.demos_in += 1

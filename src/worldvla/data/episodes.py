@@ -1,0 +1,275 @@
+"""Episode store: HDF5 in the LIBERO / robomimic layout, with a validating reader.
+
+Layout (the same as the official LIBERO demonstration files, so those read through this
+code unchanged)::
+
+    data/                         attrs: env, cameras (JSON list), problem_info (JSON), ...
+      demo_<i>/                   attrs: instruction, task, variation, seed, success, num_samples
+        actions                   float (T, D)        actions[t] is executed after observing obs[t]
+        obs/<camera>_rgb          uint8 (T, H, W, 3)  one dataset per camera
+
+Official LIBERO files store the instruction in ``data.attrs["problem_info"]`` (JSON key
+``language_instruction``) rather than per demo, store float64 actions and carry extra
+datasets (``dones``, ``rewards``, ``states``, ``robot_states``, ``obs/joint_states``, …);
+the reader uses what it needs and ignores the rest.
+
+Files are written to a temporary name and renamed when complete (a kill never leaves a
+half-written store under the final name). The reader validates structure on open and
+every episode on access; any problem — not an HDF5 file, truncated, missing groups, wrong
+shapes or dtypes, NaN/inf actions, inconsistent action dimensions — raises
+:class:`~worldvla.errors.DataError` naming the file, the demo and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from worldvla.errors import DataError
+from worldvla.utils.io import atomic_path
+
+_DEMO_RE = re.compile(r"^demo_(\d+)$")
+_RGB_SUFFIX = "_rgb"
+
+
+@dataclass
+class Episode:
+    key: str  # "demo_0"
+    actions: np.ndarray  # float32 (T, D)
+    frames: dict[str, np.ndarray]  # camera -> uint8 (T, H, W, 3)
+    instruction: str
+    task: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def _attr_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _store_attr(v: Any) -> Any:
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    if v is None:
+        return "null"
+    return v
+
+
+def write_episodes(
+    path: str | Path, episodes: Iterable[Episode], file_attrs: dict[str, Any] | None = None
+) -> int:
+    """Write ``episodes`` to ``path`` atomically; returns how many were written.
+
+    ``file_attrs`` go to ``data.attrs`` (dicts/lists as JSON). Frames are chunked per frame
+    and compressed with LZF (fast, lossless, part of h5py).
+    """
+    path = Path(path)
+    n = 0
+    cameras: set[str] = set()
+    with atomic_path(path, suffix=".hdf5") as tmp, h5py.File(tmp, "w") as f:
+        data = f.create_group("data")
+        for ep in episodes:
+            actions = np.asarray(ep.actions, dtype=np.float32)
+            if actions.ndim != 2 or not np.isfinite(actions).all():
+                raise DataError(f"{path}: episode {ep.key}: actions must be a finite (T, D) array")
+            g = data.create_group(f"demo_{n}")
+            g.create_dataset("actions", data=actions)
+            obs = g.create_group("obs")
+            for cam, frames in ep.frames.items():
+                frames = np.asarray(frames)
+                if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != len(actions):
+                    raise DataError(
+                        f"{path}: episode {ep.key}: camera {cam!r} frames must be uint8 "
+                        f"(T={len(actions)}, H, W, 3), got {frames.dtype} {frames.shape}"
+                    )
+                obs.create_dataset(
+                    f"{cam}{_RGB_SUFFIX}", data=frames, chunks=(1, *frames.shape[1:]), compression="lzf"
+                )
+                cameras.add(cam)
+            g.attrs["instruction"] = ep.instruction
+            g.attrs["task"] = ep.task
+            g.attrs["num_samples"] = len(actions)
+            for k, v in ep.attrs.items():
+                g.attrs[k] = _store_attr(v)
+            n += 1
+        for k, v in (file_attrs or {}).items():
+            data.attrs[k] = _store_attr(v)
+        data.attrs["cameras"] = json.dumps(sorted(cameras))
+        data.attrs["total"] = n
+    return n
+
+
+class EpisodeReader:
+    """Validating reader for episode stores (ours and official LIBERO files).
+
+    Use as a context manager or call :meth:`close`. ``cameras`` restricts which cameras
+    are read (default: all cameras present in every demo).
+    """
+
+    def __init__(self, path: str | Path, cameras: list[str] | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: episode file not found")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise DataError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {e}") from e
+        try:
+            self._open(cameras)
+        except DataError:
+            self._f.close()
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            self._f.close()
+            raise DataError(
+                f"{self.path}: cannot read the file structure (truncated or corrupt?): {e}"
+            ) from e
+
+    def _open(self, cameras: list[str] | None) -> None:
+        if "data" not in self._f or not isinstance(self._f["data"], h5py.Group):
+            raise DataError(
+                f"{self.path}: no 'data' group (expected the LIBERO/robomimic layout data/demo_<i>/...)"
+            )
+        data = self._f["data"]
+        keys = [k for k in data if _DEMO_RE.match(k)]
+        if not keys:
+            raise DataError(f"{self.path}: the file holds no demonstrations (no data/demo_<i> groups)")
+        self.keys: list[str] = sorted(keys, key=lambda k: int(_DEMO_RE.match(k).group(1)))
+        self.file_attrs: dict[str, Any] = {k: _attr_value(v) for k, v in data.attrs.items()}
+        self._problem_instruction = None
+        info = self.file_attrs.get("problem_info")
+        if isinstance(info, str):
+            try:
+                self._problem_instruction = json.loads(info).get("language_instruction")
+            except (json.JSONDecodeError, AttributeError):
+                self._problem_instruction = None
+        # Structure of every demo: actions and per-camera frames with consistent shapes.
+        dims, cams_per_demo, shapes = set(), [], set()
+        for k in self.keys:
+            g = data[k]
+            if "actions" not in g:
+                raise DataError(f"{self.path}: {k}: missing 'actions'")
+            a = g["actions"]
+            if a.ndim != 2:
+                raise DataError(f"{self.path}: {k}: actions must be 2-D (T, D), got shape {a.shape}")
+            if not np.issubdtype(a.dtype, np.floating):
+                raise DataError(f"{self.path}: {k}: actions must be floating point, got {a.dtype}")
+            dims.add(a.shape[1])
+            obs = g.get("obs")
+            cams = sorted(n[: -len(_RGB_SUFFIX)] for n in (obs or {}) if n.endswith(_RGB_SUFFIX))
+            cams_per_demo.append(set(cams))
+            for c in cams:
+                ds = obs[f"{c}{_RGB_SUFFIX}"]
+                if ds.dtype != np.uint8 or ds.ndim != 4 or ds.shape[-1] != 3:
+                    raise DataError(
+                        f"{self.path}: {k}: obs/{c}_rgb must be uint8 (T, H, W, 3), got {ds.dtype} {ds.shape}"
+                    )
+                if ds.shape[0] != a.shape[0]:
+                    raise DataError(
+                        f"{self.path}: {k}: obs/{c}_rgb has {ds.shape[0]} frames but there are "
+                        f"{a.shape[0]} actions"
+                    )
+                shapes.add(ds.shape[1:])
+        if len(dims) != 1:
+            raise DataError(f"{self.path}: demos disagree on the action dimension: {sorted(dims)}")
+        self.action_dim: int = dims.pop()
+        common = set.intersection(*cams_per_demo)
+        if cameras is None:
+            self.cameras: list[str] = sorted(common)
+        else:
+            missing = [c for c in cameras if c not in common]
+            if missing:
+                raise DataError(
+                    f"{self.path}: camera(s) {missing} not present in every demo "
+                    f"(available: {sorted(common)})"
+                )
+            self.cameras = list(cameras)
+        if not self.cameras:
+            raise DataError(f"{self.path}: no camera (obs/<camera>_rgb) is present in every demo")
+        if len(shapes) > 1:
+            raise DataError(f"{self.path}: frames of different shapes across demos/cameras: {sorted(shapes)}")
+        self.image_shape: tuple[int, int, int] = tuple(shapes.pop())
+
+    # ------------------------------------------------------------------ access
+    def __enter__(self) -> EpisodeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            self._f.close()
+            self._f = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _key(self, i: int | str) -> str:
+        if isinstance(i, str):
+            if i not in self.keys:
+                raise DataError(f"{self.path}: no demo {i!r}")
+            return i
+        return self.keys[i]
+
+    def _read(self, key: str, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except DataError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise DataError(f"{self.path}: {key}: cannot read {what} (truncated or corrupt?): {e}") from e
+
+    def actions(self, i: int | str) -> np.ndarray:
+        key = self._key(i)
+        a = self._read(key, "actions", lambda: self._f["data"][key]["actions"][()])
+        a = np.asarray(a, dtype=np.float32)
+        if not np.isfinite(a).all():
+            t = int(np.argwhere(~np.isfinite(a))[0][0])
+            raise DataError(f"{self.path}: {key}: actions contain NaN or inf (first at step {t})")
+        return a
+
+    def frames(self, i: int | str, camera: str) -> np.ndarray:
+        key = self._key(i)
+        if camera not in self.cameras:
+            raise DataError(f"{self.path}: camera {camera!r} not available (have {self.cameras})")
+        return self._read(
+            key, f"obs/{camera}_rgb", lambda: self._f["data"][key]["obs"][f"{camera}{_RGB_SUFFIX}"][()]
+        )
+
+    def attrs(self, i: int | str) -> dict[str, Any]:
+        key = self._key(i)
+        return {k: _attr_value(v) for k, v in self._f["data"][key].attrs.items()}
+
+    def __getitem__(self, i: int | str) -> Episode:
+        key = self._key(i)
+        attrs = self.attrs(key)
+        instruction = attrs.pop("instruction", None) or self._problem_instruction or ""
+        task = attrs.pop("task", None) or self.file_attrs.get("env_name") or self.file_attrs.get("env") or ""
+        return Episode(
+            key=key,
+            actions=self.actions(key),
+            frames={c: self.frames(key, c) for c in self.cameras},
+            instruction=str(instruction),
+            task=str(task),
+            attrs=attrs,
+        )
+
+    def __iter__(self) -> Iterator[Episode]:
+        for k in self.keys:
+            yield self[k]
