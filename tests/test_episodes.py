@@ -94,7 +94,7 @@ def test_truncated_file_gives_a_clear_error(store, tmp_path):
     for frac in (0.3, 0.6, 0.9):
         cut.write_bytes(data[: int(len(data) * frac)])
         with pytest.raises(DataError, match="cut.hdf5"), EpisodeReader(cut) as r:
-            for e in r:
+            for _ in r:
                 pass
 
 
@@ -153,9 +153,8 @@ def test_nan_actions_are_reported_on_access(store):
         f["data/demo_6/actions"][2, 1] = np.nan
 
     _edit(path, poison)
-    with EpisodeReader(path) as r:
-        with pytest.raises(DataError, match="demo_6: actions contain NaN or inf \\(first at step 2\\)"):
-            r[6]
+    with EpisodeReader(path) as r, pytest.raises(DataError, match="demo_6: actions contain NaN or inf"):
+        r[6]
 
 
 def test_unknown_camera_is_refused(store):
