@@ -66,7 +66,7 @@ def test_suites_split_variations_and_cover_instructions():
 def test_collect_debug_suite_is_deterministic(tmp_path):
     suite = suite_preset("debug")
     r1 = collect(suite, tmp_path / "a.hdf5", seed=1, action_noise=0.1, workers=1, progress=False)
-    r2 = collect(suite, tmp_path / "b.hdf5", seed=1, action_noise=0.1, workers=1, progress=False)
+    collect(suite, tmp_path / "b.hdf5", seed=1, action_noise=0.1, workers=1, progress=False)
     assert r1.kept == {"handle-press-v3": 2} and r1.dropped == {"handle-press-v3": 0}
     with EpisodeReader(tmp_path / "a.hdf5") as a, EpisodeReader(tmp_path / "b.hdf5") as b:
         assert len(a) == 2 and a.cameras == [suite.camera] and a.action_dim == 4
