@@ -7,14 +7,16 @@ frames, so the project trains its own tokenizer on CPU in minutes: 64×64 -> 8×
 
 Architecture (read top to bottom)::
 
-    encoder: conv3x3(3 -> c0) ; per stage i: [conv3x3 stride 2 (c_{i-1} -> c_i), ResBlock × n]
+    encoder: conv3x3(3 -> stem) ; per stage i: [conv3x3 stride 2 (c_{i-1} -> c_i), ResBlock × blocks_i]
              ; GroupNorm, SiLU, conv1x1 (c_last -> latent_dim)
     quantizer: VectorQuantize (EMA codebook, k-means init, dead-code replacement) or FSQ
-    decoder: conv3x3(latent_dim -> c_last), ResBlock × n ; per stage (reversed):
-             [nearest ×2, conv3x3 (c_i -> c_{i-1}), ResBlock × n] ; GroupNorm, SiLU, conv3x3 (-> 3)
+    decoder: conv3x3(latent_dim -> c_last), ResBlock × mid_blocks ; per stage (reversed):
+             [nearest ×2, conv3x3 (c_i -> c_{i-1}), ResBlock × blocks_{i-1}]
+             ; GroupNorm, SiLU, conv3x3 (stem -> 3)
 
-The residual blocks work at the *downsampled* resolutions only (the full-resolution layers
-are single convolutions), which is what keeps a CPU training step cheap. ResBlock =
+Residual blocks sit only at the downsampled resolutions (by default none at 1/2 and none at
+full resolution, where single convolutions do the work), which is what keeps a CPU
+training step cheap: the cost of a block grows with the pixels it sees. ResBlock =
 ``x + conv(SiLU(GN(conv(SiLU(GN(x))))))`` with a 1×1 projection when channels change.
 
 Quantizers come from ``vector-quantize-pytorch`` (one file per idea):
@@ -67,9 +69,10 @@ class VQConfig:
 
     image_size: int = 64
     downsample: int = 8  # image_size / grid side; 2 ** len(channels)
-    channels: tuple[int, ...] = (64, 96, 128)  # one entry per stride-2 stage
-    stem_channels: int = 32  # channels of the full-resolution conv in/out
-    res_blocks: int = 1  # residual blocks per stage (and in the middle)
+    channels: tuple[int, ...] = (32, 64, 128)  # one entry per stride-2 stage
+    stem_channels: int = 16  # channels of the full-resolution conv in/out
+    blocks: tuple[int, ...] = (0, 1, 2)  # residual blocks after each stride-2 stage (CPU cost lives here)
+    mid_blocks: int = 2  # residual blocks at the lowest resolution (decoder input)
     latent_dim: int = 64
     quantizer: str = "vq"  # "vq" | "fsq"
     codebook_size: int = 1024  # "vq" only; for "fsq" the product of fsq_levels
@@ -93,6 +96,8 @@ class VQConfig:
             raise ConfigError(
                 f"image_size {self.image_size} is not a multiple of downsample {self.downsample}"
             )
+        if len(self.blocks) != len(self.channels):
+            raise ConfigError(f"blocks {self.blocks} needs one entry per stage (channels {self.channels})")
         for c in (*self.channels, self.stem_channels):
             if c % self.groups:
                 raise ConfigError(f"channel count {c} is not divisible by groups={self.groups}")
@@ -114,6 +119,7 @@ class VQConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        d["blocks"] = list(self.blocks)
         d["fsq_levels"] = list(self.fsq_levels)
         return d
 
@@ -124,7 +130,7 @@ class VQConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown VQ config fields: {sorted(unknown)}")
-        for k in ("channels", "fsq_levels"):
+        for k in ("channels", "blocks", "fsq_levels"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -137,13 +143,19 @@ PRESETS: dict[str, VQConfig] = {
     "mw64-fsq": VQConfig(quantizer="fsq"),
     # LIBERO-sized frames with our own tokenizer (256×256 -> 16×16, downsampling 16).
     "libero256": VQConfig(
-        image_size=256, downsample=16, channels=(32, 64, 128, 128), stem_channels=32, codebook_size=8192
+        image_size=256,
+        downsample=16,
+        channels=(32, 64, 128, 128),
+        blocks=(0, 1, 1, 1),
+        stem_channels=32,
+        codebook_size=8192,
     ),
     # Tiny debug siblings: seconds on a laptop, used by the tests.
     "tiny": VQConfig(
         image_size=16,
         downsample=4,
         channels=(16, 16),
+        blocks=(1, 1),
         stem_channels=16,
         latent_dim=8,
         codebook_size=32,
@@ -154,6 +166,7 @@ PRESETS: dict[str, VQConfig] = {
         image_size=16,
         downsample=4,
         channels=(16, 16),
+        blocks=(1, 1),
         stem_channels=16,
         latent_dim=8,
         quantizer="fsq",
@@ -190,9 +203,9 @@ class Encoder(nn.Module):
         self.stem = nn.Conv2d(3, cfg.stem_channels, 3, padding=1)
         layers: list[nn.Module] = []
         c = cfg.stem_channels
-        for c_out in cfg.channels:
+        for c_out, n in zip(cfg.channels, cfg.blocks):
             layers.append(nn.Conv2d(c, c_out, 3, stride=2, padding=1))  # halves H and W
-            layers += [ResBlock(c_out, c_out, cfg.groups) for _ in range(cfg.res_blocks)]
+            layers += [ResBlock(c_out, c_out, cfg.groups) for _ in range(n)]
             c = c_out
         self.stages = nn.Sequential(*layers)
         self.norm = nn.GroupNorm(cfg.groups, c)
@@ -208,12 +221,13 @@ class Decoder(nn.Module):
         super().__init__()
         c = cfg.channels[-1]
         self.inp = nn.Conv2d(cfg.latent_dim, c, 3, padding=1)
-        layers: list[nn.Module] = [ResBlock(c, c, cfg.groups) for _ in range(cfg.res_blocks)]
+        layers: list[nn.Module] = [ResBlock(c, c, cfg.groups) for _ in range(cfg.mid_blocks)]
+        # Mirror of the encoder: after upsampling to stage i's resolution, stage i's blocks.
         targets = (*cfg.channels[::-1][1:], cfg.stem_channels)  # channels after each upsampling
-        for c_out in targets:
+        n_blocks = (*cfg.blocks[::-1][1:], 0)
+        for c_out, n in zip(targets, n_blocks):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c_out, 3, padding=1)]
-            if c_out != cfg.stem_channels:
-                layers += [ResBlock(c_out, c_out, cfg.groups) for _ in range(cfg.res_blocks)]
+            layers += [ResBlock(c_out, c_out, cfg.groups) for _ in range(n)]
             c = c_out
         self.stages = nn.Sequential(*layers)
         self.norm = nn.GroupNorm(cfg.groups, c)

@@ -215,7 +215,7 @@ def train_vq(
             usage, ppl = code_stats(codes.numpy(), tok.codebook_size)
             writer.add_scalar("train/loss", loss.item(), step)
             writer.add_scalar("train/recon", recon.item(), step)
-            writer.add_scalar("train/commit", float(aux), step)
+            writer.add_scalar("train/commit", aux.item(), step)
             writer.add_scalar("train/psnr", 10 * math.log10(1 / max(mse, 1e-10)), step)
             writer.add_scalar("train/batch_usage", usage, step)
             writer.add_scalar("train/batch_perplexity", ppl, step)
