@@ -227,3 +227,88 @@ def write_results(path: str | Path, results: Sequence[EpisodeResult], meta: dict
     }
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+# ---------------------------------------------------------------------------- entry point
+def save_gif(path: Path, frames: np.ndarray, scale: int = 3, fps: int = 15) -> None:
+    import imageio.v2 as imageio
+
+    from worldvla.utils.io import atomic_path
+
+    big = np.asarray(frames).repeat(scale, axis=1).repeat(scale, axis=2)
+    with atomic_path(path, suffix=".gif") as tmp:
+        imageio.mimsave(tmp, list(big), format="GIF", duration=1000 / fps, loop=0)
+
+
+def evaluate_policy(
+    checkpoint: str | Path,
+    suite: Any,
+    out_dir: str | Path,
+    episodes_per_task: int = 10,
+    num_envs: int = 8,
+    episodes_path: str | Path | None = None,
+    gifs: int = 2,
+    seed: int = 0,
+    baselines: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Closed-loop success of a checkpoint on the suite's held-out variations, plus baselines.
+
+    Writes ``results.json`` and GIFs into ``out_dir``; returns the results document.
+    """
+    from worldvla.data.episodes import EpisodeReader
+    from worldvla.policy import PolicyConfig, WorldVLAPolicy
+    from worldvla.utils.provenance import provenance
+
+    out = Path(out_dir)
+    (out / "gifs").mkdir(parents=True, exist_ok=True)
+    variations = suite.test_variations
+    jobs = [(task, variations[i % len(variations)]) for task in suite.tasks for i in range(episodes_per_task)]
+    policy = WorldVLAPolicy.from_pretrained(
+        checkpoint, PolicyConfig(seed=seed), num_envs=min(num_envs, len(jobs))
+    )
+    stats = policy.bundle.action_stats
+    agents: list[Any] = [PolicyAgent(policy, suite.camera)]
+    if baselines:
+        agents.append(RandomAgent(np.array(stats.low), np.array(stats.high), seed=seed))
+        if episodes_path is not None:
+            demos: dict[str, list[np.ndarray]] = {}
+            with EpisodeReader(episodes_path) as reader:
+                for key in reader.keys:
+                    demos.setdefault(str(reader.attrs(key).get("task")), []).append(reader.actions(key))
+            missing = [t for t in suite.tasks if t not in demos]
+            if not missing:
+                agents.append(ReplayAgent(demos, seed=seed))
+
+    def record(agent: str, task: str, variation: int, frames: np.ndarray) -> None:
+        save_gif(out / "gifs" / f"{agent}_{task}_v{variation}.gif", frames)
+
+    results: list[EpisodeResult] = []
+    t0 = time.perf_counter()
+    for agent in agents:
+        results += run_agent(
+            agent,
+            suite.make_env,
+            jobs,
+            num_envs,
+            suite.max_steps,
+            record=record,
+            record_first=gifs,
+            progress=progress,
+        )
+    meta = provenance(
+        checkpoint=str(checkpoint),
+        suite=suite.to_dict(),
+        episodes_per_task=episodes_per_task,
+        num_envs=num_envs,
+        seed=seed,
+        wall_seconds=time.perf_counter() - t0,
+        policy={
+            "chunk_len": policy.chunk_len,
+            "history": policy.layout.history,
+            "chunk_mask": policy.chunk_mask,
+            "replan_every": policy.config.replan_every,
+            "temperature": policy.config.temperature,
+        },
+    )
+    return write_results(out / "results.json", results, meta)

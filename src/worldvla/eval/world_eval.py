@@ -145,3 +145,54 @@ def side_by_side(real: np.ndarray, pred: np.ndarray, scale: int = 3) -> np.ndarr
 
 def write_results(path: str | Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
+
+
+def evaluate_world(
+    checkpoint: str | Path,
+    episodes_path: str | Path,
+    out_dir: str | Path,
+    num_episodes: int = 16,
+    lengths: Sequence[int] = (1, 10, 50),
+    gifs: int = 2,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Roll out the checkpoint's held-out (validation) episodes; write ``results.json`` and GIFs."""
+    import time
+
+    from worldvla.data.episodes import EpisodeReader
+    from worldvla.errors import DataError
+    from worldvla.eval.policy_eval import save_gif
+    from worldvla.utils.provenance import provenance
+    from worldvla.world_model import WorldModel
+
+    out = Path(out_dir)
+    (out / "gifs").mkdir(parents=True, exist_ok=True)
+    wm = WorldModel.from_pretrained(checkpoint)
+    camera = wm.layout.camera
+    keys = list(wm.bundle.val_episodes)
+    if not keys:
+        raise DataError(f"{checkpoint}: the checkpoint records no held-out episodes to evaluate on")
+    episodes = []
+    with EpisodeReader(episodes_path) as reader:
+        cam = camera or reader.cameras[0]
+        for key in keys[:num_episodes]:
+            episodes.append((reader.frames(key, cam), reader.actions(key)))
+    t0 = time.perf_counter()
+    rows, rollouts = evaluate_rollouts(wm, episodes, lengths, batch_size=batch_size)
+    for length, rs in rollouts.items():
+        for i in range(min(gifs, len(rs.real))):
+            save_gif(
+                out / "gifs" / f"rollout_{length}_ep{i}.gif",
+                side_by_side(rs.real[i], rs.pred[i]),
+                scale=1,
+                fps=8,
+            )
+    meta = provenance(
+        checkpoint=str(checkpoint),
+        episodes=str(episodes_path),
+        episode_keys=keys[:num_episodes],
+        lengths=list(lengths),
+        wall_seconds=time.perf_counter() - t0,
+    )
+    write_results(out / "results.json", rows, meta)
+    return {"meta": meta, "rows": rows}

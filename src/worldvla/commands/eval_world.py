@@ -1,0 +1,31 @@
+"""worldvla eval-world: world-model rollouts on held-out episodes vs. real frames.
+
+worldvla eval-world CHECKPOINT --episodes DEMOS.hdf5 [--num 16] [--lengths 1,10,50] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="worldvla eval-world", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="checkpoint or run directory")
+    p.add_argument("--episodes", required=True, help="the episode store the checkpoint was trained on")
+    p.add_argument("--num", type=int, default=16, help="held-out episodes to roll out")
+    p.add_argument("--lengths", default="1,10,50", help="rollout lengths, comma separated")
+    p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/../eval_world)")
+    p.add_argument("--gifs", type=int, default=2)
+    args = p.parse_args(argv)
+
+    from pathlib import Path
+
+    from worldvla.eval.world_eval import evaluate_world
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_world"
+    lengths = [int(x) for x in args.lengths.split(",") if x]
+    doc = evaluate_world(args.checkpoint, args.episodes, out, args.num, lengths, args.gifs)
+    for r in doc["rows"]:
+        print(f"{r['method']:12s} {r['length']:3d} frames  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:5.1f}")
+    print(f"results: {out / 'results.json'}")
+    return 0

@@ -1,0 +1,307 @@
+"""A report per run directory: ``report.md`` and ``report.html`` with tables, plots and GIFs.
+
+Reads whatever the pipeline produced (missing parts are skipped, never invented):
+
+    stages.json                 per-stage wall time (quickstart)
+    tokenizer/metrics.json      held-out PSNR and codebook usage of the image tokenizer
+    train/metrics.jsonl         training / validation curves
+    eval_policy/results.json    closed-loop success per task, model and baselines
+    eval_world/results.json     rollout metrics per length, model and baselines
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldvla.utils.io import atomic_write_text
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        split = rec.get("split", "train")
+        for k, v in rec.items():
+            if k in ("step", "split") or not isinstance(v, (int, float)):
+                continue
+            out.setdefault(f"{split}/{k}", []).append((int(rec["step"]), float(v)))
+    return out
+
+
+def _plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> bool:
+    keys = [
+        k
+        for k in (
+            "train/loss",
+            "train/action_loss",
+            "train/world_loss",
+            "val/loss",
+            "val/action_loss",
+            "val/world_loss",
+        )
+        if k in curves
+    ]
+    accs = [
+        k for k in ("train/action_acc", "val/action_acc", "train/image_acc", "val/image_acc") if k in curves
+    ]
+    if not keys:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if accs else 1, figsize=(11 if accs else 6, 3.6), squeeze=False)
+    for k in keys:
+        s, v = zip(*curves[k])
+        axes[0, 0].plot(s, v, label=k, marker="o" if k.startswith("val") else None, ms=3)
+    axes[0, 0].set(xlabel="step", ylabel="loss", yscale="log", title="losses")
+    axes[0, 0].legend(fontsize=7)
+    for k in accs:
+        s, v = zip(*curves[k])
+        axes[0, 1].plot(s, v, label=k, marker="o" if k.startswith("val") else None, ms=3)
+    if accs:
+        axes[0, 1].set(xlabel="step", ylabel="token accuracy", title="accuracy")
+        axes[0, 1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_success(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agents = list(summary)
+    tasks = list(next(iter(summary.values()))["per_task"])
+    x = np.arange(len(tasks) + 1)
+    width = 0.8 / len(agents)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(x), 3.6))
+    for i, a in enumerate(agents):
+        per = summary[a]["per_task"]
+        vals = [100 * per[t]["success"] for t in tasks] + [100 * summary[a]["success"]]
+        lo = [100 * (per[t]["success"] - per[t]["ci_low"]) for t in tasks] + [
+            100 * (summary[a]["success"] - summary[a]["ci95"][0])
+        ]
+        hi = [100 * (per[t]["ci_high"] - per[t]["success"]) for t in tasks] + [
+            100 * (summary[a]["ci95"][1] - summary[a]["success"])
+        ]
+        ax.bar(x + (i - (len(agents) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2, label=a)
+    ax.set_xticks(x, [t.replace("-v3", "") for t in tasks] + ["mean"], rotation=20, fontsize=8)
+    ax.set(
+        ylabel="success rate (%)", ylim=(0, 105), title="closed-loop success on held-out variations (95% CI)"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_psnr(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    longest = {}
+    for r in rows:
+        if r["method"] not in longest or r["length"] > longest[r["method"]]["length"]:
+            longest[r["method"]] = r
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for m, r in longest.items():
+        ax.plot(np.arange(1, len(r["psnr_per_step"]) + 1), r["psnr_per_step"], label=m)
+    ax.set(xlabel="rollout step", ylabel="PSNR (dB)", title="world-model rollouts vs. real frames")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, title: str | None = None) -> Path:
+    """Build ``report.md`` and ``report.html`` in ``run_dir``; returns the path of the HTML report."""
+    run = Path(run_dir)
+    plots = run / "plots"
+    plots.mkdir(exist_ok=True)
+    md: list[str] = [f"# {title or 'WorldVLA run'}: `{run.name}`", ""]
+    stages = _load(run / "stages.json")
+    if stages:
+        mach = stages.get("machine", {})
+        md += [
+            "## Pipeline",
+            "",
+            f"Command: `{stages.get('command', '')}` — experiment preset "
+            f"`{stages.get('preset', '')}`, seed {stages.get('seed', '')}, commit `{stages.get('commit')}`.",
+            f"Machine: {mach.get('processor', '')}, {mach.get('cpus', '')} CPUs, "
+            f"torch {mach.get('torch', '')}.",
+            "",
+        ]
+        rows = [
+            [k, f"{v.get('seconds', 0) / 60:.1f}", "done" if v.get("done") else "not done"]
+            for k, v in stages.get("stages", {}).items()
+        ]
+        total = sum(v.get("seconds", 0) for v in stages.get("stages", {}).values())
+        rows.append(["**total**", f"**{total / 60:.1f}**", ""])
+        md += [_table(["stage", "minutes", "status"], rows), ""]
+
+    tok = _load(run / "tokenizer" / "metrics.json")
+    if tok:
+        md += [
+            "## Image tokenizer",
+            "",
+            f"Held-out PSNR **{tok.get('val_psnr', float('nan')):.2f} dB**, codebook usage "
+            f"**{100 * tok.get('val_codebook_usage', 0):.0f}%** of {tok.get('codebook_size')} codes "
+            f"({tok.get('steps')} steps, {tok.get('seconds', 0):.0f} s).",
+            "",
+        ]
+        if (run / "tokenizer" / "reconstructions.png").exists():
+            md += [
+                "![reconstructions: originals (top) vs. tokenizer (bottom)](tokenizer/reconstructions.png)",
+                "",
+            ]
+
+    curves = _curves(run / "train" / "metrics.jsonl")
+    if _plot_curves(curves, plots / "training.png"):
+        md += ["## Training", "", "![training curves](plots/training.png)", ""]
+
+    pol = _load(run / "eval_policy" / "results.json")
+    if pol:
+        summary = pol["summary"]
+        tasks = list(next(iter(summary.values()))["per_task"])
+        header = ["agent", *[t.replace("-v3", "") for t in tasks], "mean [95% CI]", "episodes", "steps"]
+        rows = []
+        for a, s in summary.items():
+            rows.append(
+                [
+                    a,
+                    *[f"{100 * s['per_task'][t]['success']:.0f}" for t in tasks],
+                    f"**{100 * s['success']:.1f}** [{100 * s['ci95'][0]:.0f}, {100 * s['ci95'][1]:.0f}]",
+                    str(s["episodes"]),
+                    str(s["steps"]),
+                ]
+            )
+        _plot_success(summary, plots / "success.png")
+        meta = pol.get("meta", {})
+        md += [
+            "## Policy: closed-loop success (%) on held-out variations",
+            "",
+            f"{meta.get('episodes_per_task')} episodes per task, variations "
+            f"{meta.get('suite', {}).get('test_variations')}, wall time {meta.get('wall_seconds', 0):.0f} s.",
+            "",
+            _table(header, rows),
+            "",
+            "![success per task](plots/success.png)",
+            "",
+        ]
+        gifs = sorted((run / "eval_policy" / "gifs").glob("*.gif"))
+        if gifs:
+            md += ["Episodes:", ""] + [f"![{g.stem}](eval_policy/gifs/{g.name})" for g in gifs] + [""]
+
+    world = _load(run / "eval_world" / "results.json")
+    if world:
+        rows = [
+            [
+                r["method"],
+                str(r["requested_length"]),
+                str(r["length"]),
+                f"{r['psnr']:.2f}",
+                f"{r['ssim']:.1f}",
+                f"{r['lpips']:.1f}" if "lpips" in r else "—",
+                f"{r['fvd']:.0f}" if "fvd" in r else "—",
+                str(r["videos"]),
+            ]
+            for r in world["rows"]
+        ]
+        _plot_psnr(world["rows"], plots / "psnr.png")
+        md += [
+            "## World model: rollouts from the first frame with ground-truth actions",
+            "",
+            "PSNR in dB, SSIM ×100, LPIPS ×100 (— : standard weights not available locally).",
+            "",
+            _table(["method", "requested frames", "frames", "PSNR", "SSIM", "LPIPS", "FVD", "videos"], rows),
+            "",
+            "![PSNR per rollout step](plots/psnr.png)",
+            "",
+        ]
+        gifs = sorted((run / "eval_world" / "gifs").glob("*.gif"))
+        if gifs:
+            md += ["Real (left) vs. imagined (right):", ""]
+            md += [f"![{g.stem}](eval_world/gifs/{g.name})" for g in gifs] + [""]
+
+    text = "\n".join(md)
+    atomic_write_text(run / "report.md", text + "\n")
+    atomic_write_text(run / "report.html", _to_html(text, title or run.name))
+    return run / "report.html"
+
+
+def _to_html(markdown: str, title: str) -> str:
+    """A small Markdown subset (headings, tables, images, paragraphs) to standalone HTML."""
+    import re
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+        return s
+
+    out, table = [], []
+
+    def flush() -> None:
+        if table:
+            rows = [r.strip().strip("|").split("|") for r in table if not set(r.strip()) <= set("|-")]
+            out.append("<table>")
+            for i, r in enumerate(rows):
+                tag = "th" if i == 0 else "td"
+                out.append("<tr>" + "".join(f"<{tag}>{inline(c.strip())}</{tag}>" for c in r) + "</tr>")
+            out.append("</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if m := re.match(r"^(#+) (.*)", line):
+            n = len(m.group(1))
+            out.append(f"<h{n}>{inline(m.group(2))}</h{n}>")
+        elif m := re.match(r"^!\[(.*)\]\((.*)\)$", line):
+            src, alt = html.escape(m.group(2)), html.escape(m.group(1))
+            out.append(f'<img src="{src}" alt="{alt}" title="{alt}">')
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f3f3f3}img{max-width:100%;margin:4px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )

@@ -1,0 +1,75 @@
+"""Experiment presets: one name for a whole pipeline (suite, tokenizer, training, evaluation).
+
+``worldvla quickstart --preset NAME`` runs collect → train tokenizer → tokenize → train →
+evaluate policy → evaluate world model → report with the settings below. Each preset has
+a tiny sibling (``debug``) that the test command runs end to end in a few minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from worldvla.errors import ConfigError
+from worldvla.utils.registry import lookup
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    suite: str  # worldvla.envs.suites preset
+    tokenizer: str  # worldvla.tokenizers.vq preset
+    train: str  # worldvla.train.config preset
+    episodes_per_task: int | None = None  # None: the suite's
+    action_noise: float = 0.0  # DART-style noise while collecting
+    tokenizer_minutes: float = 6.0
+    tokenizer_steps: int | None = None  # overrides the time budget when set
+    train_minutes: float | None = None  # wall-clock cap on training (the schedule follows train.steps)
+    train_overrides: tuple[str, ...] = ()  # "key=value" applied to the training preset
+    eval_episodes_per_task: int = 10  # on held-out variations, cycling over them
+    eval_envs: int = 8  # environments stepped in lockstep (batched policy calls)
+    eval_world_episodes: int = 16  # held-out (validation) episodes rolled out by the world model
+    rollout_lengths: tuple[int, ...] = (1, 10, 50)
+    gifs: int = 4  # episodes recorded as GIFs per agent / rollouts per length
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.eval_episodes_per_task < 1 or self.eval_envs < 1 or self.eval_world_episodes < 1:
+            raise ConfigError(f"experiment {self.name!r}: evaluation sizes must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+EXPERIMENTS: dict[str, ExperimentConfig] = {
+    # The main job: fits in about 30 minutes on 2 CPU cores (README).
+    "mw-quick": ExperimentConfig(
+        name="mw-quick",
+        suite="mw-quick",
+        tokenizer="mw64",
+        train="mw-quick",
+        action_noise=0.1,
+        tokenizer_minutes=5.0,
+        train_minutes=13.0,
+        train_overrides=("precision=bf16", "steps=900"),
+    ),
+    # Tiny sibling: every stage for real, on one task with a tiny model, in ~2 minutes.
+    "debug": ExperimentConfig(
+        name="debug",
+        suite="debug",
+        tokenizer="mw64",
+        train="mw-quick-debug",
+        tokenizer_minutes=0.2,
+        tokenizer_steps=20,
+        eval_episodes_per_task=2,
+        eval_envs=2,
+        eval_world_episodes=2,
+        rollout_lengths=(1, 10),
+        gifs=1,
+        workers=1,
+    ),
+}
+
+
+def experiment_preset(name: str) -> ExperimentConfig:
+    return lookup(EXPERIMENTS, name, "experiment preset")
