@@ -27,6 +27,15 @@ SMALL = ChameleonVQConfig(
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions are several times slower with 2 threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _write_reference(tmp_path, cfg=SMALL, extra=None, drop=None, seed=0):
     tmp_path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -39,15 +39,25 @@ def store(tmp_path):
     return path
 
 
-@pytest.fixture(scope="module")
-def tok():
-    torch.manual_seed(0)
-    return _eval(VQTokenizer(vq_preset("tiny")))
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
-def _eval(t):
+def _tokenizer(seed):
+    torch.manual_seed(seed)
+    t = VQTokenizer(vq_preset("tiny"))
+    t.init_codebook(np.random.default_rng(seed).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
     t.model.eval()
     return t
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return _tokenizer(0)
 
 
 class CountingTokenizer:
@@ -96,7 +106,7 @@ def test_build_contents(store, tmp_path, tok):
 
 def test_refuses_other_tokenizer(store, tmp_path, tok):
     build_token_cache(store, tok, tmp_path / "cache", progress=False)
-    other = _eval(VQTokenizer(vq_preset("tiny")))  # different random weights
+    other = _tokenizer(1)  # different weights
     assert other.fingerprint() != tok.fingerprint()
     with pytest.raises(DataError, match="image tokenizer"):
         TokenCache.open(tmp_path / "cache", tokenizer_fingerprint=other.fingerprint())

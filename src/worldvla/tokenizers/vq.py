@@ -284,6 +284,11 @@ class VQModel(nn.Module):
             q = self.quantizer.indices_to_codes(flat)
         return q.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, d, h, w)
 
+    @property
+    def codebook_ready(self) -> bool:
+        """False for a ``"vq"`` codebook still waiting for its k-means init (all zeros until then)."""
+        return self.cfg.quantizer != "vq" or bool(self.quantizer._codebook.initted)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, codes, aux = self.quantize(self.encoder(x))
         return self.decoder(q), codes, aux
@@ -320,6 +325,13 @@ class VQTokenizer:
     def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, S, S, 3)`` -> int64 ``(N, h, w)`` codes (eval mode: the codebook is not updated)."""
         x = images_to_tensor(images, self.image_size, self.device)
+        if not self.model.codebook_ready:
+            # The library would run k-means on these images even in eval mode, silently
+            # changing the weights (and the fingerprint) of the tokenizer.
+            raise ConfigError(
+                "the VQ codebook is not initialised (k-means runs on the first training batch); "
+                "train the tokenizer or call init_codebook(images) first"
+            )
         was = self.model.training
         self.model.eval()
         try:
@@ -327,6 +339,18 @@ class VQTokenizer:
         finally:
             self.model.train(was)
         return codes.cpu()
+
+    @torch.no_grad()
+    def init_codebook(self, images: np.ndarray | torch.Tensor) -> None:
+        """k-means-initialise a fresh ``"vq"`` codebook from ``images`` (as the first training step does)."""
+        x = images_to_tensor(images, self.image_size, self.device)
+        was = self.model.training
+        self.model.train()
+        try:
+            self.model.quantize(self.model.encoder(x))
+        finally:
+            self.model.train(was)
+        self._fingerprint = None
 
     @torch.no_grad()
     def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
