@@ -36,7 +36,8 @@ class RunState:
     def __init__(self, run_dir: Path, exp: ExperimentConfig) -> None:
         self.path = run_dir / "stages.json"
         existing = json.loads(self.path.read_text()) if self.path.exists() else {}
-        if existing and existing.get("experiment") and existing["experiment"] != exp.to_dict():
+        wanted = json.loads(json.dumps(exp.to_dict()))  # tuples -> lists, as stored
+        if existing and existing.get("experiment") and existing["experiment"] != wanted:
             from worldvla.errors import ConfigError
 
             raise ConfigError(

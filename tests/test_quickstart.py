@@ -1,0 +1,60 @@
+"""The main job end to end on its tiny preset: every stage for real (simulator included)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.sim]
+
+
+def test_quickstart_debug_end_to_end_and_resume(tmp_path):
+    run = tmp_path / "qs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "worldvla.cli",
+        "quickstart",
+        "--preset",
+        "debug",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "report:" in r.stdout
+    stages = json.loads((run / "stages.json").read_text())
+    assert all(s["done"] for s in stages["stages"].values())
+    pol = json.loads((run / "eval_policy" / "results.json").read_text())
+    assert set(pol["summary"]) == {"worldvla", "random", "replay"}  # baselines in the same table
+    assert pol["meta"]["commit"] is not None or pol["meta"]["machine"]["cpus"] > 0
+    world = json.loads((run / "eval_world" / "results.json").read_text())
+    methods = {row["method"] for row in world["rows"]}
+    assert methods == {"worldvla", "repeat-last", "tokenizer"}
+    md = (run / "report.md").read_text()
+    for needle in ("closed-loop success", "World model", "training curves", ".gif"):
+        assert needle in md
+    assert (run / "report.html").read_text().startswith("<!doctype html>")
+    assert list((run / "eval_policy" / "gifs").glob("*.gif")) and list(
+        (run / "eval_world" / "gifs").glob("*.gif")
+    )
+    # Running again resumes: every stage but the report is skipped.
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0 and r2.stdout.count("skipped") == 6, r2.stdout
+
+
+def test_quickstart_refuses_a_run_directory_of_another_preset(tmp_path):
+    run = tmp_path / "qs"
+    run.mkdir()
+    (run / "stages.json").write_text(
+        json.dumps({"preset": "mw-quick", "experiment": {"name": "mw-quick"}, "stages": {}})
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "worldvla.cli", "quickstart", "--preset", "debug", "--out", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "another configuration" in r.stderr and "Traceback" not in r.stderr
