@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory of the tokenizer")
     p.add_argument("--preset", default="mw64", help=f"tokenizer preset: {', '.join(PRESETS)}")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default: 8)")
     budget.add_argument("--steps", type=int, default=None, help="number of optimizer steps")
     p.add_argument("--camera", default=None, help="camera whose frames are used (default: the first)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     vq_preset(args.preset)  # unknown name -> ConfigError with a suggestion
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = args.steps if args.steps is not None else (10**9 if args.minutes else 20_000)
+    minutes = args.minutes if args.minutes is not None or args.steps is not None else 8.0
     cfg = VQTrainConfig(
         preset=args.preset,
-        steps=steps,
-        minutes=args.minutes,
+        steps=args.steps if args.steps is not None else 10**9,  # the time budget ends training
+        minutes=minutes,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
