@@ -183,7 +183,8 @@ def train_vq(
     budget = cfg.minutes * 60 if cfg.minutes else None
     t0 = last_save = time.monotonic()
     history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.steps, desc="train-tokenizer", unit="step", disable=not progress)
+    total = None if budget is not None and cfg.steps >= 10**8 else cfg.steps  # time-bound: no step total
+    bar = tqdm(total=total, desc="train-tokenizer", unit="step", disable=not progress)
     step = 0
     while step < cfg.steps:
         elapsed = time.monotonic() - t0
