@@ -1,83 +1,175 @@
-"""Embedded-benchmark facts behind the suite choice and the collection speed target.
+"""Embedded-benchmark measurements behind the defaults in docs/metaworld.md.
 
-    python benchmarks/bench_collect.py [--suite mw-quick] [--episodes 10] [--collect]
+    python benchmarks/bench_collect.py --render              # ms per frame: EGL vs OSMesa, fast vs full
+    python benchmarks/bench_collect.py --repeat-sweep        # expert success vs action_repeat (no rendering)
+    python benchmarks/bench_collect.py [--suite mw-quick]    # expert success, replay baseline, ms/step
+    python benchmarks/bench_collect.py --collect [--workers 2] [--episodes-per-task 50]
 
-For each task of the suite: expert success and episode length on training variations,
-the open-loop replay baseline on held-out variations (replaying one of five training
-demonstrations), and simulator+render time per policy step. With ``--collect``, also the
-wall time of ``worldvla collect`` for the whole suite (the target is <= 5 minutes for
-mw-quick on 2 cores).
+``--render`` runs one subprocess per ``MUJOCO_GL`` backend (the backend is fixed when MuJoCo
+is imported). The suite table gives, per task, expert success and episode length on
+training variations, the open-loop replay baseline on held-out variations (replaying one of
+five training demonstrations: a policy that ignores the image) and simulator+render time
+per policy step. ``--collect`` times ``worldvla.data.collect.collect`` for the whole suite
+(target: <= 5 minutes for mw-quick, 50 episodes per task, 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from worldvla.envs.suites import suite_preset
+from worldvla.envs.suites import MT10, suite_preset
+
+_RENDER_PROBE = """
+import json, sys, time
+from worldvla.envs.metaworld import MetaWorldEnv
+out = []
+for fast in (True, False):
+    for res in (64, 128, 256):
+        env = MetaWorldEnv(camera="corner", resolution=res, fast_render=fast)
+        env.reset("button-press-topdown-v3", 0)
+        for _ in range(5):
+            env.step(env.expert_action())
+        t = time.perf_counter()
+        for _ in range(40):
+            env.step(env.expert_action())
+        out.append({"fast": fast, "res": res, "ms": 1000 * (time.perf_counter() - t) / 40})
+        env.close()
+print(json.dumps(out))
+"""
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--suite", default="mw-quick")
-    ap.add_argument("--episodes", type=int, default=10)
-    ap.add_argument("--collect", action="store_true")
-    args = ap.parse_args()
-    suite = suite_preset(args.suite)
+def bench_render() -> None:
+    print("| MUJOCO_GL | render | 64 px | 128 px | 256 px |  (ms per policy step, incl. 2 physics steps)")
+    print("|---|---|---|---|---|")
+    for backend in ("egl", "osmesa"):
+        env = {**os.environ, "MUJOCO_GL": backend}
+        r = subprocess.run([sys.executable, "-c", _RENDER_PROBE], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"| {backend} | unavailable: {r.stderr.strip().splitlines()[-1]} | | | |")
+            continue
+        rows = json.loads(r.stdout.strip().splitlines()[-1])
+        for fast in (True, False):
+            ms = [f"{x['ms']:.1f}" for x in rows if x["fast"] == fast]
+            print(f"| {backend} | {'fast' if fast else 'full'} | {' | '.join(ms)} |")
+
+
+def _expert(env, task: str, variation: int) -> tuple[bool, list[np.ndarray]]:  # noqa: ANN001
+    env.reset(task, variation)
+    actions, ok = [], False
+    for _ in range(env.max_steps):
+        a = env.expert_action()
+        actions.append(a)
+        _, ok = env.step(a)
+        if ok:
+            break
+    return ok, actions
+
+
+def bench_repeat_sweep(tasks: tuple[str, ...], variations: int, physics_steps: int) -> None:
+    """Expert success and policy steps per episode vs. action_repeat at a fixed physics-time budget."""
+    from worldvla.envs.metaworld import MetaWorldEnv
+
+    repeats = (1, 2, 3, 4)
+    print(f"expert success, mean policy steps; variations 0..{variations - 1}; {physics_steps} physics steps")
+    print("| task | " + " | ".join(f"action_repeat={r}" for r in repeats) + " |")
+    print("|---|" + "---|" * len(repeats))
+    for task in tasks:
+        cells = []
+        for r in repeats:
+            env = MetaWorldEnv(action_repeat=r, max_steps=physics_steps // r, cameras=())
+            runs = [_expert(env, task, v) for v in range(variations)]
+            env.close()
+            wins = sum(ok for ok, _ in runs)
+            cells.append(f"{wins}/{variations}, {np.mean([len(a) for _, a in runs]):.0f}")
+        print(f"| {task} | " + " | ".join(cells) + " |")
+
+
+def bench_suite(suite_name: str, episodes: int) -> None:
+    suite = suite_preset(suite_name)
     env = suite.make_env()
     print(
-        f"# bench_collect: suite={suite.name} camera={suite.camera} {suite.resolution}px "
+        f"suite={suite.name} camera={suite.camera} {suite.resolution}px "
         f"action_repeat={suite.action_repeat} max_steps={suite.max_steps}"
     )
-    print(
-        "| task | expert success (train vars) | mean / max length | replay success (held-out) | ms/step |"
-    )
+    print("| task | expert success (train vars) | mean / max length | replay success (held-out) | ms/step |")
     print("|---|---|---|---|---|")
     for task in suite.tasks:
-        demos, lengths, wins, steps = [], [], 0, 0
         t0 = time.perf_counter()
-        for i in range(args.episodes):
-            env.reset(task, suite.train_variations[i % len(suite.train_variations)])
-            acts, ok = [], False
-            for _ in range(suite.max_steps):
-                a = env.expert_action()
-                acts.append(a)
-                _, ok = env.step(a)
-                if ok:
-                    break
-            wins += ok
-            steps += len(acts)
-            lengths.append(len(acts))
-            demos.append(np.array(acts))
+        train = suite.train_variations
+        runs = [_expert(env, task, train[i % len(train)]) for i in range(episodes)]
+        steps = sum(len(a) for _, a in runs)
         ms = 1000 * (time.perf_counter() - t0) / steps
+        demos = [np.array(a) for _, a in runs]
         replay = 0
-        held_out = suite.test_variations
-        for i in range(args.episodes):
+        for i in range(episodes):
             d = demos[i % min(5, len(demos))]
-            env.reset(task, held_out[i % len(held_out)])
+            env.reset(task, suite.test_variations[i % len(suite.test_variations)])
             for t in range(suite.max_steps):
                 _, ok = env.step(d[min(t, len(d) - 1)])
                 if ok:
                     break
             replay += ok
+        lengths = [len(a) for a in demos]
         print(
-            f"| {task} | {wins}/{args.episodes} | {np.mean(lengths):.0f} / {max(lengths)} | "
-            f"{replay}/{args.episodes} | {ms:.1f} |"
+            f"| {task} | {sum(ok for ok, _ in runs)}/{episodes} | {np.mean(lengths):.0f} / {max(lengths)} | "
+            f"{replay}/{episodes} | {ms:.1f} |"
         )
     env.close()
-    if args.collect:
-        from worldvla.data.collect import collect
 
-        with tempfile.TemporaryDirectory() as d:
-            r = collect(suite, Path(d) / "demos.hdf5", seed=0, action_noise=0.1, workers=2, progress=False)
-        print(
-            f"\ncollect {suite.name}: {sum(r.kept.values())} episodes kept, "
-            f"{sum(r.dropped.values())} dropped, {r.steps} steps, {r.seconds:.0f} s wall (2 workers)"
+
+def bench_collect(suite_name: str, workers: int, episodes_per_task: int | None, noise: float) -> None:
+    from worldvla.data.collect import collect
+
+    suite = suite_preset(suite_name)
+    with tempfile.TemporaryDirectory() as d:
+        r = collect(
+            suite,
+            Path(d) / "demos.hdf5",
+            episodes_per_task=episodes_per_task,
+            seed=0,
+            action_noise=noise,
+            workers=workers,
+            progress=False,
         )
+        size = (Path(d) / "demos.hdf5").stat().st_size
+    print(r.summary())
+    print(
+        f"collect {suite.name}: {sum(r.kept.values())} kept, {sum(r.dropped.values())} dropped, "
+        f"{r.steps} steps, {r.seconds:.0f} s wall, {workers} workers, noise {noise}, {size / 2**20:.1f} MiB"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", default="mw-quick")
+    ap.add_argument("--episodes", type=int, default=10, help="episodes per task for the suite table")
+    ap.add_argument("--render", action="store_true")
+    ap.add_argument("--repeat-sweep", action="store_true")
+    ap.add_argument("--variations", type=int, default=20, help="for --repeat-sweep")
+    ap.add_argument("--collect", action="store_true")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--episodes-per-task", type=int, default=None)
+    ap.add_argument("--action-noise", type=float, default=0.1)
+    args = ap.parse_args()
+    if args.render:
+        bench_render()
+    elif args.repeat_sweep:
+        suite = suite_preset(args.suite)
+        tasks = tuple(dict.fromkeys(suite.tasks + MT10))
+        bench_repeat_sweep(tasks, args.variations, physics_steps=400)
+    elif args.collect:
+        bench_collect(args.suite, args.workers, args.episodes_per_task, args.action_noise)
+    else:
+        bench_suite(args.suite, args.episodes)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,8 @@
-"""Meta-World adapter and demonstration collection in the real simulator (MuJoCo, headless)."""
-
-import subprocess
-import sys
+"""Meta-World adapter in the real simulator (MuJoCo, headless), instructions and suites."""
 
 import numpy as np
 import pytest
 
-from worldvla.data.collect import collect
-from worldvla.data.episodes import EpisodeReader
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
 from worldvla.envs.suites import SUITES, suite_preset
 from worldvla.errors import ConfigError
@@ -61,49 +56,3 @@ def test_suites_split_variations_and_cover_instructions():
         assert all(t in METAWORLD_INSTRUCTIONS for t in s.tasks)
     with pytest.raises(ConfigError, match="Did you mean 'mw-quick'"):
         suite_preset("mw-quik")
-
-
-def test_collect_debug_suite_is_deterministic(tmp_path):
-    suite = suite_preset("debug")
-    r1 = collect(suite, tmp_path / "a.hdf5", seed=1, action_noise=0.1, workers=1, progress=False)
-    collect(suite, tmp_path / "b.hdf5", seed=1, action_noise=0.1, workers=1, progress=False)
-    assert r1.kept == {"handle-press-v3": 2} and r1.dropped == {"handle-press-v3": 0}
-    with EpisodeReader(tmp_path / "a.hdf5") as a, EpisodeReader(tmp_path / "b.hdf5") as b:
-        assert len(a) == 2 and a.cameras == [suite.camera] and a.action_dim == 4
-        for ea, eb in zip(a, b):
-            assert ea.attrs["success"] and ea.attrs["variation"] in suite.train_variations
-            np.testing.assert_array_equal(ea.actions, eb.actions)
-            np.testing.assert_array_equal(ea.frames[suite.camera], eb.frames[suite.camera])
-
-
-def test_collect_cli_writes_the_file(tmp_path):
-    out = tmp_path / "d.hdf5"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worldvla.cli",
-            "collect",
-            "--preset",
-            "debug",
-            "--out",
-            str(out),
-            "--workers",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "kept 2" in r.stdout and out.exists()
-
-
-def test_collect_cli_rejects_unknown_suite():
-    r = subprocess.run(
-        [sys.executable, "-m", "worldvla.cli", "collect", "--preset", "mw-quik"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2 and "Did you mean 'mw-quick'" in r.stderr and "Traceback" not in r.stderr

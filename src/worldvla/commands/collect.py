@@ -1,22 +1,28 @@
-"""worldvla collect: scripted-expert demonstrations -> one HDF5 episode store."""
+"""worldvla collect: scripted-expert demonstrations -> one HDF5 episode store (docs/metaworld.md)."""
 
 from __future__ import annotations
 
 import argparse
 
-from worldvla.envs.suites import SUITES
-
 
 def main(argv: list[str] | None = None) -> int:
+    from worldvla.envs.suites import SUITES
+
     p = argparse.ArgumentParser(prog="worldvla collect", description=__doc__)
-    p.add_argument("--preset", default="mw-quick", help=f"suite ({', '.join(SUITES)})")
+    p.add_argument("--preset", default="mw-quick", help=f"suite ({', '.join(SUITES)}; default mw-quick)")
     p.add_argument("--out", default=None, help="output HDF5 (default: data/<preset>.hdf5)")
-    p.add_argument("--episodes-per-task", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--action-noise", type=float, default=0.0, help="σ of DART-style noise on executed actions"
+        "--episodes-per-task", type=int, default=None, help="default: the suite's episodes_per_task"
     )
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="seed of the action noise (default 0)")
+    p.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        help="σ of Gaussian noise on the executed actions; the stored label stays the expert's (DART)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
     from worldvla.data.collect import collect
@@ -24,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
     suite = suite_preset(args.preset)
     out = args.out or f"data/{suite.name}.hdf5"
-    report = collect(suite, out, args.episodes_per_task, args.seed, args.action_noise, args.workers)
+    report = collect(
+        suite,
+        out,
+        episodes_per_task=args.episodes_per_task,
+        seed=args.seed,
+        action_noise=args.action_noise,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     print(report.summary())
     return 0

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from worldvla.data.episodes import Episode, write_episodes
 from worldvla.envs.suites import SuiteConfig
+from worldvla.errors import DataError
 
 _ENV = None  # one simulator per worker process
 
@@ -113,7 +114,13 @@ def collect(
     workers: int = 2,
     progress: bool = True,
 ) -> CollectReport:
-    """Run the experts and write the successful episodes to ``out`` (HDF5)."""
+    """Run the experts and write the successful episodes to ``out`` (HDF5, atomically).
+
+    ``episodes_per_task`` defaults to the suite's; episode ``i`` of a task runs on training
+    variation ``train_variations[i % len]``. ``workers`` > 1 runs that many simulator
+    processes (spawned, each with its own GL context); the file is identical for any
+    ``workers``. Raises :class:`DataError` if no episode succeeds.
+    """
     n = episodes_per_task or suite.episodes_per_task
     jobs = [
         Job(k, task, i, suite.train_variations[i % len(suite.train_variations)], seed, action_noise)
@@ -149,6 +156,11 @@ def collect(
     report.kept = {t: kept[t] for t in suite.tasks}
     report.dropped = {t: dropped[t] for t in suite.tasks}
     episodes = [ep for _, ep, _ in results if ep is not None]
+    if not episodes:
+        raise DataError(
+            f"{out}: no expert episode of suite {suite.name!r} succeeded within {suite.max_steps} steps "
+            f"({len(jobs)} tried); nothing written"
+        )
     write_episodes(
         out,
         episodes,

@@ -75,28 +75,48 @@ def write_episodes(
 ) -> int:
     """Write ``episodes`` to ``path`` atomically; returns how many were written.
 
-    ``file_attrs`` go to ``data.attrs`` (dicts/lists as JSON). Frames are chunked per frame
-    and compressed with LZF (fast, lossless, part of h5py).
+    Episodes become ``demo_0, demo_1, …`` in the order given (``Episode.key`` is not kept;
+    put anything that identifies an episode in ``attrs``). ``file_attrs`` go to
+    ``data.attrs`` (dicts/lists as JSON). Frames are chunked per frame and compressed with
+    LZF (fast, lossless, part of h5py). Inconsistent episodes raise :class:`DataError`
+    before anything appears under ``path``; so does an empty iterable (the reader would
+    refuse a store without demonstrations).
     """
     path = Path(path)
     n = 0
     cameras: set[str] = set()
+    action_dim: int | None = None
     with atomic_path(path, suffix=".hdf5") as tmp, h5py.File(tmp, "w") as f:
         data = f.create_group("data")
         for ep in episodes:
             actions = np.asarray(ep.actions, dtype=np.float32)
-            if actions.ndim != 2 or not np.isfinite(actions).all():
-                raise DataError(f"{path}: episode {ep.key}: actions must be a finite (T, D) array")
+            if actions.ndim != 2 or len(actions) == 0 or not np.isfinite(actions).all():
+                raise DataError(
+                    f"{path}: episode {ep.key}: actions must be a finite, non-empty (T, D) array, "
+                    f"got shape {actions.shape}"
+                )
+            if action_dim is not None and actions.shape[1] != action_dim:
+                raise DataError(
+                    f"{path}: episode {ep.key}: action dimension {actions.shape[1]} differs from the "
+                    f"earlier episodes' {action_dim}"
+                )
+            action_dim = actions.shape[1]
             g = data.create_group(f"demo_{n}")
             g.create_dataset("actions", data=actions)
             obs = g.create_group("obs")
             for cam, frames in ep.frames.items():
                 frames = np.asarray(frames)
-                if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != len(actions):
+                if (
+                    frames.dtype != np.uint8
+                    or frames.ndim != 4
+                    or frames.shape[-1] != 3
+                    or len(frames) != len(actions)
+                ):
                     raise DataError(
                         f"{path}: episode {ep.key}: camera {cam!r} frames must be uint8 "
                         f"(T={len(actions)}, H, W, 3), got {frames.dtype} {frames.shape}"
                     )
+                # One chunk per frame: tokenizers read whole frames; LZF is fast and lossless.
                 obs.create_dataset(
                     f"{cam}{_RGB_SUFFIX}", data=frames, chunks=(1, *frames.shape[1:]), compression="lzf"
                 )
@@ -109,6 +129,8 @@ def write_episodes(
             n += 1
         for k, v in (file_attrs or {}).items():
             data.attrs[k] = _store_attr(v)
+        if n == 0:
+            raise DataError(f"{path}: no episodes to write")
         data.attrs["cameras"] = json.dumps(sorted(cameras))
         data.attrs["total"] = n
     return n
@@ -165,8 +187,10 @@ class EpisodeReader:
             if "actions" not in g:
                 raise DataError(f"{self.path}: {k}: missing 'actions'")
             a = g["actions"]
-            if a.ndim != 2:
-                raise DataError(f"{self.path}: {k}: actions must be 2-D (T, D), got shape {a.shape}")
+            if a.ndim != 2 or a.shape[0] == 0:
+                raise DataError(
+                    f"{self.path}: {k}: actions must be a non-empty (T, D) array, got shape {a.shape}"
+                )
             if not np.issubdtype(a.dtype, np.floating):
                 raise DataError(f"{self.path}: {k}: actions must be floating point, got {a.dtype}")
             dims.add(a.shape[1])

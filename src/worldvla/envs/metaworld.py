@@ -1,28 +1,46 @@
 """Meta-World adapter (MuJoCo), rendering headless on CPU.
 
-Rendering: ``MUJOCO_GL=egl`` unless the user chose otherwise. EGL through Mesa's llvmpipe
-needs no display and no GPU, is what ``scripts/setup.sh`` installs (``libegl1``,
-``libegl-mesa0``), and also picks up a GPU driver when one exists; OSMesa works too
-(``MUJOCO_GL=osmesa`` with ``libosmesa6``) but is a software-only path.
+Rendering backend: ``MUJOCO_GL`` is chosen before MuJoCo's OpenGL bindings load, unless the
+user already set it: ``egl`` when ``libEGL`` is installed, else ``osmesa`` when ``libOSMesa``
+is, else ``egl`` (and the first render fails with a message naming the packages). On a
+CPU-only machine both end in Mesa's llvmpipe rasterizer and cost the same per frame
+(docs/metaworld.md); EGL is preferred because ``scripts/setup.sh`` installs it (``libegl1``,
+``libegl-mesa0``, ``libgl1-mesa-dri``) and it uses a GPU driver when one exists, while
+OSMesa (``libosmesa6``) is software-only.
 
-Fast rendering (default for the embedded benchmark): shadows and multisampling off. It
-changes the look (no shadows, aliased edges) and makes a frame ~10x cheaper on CPU; the
-model only ever sees frames rendered the same way, in training and in evaluation.
+Fast rendering (default for the embedded benchmark): shadows, multisampling and floor
+reflections off. It changes the look (no shadows, aliased edges) and makes a frame about
+10x cheaper on CPU; the model only ever sees frames rendered the same way, in training and
+in evaluation.
 
 Variations: Meta-World's MT1 benchmark draws 50 seeded goal/object placements per task
 (``metaworld.MT1(task, seed=...)``); variation ``v`` is placement ``v`` of that list, so
 ``(task, v)`` always gives the same scene. Suites split variations into training ones
 (demonstrations) and held-out ones (evaluation).
 
-Images: the corner cameras render upside down and are flipped upright here.
+Images: the corner cameras of Meta-World's scenes render upside down; they are flipped
+upright here (``UPSIDE_DOWN_CAMERAS``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from ctypes.util import find_library
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+
+def _default_gl_backend() -> str:
+    """EGL if its library is installed, else OSMesa if that is, else EGL (fails with a hint)."""
+    if find_library("EGL"):
+        return "egl"
+    if find_library("OSMesa"):
+        return "osmesa"
+    return "egl"
+
+
+# Must happen before PyOpenGL is first imported (it fixes its platform at import time).
+if "MUJOCO_GL" not in os.environ:
+    os.environ["MUJOCO_GL"] = _default_gl_backend()
 
 import warnings  # noqa: E402
 
@@ -31,6 +49,36 @@ import numpy as np  # noqa: E402
 from worldvla.envs.base import Env, Observation  # noqa: E402
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS  # noqa: E402
 from worldvla.errors import ConfigError  # noqa: E402
+from worldvla.utils.registry import lookup  # noqa: E402
+
+GL_PACKAGES = {
+    "egl": "libegl1 libegl-mesa0 libgl1-mesa-dri (scripts/setup.sh installs them)",
+    "osmesa": "libosmesa6",
+}
+
+
+def _gl_error(e: BaseException) -> ConfigError:
+    backend = os.environ.get("MUJOCO_GL", "")
+    return ConfigError(
+        f"headless rendering with MUJOCO_GL={backend!r} is not available ({type(e).__name__}: {e}). "
+        f"Install {GL_PACKAGES.get(backend, 'an OpenGL driver')}, or set MUJOCO_GL to 'egl' or 'osmesa'."
+    )
+
+
+def _import_metaworld():  # noqa: ANN202
+    """Import Meta-World (and with it MuJoCo, which loads the GL backend named by MUJOCO_GL)."""
+    try:
+        import metaworld
+    except ModuleNotFoundError as e:
+        if e.name in ("metaworld", "mujoco"):
+            raise ConfigError(
+                f"{e.name} is not installed; install the simulator extra: pip install -e '.[metaworld]'"
+            ) from e
+        raise _gl_error(e) from e
+    except Exception as e:  # noqa: BLE001 - PyOpenGL/ctypes raise many unrelated types
+        raise _gl_error(e) from e
+    return metaworld
+
 
 PHYSICS_HZ = 80.0  # Meta-World: frame_skip 5 x 2.5 ms per env.step
 VARIATIONS_PER_TASK = 50
@@ -52,11 +100,13 @@ class MetaWorldEnv(Env):
         benchmark_seed: int = 0,
         cameras: tuple[str, ...] | None = None,
     ) -> None:
+        """``cameras``: those rendered into every observation (default: just ``camera``); an
+        empty tuple renders nothing, for state-only expert runs (benchmarks)."""
         if action_repeat < 1 or resolution < 8 or max_steps < 1:
             raise ConfigError("MetaWorldEnv needs action_repeat >= 1, resolution >= 8 and max_steps >= 1")
         self.camera = camera
-        self.cameras = tuple(cameras or (camera,))
-        if camera not in self.cameras:
+        self.cameras = (camera,) if cameras is None else tuple(cameras)
+        if self.cameras and camera not in self.cameras:
             raise ConfigError(f"primary camera {camera!r} must be one of the rendered cameras {self.cameras}")
         self.resolution = resolution
         self.action_repeat = action_repeat
@@ -73,14 +123,8 @@ class MetaWorldEnv(Env):
     # ------------------------------------------------------------------ setup
     def _benchmark(self, task: str):  # noqa: ANN202
         if task not in self._benchmarks:
-            import metaworld
-
-            if task not in METAWORLD_INSTRUCTIONS:
-                import difflib
-
-                close = difflib.get_close_matches(task, list(METAWORLD_INSTRUCTIONS), n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown Meta-World task {task!r}.{hint}")
+            metaworld = _import_metaworld()
+            lookup(METAWORLD_INSTRUCTIONS, task, "Meta-World task")  # "did you mean" on a typo
             self._benchmarks[task] = metaworld.MT1(task, seed=self.benchmark_seed)
         return self._benchmarks[task]
 
@@ -94,6 +138,7 @@ class MetaWorldEnv(Env):
                 height=self.resolution,
             )
             if self.fast_render:
+                # Read when the render context is created (first render): no shadow map, no MSAA.
                 env.model.vis.quality.shadowsize = 0
                 env.model.vis.quality.offsamples = 0
             env.max_path_length = 10**9  # the adapter enforces the step limit itself
@@ -101,8 +146,25 @@ class MetaWorldEnv(Env):
         return self._envs[task]
 
     # ------------------------------------------------------------------ rendering
+    def _viewer(self, env):  # noqa: ANN001, ANN202
+        """The offscreen viewer, created on first use with a readable error if OpenGL is missing."""
+        renderer = env.mujoco_renderer
+        if renderer.viewer is None:
+            try:
+                viewer = renderer._get_viewer("rgb_array")
+            except Exception as e:  # noqa: BLE001 - PyOpenGL/EGL raise many unrelated types
+                raise _gl_error(e) from e
+            if self.fast_render:
+                import mujoco
+
+                # The floor's mirror pass doubles the draw calls for a barely visible effect
+                # (mean pixel change < 0.1/255 at 64x64); the skybox stays (it is the background).
+                viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        return renderer.viewer
+
     def _render(self, env, camera: str) -> np.ndarray:  # noqa: ANN001
         renderer = env.mujoco_renderer
+        self._viewer(env)
         if camera != self.camera:
             renderer.camera_id = env.model.camera(camera).id
         img = renderer.render("rgb_array")
