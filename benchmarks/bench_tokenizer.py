@@ -1,6 +1,6 @@
 """Image tokenizer speed: training step, encode and decode throughput per preset, as a table.
 
-    python benchmarks/bench_tokenizer.py [--presets mw64 mw64-fsq] [--threads 1 2] [--batch 32]
+    python benchmarks/bench_tokenizer.py [--presets mw64 mw64-vq] [--threads 1 2] [--batch 32]
 
 Timings are medians over a few repetitions after a warm-up, on random frames (speed does
 not depend on the content). On a machine shared with other jobs, more threads can be
@@ -64,7 +64,7 @@ def bench(preset: str, threads: int, batch: int, reps: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=["mw64", "mw64-fsq"])
+    p.add_argument("--presets", nargs="+", default=["mw64", "mw64-vq"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)

@@ -39,7 +39,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(params=["tiny", "tiny-fsq"])
+@pytest.fixture(params=["tiny", "tiny-vq"])
 def tok(request):
     torch.manual_seed(0)
     t = VQTokenizer(vq_preset(request.param))
@@ -49,7 +49,7 @@ def tok(request):
 
 
 def test_uninitialised_codebook_is_refused():
-    t = VQTokenizer(vq_preset("tiny"))
+    t = VQTokenizer(vq_preset("tiny-vq"))
     fp = t.fingerprint()
     with pytest.raises(ConfigError, match="not initialised"):
         t.encode(smooth_images(2))
@@ -90,7 +90,7 @@ def test_bad_inputs_are_data_errors(tok):
         tok.decode(torch.zeros((1, 3, 3), dtype=torch.long))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-fsq"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-vq"])
 def test_loss_drops_in_a_few_steps(preset):
     torch.manual_seed(0)
     model = VQTokenizer(vq_preset(preset)).model.train()
@@ -139,9 +139,9 @@ def test_factory_errors(tmp_path):
 def test_config_validation_and_presets():
     for name, cfg in PRESETS.items():
         assert cfg.image_size // cfg.downsample == cfg.grid[0], name
-    assert PRESETS["mw64"].grid == (8, 8) and PRESETS["mw64"].codebook_size == 1024
-    assert PRESETS["libero256"].grid == (16, 16)
-    assert PRESETS["mw64-fsq"].vocab_size == 1000
+    assert PRESETS["mw64"].grid == (8, 8) and PRESETS["mw64"].vocab_size == 1000
+    assert PRESETS["mw64-vq"].vocab_size == 1024 and PRESETS["mw64-vq"].quantizer == "vq"
+    assert PRESETS["libero256"].grid == (16, 16) and PRESETS["libero256"].vocab_size == 8192
     with pytest.raises(ConfigError, match="Did you mean 'mw64'"):
         vq_preset("mw46")
     with pytest.raises(ConfigError, match="downsample"):

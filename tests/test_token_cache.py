@@ -49,7 +49,7 @@ def one_thread():
 
 def _tokenizer(seed):
     torch.manual_seed(seed)
-    t = VQTokenizer(vq_preset("tiny"))
+    t = VQTokenizer(vq_preset("tiny-vq"))
     t.init_codebook(np.random.default_rng(seed).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
     t.model.eval()
     return t

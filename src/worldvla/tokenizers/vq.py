@@ -74,7 +74,7 @@ class VQConfig:
     blocks: tuple[int, ...] = (0, 1, 2)  # residual blocks after each stride-2 stage (CPU cost lives here)
     mid_blocks: int = 2  # residual blocks at the lowest resolution (decoder input)
     latent_dim: int = 64
-    quantizer: str = "vq"  # "vq" | "fsq"
+    quantizer: str = "fsq"  # "fsq" | "vq" (comparison in docs/image_tokenizer.md)
     codebook_size: int = 1024  # "vq" only; for "fsq" the product of fsq_levels
     codebook_dim: int = 16  # "vq": the codebook's own (projected) space
     ema_decay: float = 0.95
@@ -137,10 +137,10 @@ class VQConfig:
 
 
 PRESETS: dict[str, VQConfig] = {
-    # Meta-World frames (64×64 -> 8×8 codes); the default.
+    # Meta-World frames (64×64 -> 8×8 codes), FSQ 8·5·5·5 = 1,000 codes; the default.
     "mw64": VQConfig(),
-    # Same network, finite scalar quantization (8·5·5·5 = 1,000 codes).
-    "mw64-fsq": VQConfig(quantizer="fsq"),
+    # Same network with a learned codebook (VectorQuantize, 1,024 codes): the runner-up.
+    "mw64-vq": VQConfig(quantizer="vq"),
     # LIBERO-sized frames with our own tokenizer (256×256 -> 16×16, downsampling 16).
     "libero256": VQConfig(
         image_size=256,
@@ -148,7 +148,7 @@ PRESETS: dict[str, VQConfig] = {
         channels=(32, 64, 128, 128),
         blocks=(0, 1, 1, 1),
         stem_channels=32,
-        codebook_size=8192,
+        fsq_levels=(8, 8, 8, 4, 4),  # 8,192 codes, the reference codebook size
     ),
     # Tiny debug siblings: seconds on a laptop, used by the tests.
     "tiny": VQConfig(
@@ -158,19 +158,19 @@ PRESETS: dict[str, VQConfig] = {
         blocks=(1, 1),
         stem_channels=16,
         latent_dim=8,
-        codebook_size=32,
-        codebook_dim=4,
+        fsq_levels=(4, 4, 3),
         groups=4,
     ),
-    "tiny-fsq": VQConfig(
+    "tiny-vq": VQConfig(
         image_size=16,
         downsample=4,
         channels=(16, 16),
         blocks=(1, 1),
         stem_channels=16,
         latent_dim=8,
-        quantizer="fsq",
-        fsq_levels=(4, 4, 3),
+        quantizer="vq",
+        codebook_size=32,
+        codebook_dim=4,
         groups=4,
     ),
 }
