@@ -84,6 +84,12 @@ PHYSICS_HZ = 80.0  # Meta-World: frame_skip 5 x 2.5 ms per env.step
 VARIATIONS_PER_TASK = 50
 UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 
+# Every task's env owns an offscreen GL context, and only one context is current per thread.
+# Gymnasium makes a context current only when it is created, so rendering task A after task
+# B's context was created would draw A's scene with B's GPU buffers (a dark, garbled frame).
+# The adapter switches the context itself whenever another viewer renders (process-wide).
+_current_viewer: object | None = None
+
 
 class MetaWorldEnv(Env):
     """One Meta-World scene at a time; switches task on :meth:`reset` (envs are cached per task)."""
@@ -160,6 +166,10 @@ class MetaWorldEnv(Env):
                 # The floor's mirror pass doubles the draw calls for a barely visible effect
                 # (mean pixel change < 0.1/255 at 64x64); the skybox stays (it is the background).
                 viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        global _current_viewer
+        if _current_viewer is not renderer.viewer:
+            renderer.viewer.make_context_current()
+            _current_viewer = renderer.viewer
         return renderer.viewer
 
     def _render(self, env, camera: str) -> np.ndarray:  # noqa: ANN001
@@ -222,6 +232,8 @@ class MetaWorldEnv(Env):
         return np.clip(np.asarray(a, dtype=np.float32), -1.0, 1.0)
 
     def close(self) -> None:
+        global _current_viewer
+        _current_viewer = None
         for env in self._envs.values():
             # A renderer that fails to free its context must not mask the results.
             with contextlib.suppress(Exception):
