@@ -161,3 +161,61 @@ def test_unknown_camera_is_refused(store):
     path, _ = store
     with pytest.raises(DataError, match="camera"):
         EpisodeReader(path, cameras=["wrist"])
+
+
+def test_empty_file_is_not_hdf5(tmp_path):
+    empty = tmp_path / "empty.hdf5"
+    empty.touch()
+    with pytest.raises(DataError, match="empty.hdf5.*not a readable HDF5"):
+        EpisodeReader(empty)
+
+
+def test_demo_without_steps_is_refused(store):
+    path, _ = store
+
+    def empty_demo(f):
+        g = f["data/demo_7"]
+        g.pop("actions")
+        g.create_dataset("actions", data=np.zeros((0, 4), np.float32))
+        g["obs"].pop("corner_rgb")
+        g["obs"].create_dataset("corner_rgb", data=np.zeros((0, 8, 8, 3), np.uint8))
+
+    _edit(path, empty_demo)
+    with pytest.raises(DataError, match="demo_7: actions must be a non-empty"):
+        EpisodeReader(path)
+
+
+@pytest.mark.parametrize(
+    ("episodes", "message"),
+    [
+        ([], "no episodes to write"),
+        ([_episode(0), _episode(1, D=7)], "demo_1: action dimension 7 differs"),
+        ([_episode(0, T=0)], "non-empty"),
+        (
+            [
+                Episode(
+                    "demo_0",
+                    np.zeros((3, 4), np.float32),
+                    {"corner": np.zeros((3, 8, 8), np.uint8)},
+                    "i",
+                    "t",
+                )
+            ],
+            "frames must be uint8",
+        ),
+        (
+            [Episode("demo_0", np.full((3, 4), np.inf, np.float32), {}, "i", "t")],
+            "finite",
+        ),
+    ],
+)
+def test_writer_refuses_bad_episodes_and_leaves_no_file(tmp_path, episodes, message):
+    with pytest.raises(DataError, match=message):
+        write_episodes(tmp_path / "bad.hdf5", episodes)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_demo_key_is_a_data_error(store):
+    path, _ = store
+    with EpisodeReader(path) as r, pytest.raises(DataError, match="no demo 'demo_99'"):
+        r["demo_99"]
