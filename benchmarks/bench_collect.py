@@ -4,6 +4,7 @@
     python benchmarks/bench_collect.py --repeat-sweep        # expert success vs action_repeat (no rendering)
     python benchmarks/bench_collect.py [--suite mw-quick]    # expert success, replay baseline, ms/step
     python benchmarks/bench_collect.py --collect [--workers 2] [--episodes-per-task 50]
+    python benchmarks/bench_collect.py --sample-frames docs/images   # the README/docs frames
 
 ``--render`` runs one subprocess per ``MUJOCO_GL`` backend (the backend is fixed when MuJoCo
 is imported). The suite table gives, per task, expert success and episode length on
@@ -148,6 +149,24 @@ def bench_collect(suite_name: str, workers: int, episodes_per_task: int | None, 
     )
 
 
+def save_sample_frames(suite_name: str, out_dir: Path, scale: int = 4) -> None:
+    """First frame of the first held-out variation of each task, side by side: at the stored
+    resolution and enlarged ``scale``x (nearest neighbour, so the pixels stay honest)."""
+    from PIL import Image
+
+    suite = suite_preset(suite_name)
+    env = suite.make_env()
+    frames = [env.reset(task, suite.test_variations[0]).images[suite.camera] for task in suite.tasks]
+    env.close()
+    strip = Image.fromarray(np.concatenate(frames, axis=1))  # (H, n_tasks * W, 3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    strip.save(out_dir / f"{suite.name}-frames-native.png")
+    strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST).save(
+        out_dir / f"{suite.name}-frames.png"
+    )
+    print(f"wrote {out_dir}/{suite.name}-frames.png and -frames-native.png ({', '.join(suite.tasks)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", default="mw-quick")
@@ -159,8 +178,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--episodes-per-task", type=int, default=None)
     ap.add_argument("--action-noise", type=float, default=0.1)
+    ap.add_argument("--sample-frames", type=Path, default=None, metavar="DIR")
     args = ap.parse_args()
-    if args.render:
+    if args.sample_frames is not None:
+        save_sample_frames(args.suite, args.sample_frames)
+    elif args.render:
         bench_render()
     elif args.repeat_sweep:
         suite = suite_preset(args.suite)

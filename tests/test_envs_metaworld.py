@@ -1,5 +1,6 @@
 """Meta-World adapter in the real simulator (MuJoCo, headless), instructions and suites."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,8 +12,6 @@ from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
 from worldvla.envs.suites import SUITES, suite_preset
 from worldvla.errors import ConfigError
 
-pytestmark = pytest.mark.sim
-
 
 @pytest.fixture(scope="module")
 def env():
@@ -21,6 +20,7 @@ def env():
     e.close()
 
 
+@pytest.mark.sim
 def test_reset_step_frames_and_success(env):
     obs = env.reset("handle-press-v3", 0)
     img = obs.images[env.camera]
@@ -39,6 +39,7 @@ def test_reset_step_frames_and_success(env):
     assert success, "the scripted expert should solve handle-press"
 
 
+@pytest.mark.sim
 def test_variations_are_reproducible_and_distinct(env):
     a = env.reset("drawer-close-v3", 3).images[env.camera]
     b = env.reset("drawer-close-v3", 3).images[env.camera]
@@ -46,6 +47,7 @@ def test_variations_are_reproducible_and_distinct(env):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+@pytest.mark.sim
 def test_bad_actions_and_tasks_are_refused(env):
     env.reset("handle-press-v3", 0)
     with pytest.raises(ConfigError, match="4 dims"):
@@ -62,8 +64,16 @@ def test_suites_split_variations_and_cover_instructions():
         assert all(t in METAWORLD_INSTRUCTIONS for t in s.tasks)
     with pytest.raises(ConfigError, match="Did you mean 'mw-quick'"):
         suite_preset("mw-quik")
+    debug = suite_preset("debug")
+    with pytest.raises(ConfigError, match="Did you mean 'reach-v3'"):
+        dataclasses.replace(debug, tasks=("reach-v2",))
+    with pytest.raises(ConfigError, match="Did you mean 'topview'"):
+        dataclasses.replace(debug, camera="top_view")
+    with pytest.raises(ConfigError, match=r"variations \[1\] are both train and test"):
+        dataclasses.replace(debug, test_variations=(1, 45))
 
 
+@pytest.mark.sim
 def test_switching_tasks_keeps_each_scene_correct(env):
     """Each task has its own GL context; rendering one after another task's context was made
     must not draw with the wrong context (regression: frames came out dark and garbled)."""
@@ -73,6 +83,7 @@ def test_switching_tasks_keeps_each_scene_correct(env):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.sim
 def test_several_cameras_and_state_only_mode():
     from worldvla.envs.metaworld import MetaWorldEnv
 
@@ -92,6 +103,7 @@ def test_several_cameras_and_state_only_mode():
         blind.close()
 
 
+@pytest.mark.sim
 def test_instructions_cover_every_installed_task():
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
@@ -99,6 +111,7 @@ def test_instructions_cover_every_installed_task():
     assert len(set(METAWORLD_INSTRUCTIONS.values())) == 50  # no two tasks share a prompt
 
 
+@pytest.mark.sim
 def test_unusable_gl_backend_is_a_readable_error():
     r = subprocess.run(
         [

@@ -18,8 +18,9 @@ Variations: Meta-World's MT1 benchmark draws 50 seeded goal/object placements pe
 ``(task, v)`` always gives the same scene. Suites split variations into training ones
 (demonstrations) and held-out ones (evaluation).
 
-Images: the corner cameras of Meta-World's scenes render upside down; they are flipped
-upright here (``UPSIDE_DOWN_CAMERAS``).
+Images: the corner cameras of Meta-World's scenes render upside down (their ``xyaxes`` /
+``euler`` put the image's up axis towards the floor); they are flipped upright here
+(``UPSIDE_DOWN_CAMERAS``).
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
 from worldvla.envs.metaworld import VARIATIONS_PER_TASK, MetaWorldEnv
 from worldvla.errors import ConfigError
 from worldvla.utils.registry import lookup
 
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 MT10 = (
     "reach-v3",
     "push-v3",
@@ -46,6 +48,16 @@ class SuiteConfig:
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError(f"suite {self.name!r} has no tasks")
+        for task in self.tasks:
+            lookup(METAWORLD_INSTRUCTIONS, task, f"Meta-World task in suite {self.name!r}")
+        if self.camera not in CAMERAS:
+            lookup(dict.fromkeys(CAMERAS), self.camera, f"camera in suite {self.name!r}")
+        if self.resolution < 8 or self.action_repeat < 1 or self.max_steps < 1:
+            raise ConfigError(
+                f"suite {self.name!r}: needs resolution >= 8, action_repeat >= 1, max_steps >= 1"
+            )
+        if not self.train_variations or not self.test_variations:
+            raise ConfigError(f"suite {self.name!r}: needs training and held-out test variations")
         both = set(self.train_variations) & set(self.test_variations)
         if both:
             raise ConfigError(f"suite {self.name!r}: variations {sorted(both)} are both train and test")
