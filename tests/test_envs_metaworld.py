@@ -77,10 +77,21 @@ def test_suites_split_variations_and_cover_instructions():
 def test_switching_tasks_keeps_each_scene_correct(env):
     """Each task has its own GL context; rendering one after another task's context was made
     must not draw with the wrong context (regression: frames came out dark and garbled)."""
+    from worldvla.envs.metaworld import MetaWorldEnv
+
     a = env.reset("handle-press-v3", 1).images[env.camera]
     env.reset("reach-v3", 1)
     b = env.reset("handle-press-v3", 1).images[env.camera]
     np.testing.assert_array_equal(a, b)
+    # Two adapters used in turn (how evaluation batches envs) each render their own scene.
+    other = MetaWorldEnv(camera=env.camera, resolution=env.resolution)
+    try:
+        c = other.reset("reach-v3", 1).images[env.camera]
+        np.testing.assert_array_equal(env.reset("handle-press-v3", 1).images[env.camera], a)
+        np.testing.assert_array_equal(other.reset("reach-v3", 1).images[env.camera], c)
+        assert not np.array_equal(a, c)
+    finally:
+        other.close()
 
 
 @pytest.mark.sim
