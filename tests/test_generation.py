@@ -6,12 +6,21 @@ from worldvla.config import model_preset
 from worldvla.model.generation import action_plan, decode, frame_plan, generate_actions, generate_frame
 from worldvla.model.masks import attention_mask
 from worldvla.model.transformer import Transformer
-from worldvla.sequence import action_prompt_ids, frame_template, world_prompt_ids
+from worldvla.sequence import action_ids, action_prompt_ids, frame_template, world_prompt_ids
 from worldvla.tokenizers.text import ByteTokenizer
 from worldvla.vocab import Vocab, VocabConfig
 
 V = Vocab.build(VocabConfig(image_codes=64))
 T = ByteTokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread avoids OpenMP spin-waiting on a shared machine (10x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +30,22 @@ def model():
 
 
 def _prompts(n=3, seed=0):
+    """Action-model prompts of different lengths (so the batch is left-padded)."""
     rng = np.random.default_rng(seed)
     return [
         action_prompt_ids(V, T, "open the drawer" + "!" * i, [rng.integers(0, 64, (3, 3)) for _ in range(2)])
         for i in range(n)
     ]
+
+
+def _world_prompts(n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return [world_prompt_ids(V, T, rng.integers(0, 64, (3, 4)), rng.integers(0, 256, 4)) for _ in range(n)]
+
+
+def _full_forward_logits(model, seq, chunk_mask):
+    seq = torch.as_tensor(seq)[None]
+    return model(seq, attn_mask=attention_mask(seq, V, chunk_mask))[0]  # (L, V)
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])
@@ -37,9 +57,8 @@ def test_cached_decoding_logits_equal_full_forward(model, k, chunk_mask):
     out = decode(model, V, prompts, plan, chunk_mask, temperature=1.0, generator=gen, return_logits=True)
     sampled = [i for i, s in enumerate(plan) if s.forced is None]
     for b, p in enumerate(prompts):  # each row alone, no padding, one full forward pass
-        full = torch.cat([torch.as_tensor(p), out.tokens[b]])[None]
-        logits = model(full, attn_mask=attention_mask(full, V, chunk_mask))[0]
-        ref = logits[[len(p) + i - 1 for i in sampled]]
+        full = _full_forward_logits(model, torch.cat([torch.as_tensor(p), out.tokens[b]]), chunk_mask)
+        ref = full[[len(p) + i - 1 for i in sampled]]
         got = torch.stack([step[b] for step in out.logits])
         assert (ref - got).abs().max().item() < 1e-4
 
@@ -53,6 +72,29 @@ def test_chunk_mask_changes_later_actions_only(model):
     assert not torch.allclose(a.logits[-1], b.logits[-1])
 
 
+@pytest.mark.parametrize("chunk_mask", [True, False])
+def test_with_the_mask_an_action_does_not_depend_on_earlier_sampled_actions(model, chunk_mask):
+    """SPEC §3: the actions of a chunk differ only by their positions, not by what was sampled before."""
+    k, d = 4, 3
+    runs = [
+        decode(
+            model,
+            V,
+            _prompts(1),
+            action_plan(V, k, d),
+            chunk_mask,
+            temperature=5.0,
+            generator=torch.Generator().manual_seed(seed),
+            return_logits=True,
+        )
+        for seed in (1, 2)
+    ]
+    assert not torch.equal(runs[0].tokens, runs[1].tokens)
+    first_bins = [i * d for i in range(1, k)]  # the first bin of every later action
+    same = [torch.allclose(runs[0].logits[i], runs[1].logits[i], atol=1e-5) for i in first_bins]
+    assert all(same) if chunk_mask else not any(same)
+
+
 def test_constrained_decoding_never_leaves_the_allowed_ranges(model):
     gen = torch.Generator().manual_seed(3)
     bins = generate_actions(model, V, _prompts(4), 5, 7, temperature=5.0, generator=gen)
@@ -61,8 +103,7 @@ def test_constrained_decoding_never_leaves_the_allowed_ranges(model):
     layout = out.tokens.view(2, 5, 9)
     assert (layout[:, :, 0] == V.boa).all() and (layout[:, :, -1] == V.eoa).all()
     assert V.is_action_bin(layout[:, :, 1:-1]).all()
-    rng = np.random.default_rng(0)
-    wp = [world_prompt_ids(V, T, rng.integers(0, 64, (3, 4)), rng.integers(0, 256, 4)) for _ in range(2)]
+    wp = _world_prompts()
     out = decode(model, V, wp, frame_plan(V, 3, 4), temperature=5.0, top_k=7, generator=gen)
     template = torch.as_tensor(frame_template(V, 3, 4))
     fixed = template >= 0
@@ -72,11 +113,21 @@ def test_constrained_decoding_never_leaves_the_allowed_ranges(model):
     assert codes.shape == (2, 3, 4) and codes.min() >= 0 and codes.max() < V.image_codes
 
 
+def test_high_temperature_sampling_actually_varies(model):
+    gen = torch.Generator().manual_seed(0)
+    bins = generate_actions(model, V, _prompts(1), 10, 7, temperature=5.0, generator=gen)
+    assert len(torch.unique(bins)) > 20  # sampling, not argmax: the constraint is not a collapse
+
+
 def test_batched_equals_one_by_one(model):
     prompts = _prompts(3)
     batched = generate_actions(model, V, prompts, 5, 4)
+    wp = _world_prompts(3) + [_prompts(1)[0]]
+    frames = generate_frame(model, V, wp, (3, 4))
     for i, p in enumerate(prompts):
         assert torch.equal(generate_actions(model, V, [p], 5, 4)[0], batched[i])
+    for i, p in enumerate(wp):
+        assert torch.equal(generate_frame(model, V, [p], (3, 4))[0], frames[i])
 
 
 def test_seeded_sampling_is_reproducible(model):
@@ -86,3 +137,34 @@ def test_seeded_sampling_is_reproducible(model):
         )
 
     assert torch.equal(run(), run())
+
+
+def test_world_model_rollout_continues_from_the_state(model):
+    """Frame, then the next action appended to the cache, then the next frame: equals one full pass."""
+    rng = np.random.default_rng(5)
+    wp = _world_prompts(2, seed=1)
+    codes, state = generate_frame(model, V, wp, (3, 4), return_state=True)
+    assert codes.shape == (2, 3, 4)
+    more = [np.concatenate([[V.sep], action_ids(V, rng.integers(0, 256, (1, 4))), [V.sep]]) for _ in wp]
+    plan = frame_plan(V, 3, 4)
+    out = decode(model, V, more, plan, state=state, return_logits=True)
+    sampled = [i for i, s in enumerate(plan) if s.forced is None]
+    for b in range(2):
+        first = state.ids[b, : len(wp[0]) + len(plan)].cpu()  # both world prompts have the same length
+        seq = torch.cat([first, torch.as_tensor(more[b]), out.tokens[b]])
+        ref = _full_forward_logits(model, seq, True)[[len(seq) - len(plan) + i - 1 for i in sampled]]
+        got = torch.stack([step[b] for step in out.logits])
+        assert (ref - got).abs().max().item() < 1e-4
+        fresh = generate_frame(model, V, [seq[: len(seq) - len(plan)]], (3, 4))[0]
+        assert torch.equal(
+            fresh, V.image_codes_of(out.tokens[b, torch.as_tensor(frame_template(V, 3, 4)) < 0]).view(3, 4)
+        )
+    with pytest.raises(ValueError, match="equal length"):
+        decode(model, V, [more[0], more[1][:-1]], plan, state=out.state)
+    with pytest.raises(ValueError, match="already continued"):
+        decode(model, V, more, plan, state=state)
+
+
+def test_empty_prompt_is_refused(model):
+    with pytest.raises(ValueError, match="at least one token"):
+        generate_actions(model, V, [np.array([], dtype=np.int64)], 1, 2)

@@ -1,21 +1,24 @@
 """Cached, constrained, batched decoding (SPEC §3, §6).
 
 Decoding is driven by a *plan*: one slot per token to produce, each slot either a forced
-id (structure the layout already fixes: BOA/EOA around every action, BOI, grid sizes, row
+id (structure the layout already fixes: BOA/EOA around every action; BOI, grid sizes, row
 separators and EOI of a frame) or an allowed id range to sample from (action bins, image
-codes). Forced tokens are never sampled; they are fed to the model together with the next
-sampled token's predecessor, so a K-action chunk of D dims costs K·D forward steps after
-the prefill and an h×w frame costs h·w steps.
+codes). Forced tokens are never sampled: they are written into the sequence and fed to
+the model together with the next sampled slot's predecessor, so a K-action chunk of D
+dims costs K·D forward steps after the prefill and an h×w frame costs h·w steps.
+Sampling only inside the allowed range is the constrained decoding SPEC §6 asks for: even
+an untrained model at a high temperature emits a well-formed chunk or frame.
 
 Every step computes only the new rows of the WorldVLA mask
 (:func:`worldvla.model.masks.attention_mask` with ``query_start``) against the cached
 keys, so a token of action block k never sees cached keys of earlier chunk blocks — the
-same mask as training, never a full L×L rebuild per step (the reference's weak point,
-SPEC §9).
+same mask as in training, and never a full L×L rebuild per step (SPEC §9).
 
 Prompts of different lengths are left-padded with PAD (hidden by the mask) and given
-positions that start at 0 at their first real token, so a batch decodes exactly like each
-prompt alone.
+positions that start at 0 at each row's first real token, so a batch decodes exactly like
+each prompt alone. :func:`decode` returns a :class:`DecodeState` (ids, positions, KV
+cache) that a later call can continue from, e.g. a world-model rollout that appends the
+next action to the frame it just generated instead of re-encoding the whole context.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from worldvla.model.transformer import KVCache, Transformer
 from worldvla.sequence import frame_template
 from worldvla.vocab import Vocab
 
+TokenRows = Sequence[torch.Tensor | np.ndarray]
+
 
 @dataclass(frozen=True)
 class Slot:
-    """One token of the plan: ``forced`` id, or sample from ids ``[low, high)``."""
+    """One token of the plan: the ``forced`` id, or sample one from ids ``[low, high)``."""
 
     forced: int | None = None
     low: int = 0
@@ -42,110 +47,189 @@ class Slot:
 
 
 @dataclass
+class DecodeState:
+    """Everything needed to continue decoding a batch.
+
+    Continuing from a state appends to its KV cache in place, so a state can be continued
+    once; the continuation returns the newer state.
+    """
+
+    ids: torch.Tensor  # (B, S) left-padded prompt + all tokens produced so far, on the model's device
+    positions: torch.Tensor  # (B, S) RoPE positions, 0 at each row's first real token
+    cache: KVCache  # keys/values of the first ``fed`` tokens
+    fed: int  # tokens already in the cache; ids[:, fed:] still have to be fed
+
+    @property
+    def batch(self) -> int:
+        return self.ids.shape[0]
+
+
+@dataclass
 class Decoded:
-    tokens: torch.Tensor  # (B, n_slots) the produced ids, forced ones included
-    logits: list[torch.Tensor]  # per sampled slot: (B, V) unconstrained logits (if requested)
-    ids: torch.Tensor  # (B, P + n_slots) left-padded prompt + produced ids
-    positions: torch.Tensor  # (B, P + n_slots)
+    tokens: torch.Tensor  # (B, n_slots) the produced ids, forced ones included (CPU)
+    logits: list[torch.Tensor]  # per sampled slot: (B, V) unconstrained fp32 logits (if requested)
+    state: DecodeState
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """``(B, S)`` left-padded prompt + produced ids (CPU)."""
+        return self.state.ids.cpu()
 
 
 def action_plan(vocab: Vocab, num_actions: int, action_dim: int) -> list[Slot]:
+    """``num_actions`` × ``[BOA forced, action_dim bins sampled, EOA forced]``."""
+    if num_actions < 1 or action_dim < 1:
+        raise ValueError(f"need num_actions >= 1 and action_dim >= 1, got {num_actions}, {action_dim}")
     bins = Slot(low=vocab.action_start, high=vocab.action_start + vocab.action_bins)
     one = [Slot(forced=vocab.boa)] + [bins] * action_dim + [Slot(forced=vocab.eoa)]
     return one * num_actions
 
 
 def frame_plan(vocab: Vocab, h: int, w: int) -> list[Slot]:
+    """The frame layout of :func:`worldvla.sequence.frame_template`: structure forced, codes sampled."""
     code = Slot(low=vocab.image_start, high=vocab.image_start + vocab.image_codes)
     return [code if t < 0 else Slot(forced=int(t)) for t in frame_template(vocab, h, w)]
 
 
-def left_pad(prompts: Sequence[torch.Tensor | np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids (B, P), positions (B, P))`` with prompts right-aligned and positions from 0 per row."""
-    rows = [
-        torch.as_tensor(np.asarray(p) if not torch.is_tensor(p) else p, dtype=torch.long).reshape(-1)
-        for p in prompts
+def _rows(prompts: TokenRows) -> list[torch.Tensor]:
+    return [
+        torch.as_tensor(np.asarray(p) if not torch.is_tensor(p) else p).long().reshape(-1) for p in prompts
     ]
+
+
+def left_pad(prompts: TokenRows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids (B, P), positions (B, P))`` with prompts right-aligned and positions from 0 per row."""
+    rows = _rows(prompts)
     if not rows or any(len(r) == 0 for r in rows):
-        raise ValueError("every prompt needs at least one token")
+        raise ValueError("decoding needs at least one prompt and every prompt needs at least one token")
     longest = max(len(r) for r in rows)
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, longest - len(r) :] = r
-    pad = torch.tensor([longest - len(r) for r in rows])
-    positions = (torch.arange(longest)[None, :] - pad[:, None]).clamp(min=0)
+    pad = torch.tensor([longest - len(r) for r in rows])  # (B,)
+    positions = (torch.arange(longest)[None, :] - pad[:, None]).clamp(min=0)  # (B, P)
     return ids, positions
 
 
 def _sample(
     logits: torch.Tensor, slot: Slot, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
-    allowed = logits[:, slot.low : slot.high].float()  # (B, n_allowed): constraint by slicing
+    allowed = logits[:, slot.low : slot.high].float()  # (B, n_allowed): the constraint is this slice
     if temperature <= 0:
         choice = allowed.argmax(dim=-1)
     else:
         scores = allowed / temperature
         if top_k is not None and top_k < scores.shape[-1]:
-            kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+            kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (B, 1)
             scores = scores.masked_fill(scores < kth, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         choice = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
     return choice + slot.low
 
 
+def _start(model: Transformer, vocab: Vocab, prompts: TokenRows, n: int) -> DecodeState:
+    ids, positions = left_pad(prompts, vocab.pad)
+    device = model.tok_emb.weight.device
+    return DecodeState(
+        ids.to(device), positions.to(device), model.new_cache(ids.shape[0], ids.shape[1] + n), 0
+    )
+
+
+def _extend(state: DecodeState, more: TokenRows) -> DecodeState:
+    if state.cache.length != state.fed:
+        raise ValueError("this DecodeState was already continued once; continue from the newest state")
+    rows = _rows(more)
+    if len(rows) != state.batch or len({len(r) for r in rows}) > 1:
+        raise ValueError(
+            f"continuing a batch of {state.batch} needs {state.batch} continuations of equal length, "
+            f"got lengths {[len(r) for r in rows]}"
+        )
+    if not rows[0].numel():
+        return state
+    add = torch.stack(rows).to(state.ids.device)  # (B, n_more)
+    pos = state.positions[:, -1:] + torch.arange(1, add.shape[1] + 1, device=add.device)  # (B, n_more)
+    return DecodeState(
+        torch.cat([state.ids, add], 1), torch.cat([state.positions, pos], 1), state.cache, state.fed
+    )
+
+
 @torch.inference_mode()
 def decode(
     model: Transformer,
     vocab: Vocab,
-    prompts: Sequence[torch.Tensor | np.ndarray],
+    prompts: TokenRows,
     plan: Sequence[Slot],
     chunk_mask: bool = True,
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    state: DecodeState | None = None,
 ) -> Decoded:
-    """Run ``plan`` after each prompt, batched, with a KV cache and the WorldVLA mask."""
-    device = next(model.parameters()).device
-    ids, positions = left_pad(prompts, vocab.pad)
-    b, p = ids.shape
+    """Run ``plan`` after each prompt, batched, with a KV cache and the WorldVLA mask.
+
+    Args:
+        prompts: one id sequence per row. With ``state``, the tokens to append to each
+            row of that state first (all of the same length, possibly empty).
+        plan: the slots to produce (:func:`action_plan`, :func:`frame_plan`, or any list).
+        chunk_mask: the SPEC §3 mask; must match how the model was trained.
+        temperature: 0 = greedy (argmax over the allowed ids); > 0 samples from the
+            softmax of ``logits / temperature`` restricted to the allowed ids, optionally to
+            their ``top_k`` best, with ``generator`` for reproducibility.
+        return_logits: keep the unconstrained logits of every sampled slot (tests, analysis).
+        state: continue an earlier :class:`Decoded`'s ``state`` (its cache is reused and grows).
+    """
     n = len(plan)
-    all_ids = torch.cat([ids, torch.full((b, n), vocab.pad, dtype=torch.long)], dim=1).to(device)
-    last_pos = positions[:, -1:]
-    all_pos = torch.cat([positions, last_pos + torch.arange(1, n + 1)[None, :]], dim=1).to(device)
-    param = next(model.parameters())
-    cache = KVCache(model.cfg, b, p + n, device=device, dtype=param.dtype)
+    state = _start(model, vocab, prompts, n) if state is None else _extend(state, prompts)
+    b, p = state.ids.shape
+    device = state.ids.device
+    ids = torch.cat(
+        [state.ids, torch.full((b, n), vocab.pad, dtype=torch.long, device=device)], 1
+    )  # (B, p+n)
+    steps = torch.arange(1, n + 1, device=device)[None, :]
+    positions = torch.cat([state.positions, state.positions[:, -1:] + steps], 1)  # (B, p+n)
+    cache, fed = state.cache, state.fed
     logits_out: list[torch.Tensor] = []
-    fed = 0  # tokens already in the cache
     cur = p  # tokens known so far (prompt + produced)
     for slot in plan:
         if slot.forced is not None:
-            all_ids[:, cur] = slot.forced
+            ids[:, cur] = slot.forced
             cur += 1
             continue
         # Feed everything not yet cached; the last position's logits predict this slot.
-        mask = attention_mask(all_ids[:, :cur], vocab, chunk_mask=chunk_mask, query_start=fed)
-        logits = model(all_ids[:, fed:cur], attn_mask=mask, positions=all_pos[:, fed:cur], cache=cache)[:, -1]
+        mask = attention_mask(
+            ids[:, :cur], vocab, chunk_mask=chunk_mask, query_start=fed
+        )  # (B, cur-fed, cur)
+        hidden = model.hidden_states(
+            ids[:, fed:cur], attn_mask=mask, positions=positions[:, fed:cur], cache=cache
+        )
+        logits = model.output_logits(hidden[:, -1])  # (B, V)
         fed = cur
         if return_logits:
-            logits_out.append(logits.float().clone())
-        all_ids[:, cur] = _sample(logits, slot, temperature, top_k, generator)
+            logits_out.append(logits.float().cpu())
+        ids[:, cur] = _sample(logits, slot, temperature, top_k, generator)
         cur += 1
-    return Decoded(tokens=all_ids[:, p:].cpu(), logits=logits_out, ids=all_ids.cpu(), positions=all_pos.cpu())
+    return Decoded(tokens=ids[:, p:].cpu(), logits=logits_out, state=DecodeState(ids, positions, cache, fed))
 
 
 def generate_actions(
     model: Transformer,
     vocab: Vocab,
-    prompts: Sequence[torch.Tensor | np.ndarray],
+    prompts: TokenRows,
     num_actions: int,
     action_dim: int,
     chunk_mask: bool = True,
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Decode a chunk of ``num_actions`` actions after each prompt: bins ``(B, K, D)``."""
+    state: DecodeState | None = None,
+    return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
+    """Decode a chunk of ``num_actions`` actions after each prompt: bins ``(B, K, D)`` (CPU).
+
+    BOA/EOA are forced, only action-bin ids are sampled (SPEC §6). ``state`` and
+    ``return_state`` continue from / hand back the decoding state (see :func:`decode`).
+    """
     out = decode(
         model,
         vocab,
@@ -155,24 +239,33 @@ def generate_actions(
         temperature,
         top_k,
         generator,
+        state=state,
     )
-    tokens = out.tokens.view(len(prompts), num_actions, action_dim + 2)[:, :, 1:-1]  # drop BOA/EOA
-    return vocab.action_bins_of(tokens)
+    tokens = out.tokens.view(-1, num_actions, action_dim + 2)[:, :, 1:-1]  # (B, K, D): drop BOA/EOA
+    bins = vocab.action_bins_of(tokens)
+    return (bins, out.state) if return_state else bins
 
 
 def generate_frame(
     model: Transformer,
     vocab: Vocab,
-    prompts: Sequence[torch.Tensor | np.ndarray],
+    prompts: TokenRows,
     grid: tuple[int, int],
     chunk_mask: bool = True,
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Decode one frame of ``grid = (h, w)`` codes after each prompt: codes ``(B, h, w)``."""
+    state: DecodeState | None = None,
+    return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
+    """Decode one frame of ``grid = (h, w)`` codes after each prompt: codes ``(B, h, w)`` (CPU).
+
+    BOI, grid sizes, row separators and EOI are forced from :func:`worldvla.sequence.
+    frame_template`; only image codes are sampled (SPEC §6).
+    """
     h, w = grid
     plan = frame_plan(vocab, h, w)
-    out = decode(model, vocab, prompts, plan, chunk_mask, temperature, top_k, generator)
+    out = decode(model, vocab, prompts, plan, chunk_mask, temperature, top_k, generator, state=state)
     is_code = torch.tensor([s.forced is None for s in plan])
-    return vocab.image_codes_of(out.tokens[:, is_code]).view(len(prompts), h, w)
+    codes = vocab.image_codes_of(out.tokens[:, is_code]).view(-1, h, w)  # (B, h, w)
+    return (codes, out.state) if return_state else codes

@@ -3,24 +3,33 @@
 Rule. Start from the causal mask. An *action block* is a ``BOA … EOA`` span (inclusive);
 while a chunk is being decoded the last block may be unterminated (``BOA …`` up to the end
 of the sequence) and counts as a block too. A *chunk block* is an action block that lies
-after the last ``EOI`` of its row (after the last image). With ``chunk_mask=True``, every
-token of a chunk block is forbidden to attend to any token of an *earlier* action block;
-inside its own block attention stays causal. Consequences (SPEC §3):
+after the last ``EOI`` of its row (after the last image). With ``chunk_mask=True``, no
+token of a chunk block may attend to a token of an earlier chunk block; inside its own
+block attention stays causal. Consequences (SPEC §3):
 
 - the actions of a chunk see the instruction and the images, never each other, so one
-  wrong action cannot drag the next ones along;
-- world-model samples (``IMG(t), ACT(t) | IMG(t+1)``) have a single action block that is
-  followed by an image, so their mask is purely causal;
-- the cached decoder uses the same rule (:func:`attention_mask` with ``query_start``):
-  while a chunk is decoded the prompt's last image stays the last image, so every row
-  computed incrementally equals the row of the full mask.
+  wrong action cannot drag the next ones along; they differ only by their positions;
+- world-model samples (``IMG(t), ACT(t), SEP | IMG(t+1)``) have a single action block that
+  is followed by an image, so their mask is purely causal;
+- action blocks *before* the last image (the history of a longer rollout) are ordinary
+  context: a chunk block sees them. This keeps the rule consistent with cached decoding,
+  where a block is judged by the images decoded so far.
 
-Padding. ``PAD`` keys are hidden from every query; a ``PAD`` query still sees itself, so no
-row is empty (an all-False row would make softmax produce NaN). Right padding (training)
-and left padding (batched decoding) both work; positions are the caller's business.
+Cached decoding. :func:`attention_mask` with ``query_start`` returns only the rows of the
+new queries against all keys, ``(B, L - query_start, L)``: a decoder computes those rows
+at every step and never rebuilds an L×L mask (the reference's weak point, SPEC §9). The
+rows are judged by the last ``EOI`` of the ids passed in, i.e. of everything decoded so
+far. They equal the rows of the full mask of the finished sequence unless a later image
+turns two earlier chunk blocks back into ordinary context — which no layout of SPEC §2
+does (an image after actions closes a world-model sample, which has one action block).
+
+Padding. ``PAD`` keys are hidden from every query. A ``PAD`` query still sees itself, so
+no row is empty (an all-False row would make softmax produce NaN); its output is garbage
+that carries no loss and that no real token attends to. Right padding (training) and left
+padding (batched decoding) both work; positions are the caller's business.
 
 Everything is computed with cumulative sums and broadcasting: no Python loop over
-positions or batch rows, O(L) bookkeeping plus the (B, Lq, L) comparison itself.
+positions or batch rows — O(L) bookkeeping plus the (B, Lq, L) comparison itself.
 """
 
 from __future__ import annotations
@@ -33,20 +42,19 @@ from worldvla.vocab import Vocab
 def action_block_ids(input_ids: torch.Tensor, vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token action-block bookkeeping for ``(B, L)`` ids.
 
-    Returns ``(block, chunk)``: ``block[b, i]`` is the 1-based index of the action block
-    that holds token ``i`` (0 outside any block); ``chunk[b, i]`` is True for tokens of
-    chunk blocks (action blocks after the row's last EOI).
+    Returns ``(block, chunk)``, both ``(B, L)``: ``block[b, i]`` is the 1-based index of the
+    action block that holds token ``i`` (0 outside any block); ``chunk[b, i]`` is True for
+    tokens of chunk blocks (action blocks after the row's last EOI).
     """
-    ids = input_ids
-    is_boa = ids == vocab.boa
-    is_eoa = ids == vocab.eoa
-    n_boa = torch.cumsum(is_boa.long(), dim=-1)  # BOAs at or before i
-    n_eoa_before = torch.cumsum(is_eoa.long(), dim=-1) - is_eoa.long()  # EOAs strictly before i
+    is_boa = (input_ids == vocab.boa).long()
+    is_eoa = (input_ids == vocab.eoa).long()
+    n_boa = torch.cumsum(is_boa, dim=-1)  # BOAs at or before i
+    n_eoa_before = torch.cumsum(is_eoa, dim=-1) - is_eoa  # EOAs strictly before i
     # Blocks never nest, so i is inside a block iff more blocks opened than closed before it.
     inside = n_boa > n_eoa_before
     block = torch.where(inside, n_boa, torch.zeros_like(n_boa))
-    pos = torch.arange(ids.shape[-1], device=ids.device)
-    eoi_pos = torch.where(ids == vocab.eoi, pos, torch.full_like(pos, -1))
+    pos = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    eoi_pos = torch.where(input_ids == vocab.eoi, pos, torch.full_like(pos, -1))
     last_eoi = eoi_pos.max(dim=-1, keepdim=True).values  # (B, 1); -1 when the row has no image
     chunk = inside & (pos > last_eoi)
     return block, chunk
@@ -61,7 +69,7 @@ def attention_mask(
         input_ids: ``(B, L)`` token ids (a 1-D tensor is treated as one row).
         vocab: the id layout that says which ids are PAD, EOI, BOA and EOA.
         chunk_mask: apply the SPEC §3 action-chunk rule; False gives the plain causal
-            mask (with padding) used by the ablation.
+            mask (with padding) of the ablation.
         query_start: return only the rows of queries ``query_start … L-1`` (the new
             tokens of a cached decoding step) against all ``L`` keys.
 
@@ -70,6 +78,8 @@ def attention_mask(
     """
     ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
     length = ids.shape[-1]
+    if not 0 <= query_start <= length:
+        raise ValueError(f"query_start={query_start} outside [0, {length}]")
     q = torch.arange(query_start, length, device=ids.device)
     k = torch.arange(length, device=ids.device)
     causal = k[None, :] <= q[:, None]  # (Lq, L)
@@ -77,9 +87,10 @@ def attention_mask(
     mask = causal[None] & key_ok[:, None, :]  # (B, Lq, L)
     if chunk_mask:
         block, chunk = action_block_ids(ids, vocab)
-        q_block, q_chunk = block[:, query_start:], chunk[:, query_start:]
-        # A chunk-block query must not see a token of another (hence, by causality, earlier) block.
-        hidden = q_chunk[:, :, None] & (block[:, None, :] > 0) & (block[:, None, :] != q_block[:, :, None])
+        q_block, q_chunk = block[:, query_start:], chunk[:, query_start:]  # (B, Lq)
+        # A chunk-block query must not see a token of another (by causality: earlier) chunk block.
+        other = block[:, None, :] != q_block[:, :, None]  # (B, Lq, L)
+        hidden = q_chunk[:, :, None] & chunk[:, None, :] & other
         mask = mask & ~hidden
     diag = (q[:, None] == k[None, :])[None]  # every query sees itself: no empty rows
     return mask | diag
