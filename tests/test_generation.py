@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from worldvla.config import model_preset
-from worldvla.model.generation import action_plan, decode, frame_plan, generate_actions, generate_frame
+from worldvla.model.generation import (
+    action_plan,
+    decode,
+    decode_chunk,
+    frame_plan,
+    generate_actions,
+    generate_frame,
+)
 from worldvla.model.masks import attention_mask
 from worldvla.model.transformer import Transformer
 from worldvla.sequence import action_ids, action_prompt_ids, frame_template, world_prompt_ids
@@ -49,18 +56,61 @@ def _full_forward_logits(model, seq, chunk_mask):
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])
-@pytest.mark.parametrize("chunk_mask", [True, False])
-def test_cached_decoding_logits_equal_full_forward(model, k, chunk_mask):
+@pytest.mark.parametrize("chunk_mask, parallel", [(True, True), (True, False), (False, False)])
+def test_cached_decoding_logits_equal_full_forward(model, k, chunk_mask, parallel):
     prompts = _prompts()
-    plan = action_plan(V, k, 4)
     gen = torch.Generator().manual_seed(0)
-    out = decode(model, V, prompts, plan, chunk_mask, temperature=1.0, generator=gen, return_logits=True)
+    out = decode_chunk(
+        model,
+        V,
+        prompts,
+        k,
+        4,
+        chunk_mask,
+        temperature=1.0,
+        generator=gen,
+        return_logits=True,
+        parallel=parallel,
+    )
+    plan = action_plan(V, k, 4)
     sampled = [i for i, s in enumerate(plan) if s.forced is None]
+    assert len(out.logits) == len(sampled)
     for b, p in enumerate(prompts):  # each row alone, no padding, one full forward pass
         full = _full_forward_logits(model, torch.cat([torch.as_tensor(p), out.tokens[b]]), chunk_mask)
         ref = full[[len(p) + i - 1 for i in sampled]]
         got = torch.stack([step[b] for step in out.logits])
         assert (ref - got).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("d", [4, 7])
+def test_parallel_chunk_decoding_equals_one_by_one(model, d):
+    prompts = _prompts(3)
+    par = generate_actions(model, V, prompts, 5, d)
+    assert torch.equal(par, generate_actions(model, V, prompts, 5, d, parallel=False))
+    # a prompt that ends inside an open action block falls back to one-by-one decoding
+    open_block = [np.concatenate([prompts[0], [V.boa, V.action_ids(3)]])]
+    assert torch.equal(
+        decode_chunk(model, V, open_block, 2, d).tokens,
+        decode(model, V, open_block, action_plan(V, 2, d)).tokens,
+    )
+
+
+def test_a_parallel_chunk_state_continues_like_a_one_by_one_state(model):
+    """After a chunk, SEP and a frame: same logits whether the chunk was decoded in parallel or not.
+
+    (A full forward pass is no reference here: the frame's EOI would turn the chunk blocks into
+    ordinary context, see the masks module docstring.)
+    """
+    prompts = _prompts(2)
+    outs = []
+    for parallel in (True, False):
+        bins, state = generate_actions(model, V, prompts, 3, 4, return_state=True, parallel=parallel)
+        outs.append(
+            (bins, decode(model, V, [[V.sep]] * 2, frame_plan(V, 2, 2), state=state, return_logits=True))
+        )
+    (bins_p, par), (bins_s, seq) = outs
+    assert torch.equal(bins_p, bins_s) and torch.equal(par.tokens, seq.tokens)
+    assert all((a - b).abs().max().item() < 1e-4 for a, b in zip(par.logits, seq.logits))
 
 
 def test_chunk_mask_changes_later_actions_only(model):

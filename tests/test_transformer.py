@@ -149,3 +149,20 @@ def test_flops_per_token_counts_matmuls_attention_and_selected_logits():
     tied = _tiny(tie_embeddings=True)
     assert tied.num_params(embeddings=False) == tied.num_params()  # the table is the output head
     assert tied.flops_per_token(256) == pytest.approx(m.flops_per_token(256))
+
+
+def test_rope_preserves_norms_and_scores_depend_only_on_relative_position():
+    from worldvla.model.transformer import apply_rope, rope_angles
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
+
+    def rotated(x, pos):
+        cos, sin = rope_angles(torch.tensor([[pos]]), 16, 10000.0)
+        return apply_rope(x, cos, sin)
+
+    assert torch.allclose(rotated(q, 7).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+    score = (rotated(q, 9) * rotated(k, 4)).sum(-1)
+    assert torch.allclose(score, (rotated(q, 25) * rotated(k, 20)).sum(-1), atol=1e-4)
+    assert not torch.allclose(score, (rotated(q, 25) * rotated(k, 21)).sum(-1), atol=1e-4)
+    assert torch.allclose(rotated(q, 0), q)

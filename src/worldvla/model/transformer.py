@@ -83,6 +83,12 @@ class KVCache:
         """Called once per forward pass, after every layer has stored its ``n`` new tokens."""
         self.length += n
 
+    def truncate(self, length: int) -> None:
+        """Forget every token from ``length`` on (their storage is overwritten by later updates)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        self.length = length
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only the given batch rows (e.g. finished environments drop out)."""
         self.k = [k[rows] for k in self.k]
@@ -90,18 +96,27 @@ class KVCache:
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape ``(B, 1, L, head_dim/2)`` for integer ``positions`` ``(B, L)``."""
+    """``(cos, signed_sin)``, each ``(B, 1, L, head_dim)`` fp32, for integer ``positions`` ``(B, L)``.
+
+    Llama's half-split layout rotates the pairs ``(x[i], x[i + d/2])`` by the same angle, so
+    the angles are repeated over both halves; the sine carries the rotation's sign
+    (``-sin`` on the first half) so that :func:`apply_rope` needs only one concatenation.
+    """
     inv_freq = 1.0 / theta ** (
         torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
     )
     angles = positions.float()[..., None] * inv_freq  # (B, L, head_dim/2)
-    return angles.cos()[:, None], angles.sin()[:, None]
+    sin = angles.sin()
+    cos = torch.cat([angles.cos()] * 2, dim=-1)  # (B, L, head_dim)
+    signed_sin = torch.cat([-sin, sin], dim=-1)  # (B, L, head_dim)
+    return cos[:, None], signed_sin[:, None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs ``(x[..., i], x[..., i + d/2])`` of ``(B, H, L, d)`` in fp32 (Llama's half-split)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``(B, H, L, d)``, computed in fp32: ``(x1, x2) -> (x1·c - x2·s, x2·c + x1·s)``."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([x2, x1], dim=-1) * signed_sin).type_as(x)
 
 
 class HeadNorm(nn.Module):
@@ -176,7 +191,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ffn = FeedForward(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)  # residual dropout (reference recipe 0.05, SPEC §5)
+        # Residual dropout (reference recipe 0.05, SPEC §5); Identity when off saves a call per step.
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.activation_checkpointing = False  # switched on by the training code
 
     def _forward(
@@ -256,7 +272,7 @@ class Transformer(nn.Module):
             positions = torch.arange(start, start + length, device=input_ids.device).expand(b, length)
         if cache is not None and attn_mask is None:
             raise ValueError("decoding with a KV cache needs an explicit attention mask")
-        cos, sin = rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta)  # (B, 1, L, Dh/2)
+        cos, sin = rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta)  # (B, 1, L, Dh) each
         x = self.tok_emb(input_ids)  # (B, L, d_model)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask, cache)
