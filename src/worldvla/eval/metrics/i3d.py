@@ -248,8 +248,9 @@ class I3DDetector(nn.Module):
 
 
 def init_random(model: InceptionI3d, seed: int = 0) -> InceptionI3d:
-    """Seeded He-normal weights and identity batch norms, so activations keep their scale
-    through the depth (PyTorch's default init shrinks them); for offline tests."""
+    """Seeded He-normal convolution weights (batch norms keep their identity defaults), so
+    activations keep their scale through the depth (PyTorch's default init shrinks them);
+    for offline tests."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
