@@ -121,7 +121,8 @@ def run_training(args: argparse.Namespace) -> None:
     ceil16 = ceil16 or matmul_ceiling(torch.bfloat16)
     tokens = args.batch * args.seq
     print(
-        f"\nmatmul ceiling (4096^3, best of 3): fp32 {ceil32 / 1e9:.0f} GFLOP/s, bf16 {ceil16 / 1e9:.0f} GFLOP/s"
+        f"\nmatmul ceiling (4096^3, best of 3): fp32 {ceil32 / 1e9:.0f} GFLOP/s, "
+        f"bf16 {ceil16 / 1e9:.0f} GFLOP/s"
     )
     print(
         f"\n## training step (fwd+bwd+AdamW), batch {args.batch} x seq {args.seq}, "
@@ -185,7 +186,8 @@ def run_decoding(args: argparse.Namespace) -> None:
         t_cached = best_time(lambda plan=plan: decode(model, VOCAB, [prompt], plan), args.reps)
         t_full = best_time(lambda plan=plan: recompute_decode(model, prompt, plan), max(1, args.reps // 2))
         print(
-            f"| {name} | {n} | {t_cached:.3f} | {1e3 * t_cached / n:.1f} | {t_full:.3f} | {t_full / t_cached:.1f}x |"
+            f"| {name} | {n} | {t_cached:.3f} | {1e3 * t_cached / n:.1f} | "
+            f"{t_full:.3f} | {t_full / t_cached:.1f}x |"
         )
 
 
