@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from worldvla.envs.base import Env
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
-from worldvla.envs.suites import SUITES, suite_preset
+from worldvla.envs.suites import SUITES, make_env, suite_preset
 from worldvla.errors import ConfigError
 
 
@@ -71,6 +72,18 @@ def test_suites_split_variations_and_cover_instructions():
         dataclasses.replace(debug, camera="top_view")
     with pytest.raises(ConfigError, match=r"variations \[1\] are both train and test"):
         dataclasses.replace(debug, test_variations=(1, 45))
+
+
+def test_make_env_builds_the_suites_adapter_without_starting_the_simulator():
+    # Construction is lazy (MuJoCo scenes and GL contexts appear on the first reset).
+    for suite in ("mw-quick", SUITES["mw-10"]):
+        env = make_env(suite)
+        s = suite_preset(suite) if isinstance(suite, str) else suite
+        assert isinstance(env, Env) and env.camera == s.camera and env.max_steps == s.max_steps
+        assert env.action_dim == 4 and env.control_hz == 80.0 / s.action_repeat
+        env.close()
+    with pytest.raises(ConfigError, match="Did you mean 'debug'"):
+        make_env("debgu")
 
 
 @pytest.mark.sim

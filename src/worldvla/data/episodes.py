@@ -278,7 +278,9 @@ class EpisodeReader:
 
     def attrs(self, i: int | str) -> dict[str, Any]:
         key = self._key(i)
-        return {k: _attr_value(v) for k, v in self._f["data"][key].attrs.items()}
+        return self._read(
+            key, "attributes", lambda: {k: _attr_value(v) for k, v in self._f["data"][key].attrs.items()}
+        )
 
     def __getitem__(self, i: int | str) -> Episode:
         key = self._key(i)

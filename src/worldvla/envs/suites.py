@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from worldvla.envs.base import Env
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
 from worldvla.envs.metaworld import VARIATIONS_PER_TASK, MetaWorldEnv
 from worldvla.errors import ConfigError
@@ -104,4 +105,10 @@ SUITES: dict[str, SuiteConfig] = {
 
 
 def suite_preset(name: str) -> SuiteConfig:
+    """The preset called ``name``; an unknown name raises ConfigError with "did you mean"."""
     return lookup(SUITES, name, "suite")
+
+
+def make_env(suite: SuiteConfig | str) -> Env:
+    """The simulator adapter a suite runs in (a suite or a preset name); close it when done."""
+    return (suite_preset(suite) if isinstance(suite, str) else suite).make_env()
