@@ -42,6 +42,12 @@ def reference_mask(ids: list[int], vocab: Vocab, chunk_mask: bool) -> np.ndarray
     last_image_end = max([k for k in range(n) if ids[k] == vocab.eoi], default=-1)
     chunk_blocks = [b for b in blocks if b[0] > last_image_end]
 
+    def block_of(k):
+        for b in blocks:
+            if b[0] <= k <= b[1]:
+                return b
+        return None
+
     def chunk_block_of(k):
         for b in chunk_blocks:
             if b[0] <= k <= b[1]:
@@ -53,8 +59,8 @@ def reference_mask(ids: list[int], vocab: Vocab, chunk_mask: bool) -> np.ndarray
         for k in range(q + 1):  # causal
             allowed = ids[k] != vocab.pad
             if chunk_mask:
-                bq, bk = chunk_block_of(q), chunk_block_of(k)
-                if bq is not None and bk is not None and bk[0] < bq[0]:  # an earlier chunk block
+                bq, bk = chunk_block_of(q), block_of(k)
+                if bq is not None and bk is not None and bk[0] < bq[0]:  # any earlier action block
                     allowed = False
             m[q, k] = allowed
         m[q, q] = True  # a PAD query sees itself so that no row is empty
@@ -196,12 +202,12 @@ def test_mask_uses_the_vocab_layout(vocab):
     assert not m[6, 3:6].any() and not m[7, 3:6].any() and m[7, :3].all() and m[7, 6:8].all()
 
 
-def test_action_blocks_before_the_last_image_stay_visible():
+def test_action_blocks_before_the_last_image_are_hidden_from_a_chunk_too():
     a = list(action_ids(V, np.array([[1, 2]])))
     seq = [V.bos, *frame_ids(V, np.zeros((1, 1), int)), *a, *frame_ids(V, np.ones((1, 1), int)), *a, *a]
     m = attention_mask(torch.tensor(seq), V)[0]
     first, second, third = [i for i, t in enumerate(seq) if t == V.boa]
-    assert m[second:, first : first + 4].all()  # history action: ordinary context
+    assert not m[second:, first : first + 4].any()  # SPEC §3: any earlier action block is hidden
     assert not m[third:, second : second + 4].any()  # earlier chunk block: hidden
 
 

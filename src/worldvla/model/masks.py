@@ -4,16 +4,19 @@ Rule. Start from the causal mask. An *action block* is a ``BOA … EOA`` span (i
 while a chunk is being decoded the last block may be unterminated (``BOA …`` up to the end
 of the sequence) and counts as a block too. A *chunk block* is an action block that lies
 after the last ``EOI`` of its row (after the last image). With ``chunk_mask=True``, no
-token of a chunk block may attend to a token of an earlier chunk block; inside its own
+token of a chunk block may attend to a token of an earlier action block (SPEC §3, taken
+literally: any earlier action block, also one before the last image); inside its own
 block attention stays causal. Consequences (SPEC §3):
 
 - the actions of a chunk see the instruction and the images, never each other, so one
   wrong action cannot drag the next ones along; they differ only by their positions;
 - world-model samples (``IMG(t), ACT(t), SEP | IMG(t+1)``) have a single action block that
   is followed by an image, so their mask is purely causal;
-- action blocks *before* the last image (the history of a longer rollout) are ordinary
-  context: a chunk block sees them. This keeps the rule consistent with cached decoding,
-  where a block is judged by the images decoded so far.
+- action blocks *before* the last image are hidden from a chunk too. No layout of SPEC §2
+  puts actions before an image and a chunk after it; a sequence that did (a multi-step
+  rollout kept in one context) would see its earlier blocks change status when a later
+  image is decoded, so such rollouts re-prompt with history 1 instead
+  (:mod:`worldvla.world_model`).
 
 Cached decoding. :func:`attention_mask` with ``query_start`` returns only the rows of the
 new queries against all keys, ``(B, L - query_start, L)``: a decoder computes those rows
@@ -88,9 +91,10 @@ def attention_mask(
     if chunk_mask:
         block, chunk = action_block_ids(ids, vocab)
         q_block, q_chunk = block[:, query_start:], chunk[:, query_start:]  # (B, Lq)
-        # A chunk-block query must not see a token of another (by causality: earlier) chunk block.
+        # A chunk-block query must not see a token of another (by causality: earlier) action
+        # block — any earlier action block, as SPEC §3 states it.
         other = block[:, None, :] != q_block[:, :, None]  # (B, Lq, L)
-        hidden = q_chunk[:, :, None] & chunk[:, None, :] & other
+        hidden = q_chunk[:, :, None] & (block[:, None, :] > 0) & other
         mask = mask & ~hidden
     diag = (q[:, None] == k[None, :])[None]  # every query sees itself: no empty rows
     return mask | diag
