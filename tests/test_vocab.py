@@ -78,3 +78,14 @@ def test_no_literal_token_ids_outside_the_vocab_module():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(src)}:{n}: {line.strip()}")
     assert not offenders, "literal token ids outside vocab.py:\n" + "\n".join(offenders)
+
+
+def test_atomic_writes_get_normal_file_permissions(tmp_path):
+    import os
+
+    from worldvla.utils.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "x.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
