@@ -211,3 +211,17 @@ def test_train_vq_time_budget():
     cfg = replace(VQTrainConfig(preset="tiny"), steps=10**6, minutes=0.02, eval_every=10**6)
     _, m = train_vq(cfg, frames[:16], frames[16:], progress=False)
     assert 0 < m["steps"] < 10**6 and m["seconds"] < 10
+
+
+def test_train_vq_bf16_autocast_learns():
+    """The bf16 option trains (losses in float32) and leaves a float32 tokenizer.
+
+    The untrained tiny model reconstructs these held-out frames at ~13 dB; 60 steps reach
+    ~23 dB in float32 and in bf16 alike.
+    """
+    frames = smooth_images(24)
+    cfg = replace(VQTrainConfig(preset="tiny"), steps=60, bf16=True, lr=3e-3, warmup_steps=5, eval_every=30)
+    tok, m = train_vq(cfg, frames[:20], frames[20:], progress=False)
+    assert all(p.dtype == torch.float32 for p in tok.model.parameters())
+    assert m["val_psnr"] > 19, m["history"]
+    assert tok.encode(frames[:2]).shape == (2, *tok.grid)

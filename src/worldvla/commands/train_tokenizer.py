@@ -1,6 +1,7 @@
 """``worldvla train-tokenizer``: train the VQ image tokenizer on an episode store.
 
     worldvla train-tokenizer --episodes FILE --out DIR [--preset mw64] [--minutes M | --steps N] [--camera C]
+                             [--batch-size B] [--lr LR] [--threads T] [--bf16]
 
 Writes the tokenizer (``config.json`` + ``model.safetensors``), ``metrics.json`` (held-out
 PSNR and codebook usage), ``reconstructions.png`` and TensorBoard logs into ``DIR``.
@@ -25,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the training forward pass")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        bf16=args.bf16,
     )
     m = train_tokenizer(args.episodes, args.out, cfg, camera=args.camera, progress=not args.no_progress)
     print(

@@ -9,6 +9,10 @@ quantizer's commitment loss (``VectorQuantize``; FSQ has none). An adversarial P
 hinge loss is available as an option (``adversarial_weight > 0``); a perceptual (LPIPS)
 loss is not, because it needs pretrained networks that cannot be downloaded here.
 
+Precision: float32 by default; ``bf16=True`` runs the training forward pass under CPU bf16
+autocast (weights, optimizer and losses stay float32; evaluation and the saved tokenizer
+are float32). The speed and quality effect is measured in ``docs/image_tokenizer.md``.
+
 Schedule: linear warm-up, then cosine decay to 10 %, driven by the *progress* =
 max(step / steps, elapsed / budget), so a wall-clock budget (``minutes``) still ends on a
 low learning rate. Outputs in ``out``: the tokenizer (``config.json`` + ``model.safetensors``,
@@ -47,6 +51,7 @@ class VQTrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 100
     recon_loss: str = "mse"  # "mse" | "l1"
+    bf16: bool = False  # bf16 autocast of the training forward pass (faster on CPU; docs)
     adversarial_weight: float = 0.0  # 0 = off; hinge PatchGAN loss on the reconstructions
     adversarial_start: int = 1000  # steps of pure reconstruction before the discriminator joins
     val_fraction: float = 0.1
@@ -195,7 +200,9 @@ def train_vq(
             g["lr"] = _lr(cfg, step, frac)
         idx = rng.integers(0, len(train_frames), cfg.batch_size)
         x = torch.from_numpy(train_frames[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, S, S)
-        rec, codes, aux = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            rec, codes, aux = model(x)
+        rec, aux = rec.float(), aux.float()  # losses (and the weights) stay in float32
         recon = F.mse_loss(rec, x) if cfg.recon_loss == "mse" else F.l1_loss(rec, x)
         loss = recon + aux
         adv_on = disc is not None and step >= cfg.adversarial_start
