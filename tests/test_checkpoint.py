@@ -32,7 +32,7 @@ def test_every_preset_builds_and_is_valid():
         ("mw-quick-world-only", {"use_action_data"}),
         ("mw-quick-no-chunk-mask", {"chunk_mask"}),
         ("mw-quick-no-chunk", {"chunk_len"}),
-        ("mw-quick-history-1", {"history"}),
+        ("mw-quick-history-2", {"history"}),
         ("mw-quick-history-4", {"history"}),
         ("mw-quick-split-loss", {"loss_form"}),
     ],
@@ -75,6 +75,8 @@ def test_overrides_are_typed_and_validated():
         apply_overrides(cfg, ["batch_size=6", "grad_accum=4"])
     with pytest.raises(ConfigError, match="nothing to train"):
         replace(cfg, use_action_data=False, use_world_data=False)
+    with pytest.raises(ConfigError, match="instruction"):
+        apply_overrides(cfg, ["action_prompt=do it"])
 
 
 def test_schedule_warmup_then_cosine_or_constant():
@@ -174,3 +176,22 @@ def test_resolve_checkpoint_errors_clearly(tmp_path):
 def test_config_dataclass_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         train_preset("debug").steps = 3  # type: ignore[misc]
+
+
+def test_action_bins_shape_the_vocabulary_and_a_mismatched_cache_is_refused(tmp_path):
+    from worldvla.tokenizers.text import load_text_tokenizer
+    from worldvla.train.loop import cache_vocab
+    from worldvla.vocab import Vocab, VocabConfig
+
+    cfg = replace(train_preset("debug"), action_bins=16, steps=2, ckpt_every=2, val_every=2)
+    train(cfg, InMemoryCache.synthetic(), tmp_path / "run", progress=False)
+    model, bundle = ckpt.load_for_inference(tmp_path / "run")
+    assert bundle.vocab.action_bins == 16 and bundle.config.action_bins == 16
+    default = cache_vocab(InMemoryCache.synthetic(), load_text_tokenizer("bytes"))
+    assert default.action_bins == 256 and bundle.vocab.size < default.size
+    assert model.cfg.vocab_size == bundle.vocab.size
+    text = load_text_tokenizer("bytes")
+    cache = InMemoryCache.synthetic()
+    cache.vocab = Vocab.build(VocabConfig(text_size=text.size, image_codes=64, action_bins=256))
+    with pytest.raises(ConfigError, match="256 action bins.*asks for 16"):
+        cache_vocab(cache, text, 16)

@@ -125,3 +125,15 @@ def test_world_model_next_frame_and_rollout(checkpoint):
     assert np.array_equal(again, codes[:, 1])
     with pytest.raises(DataError, match="actions"):
         wm.predict_next_frame(frames, np.full((2, bundle.layout.action_dim), np.nan, np.float32))
+
+
+def test_prompt_templates_travel_with_the_checkpoint(tmp_path, monkeypatch):
+    cfg = replace(train_preset("debug"), keep_last=1, action_prompt="{instruction}", world_prompt="")
+    train(cfg, InMemoryCache.synthetic(), tmp_path, progress=False)
+    model, bundle = _load(tmp_path)
+    assert (bundle.layout.prompts.action_prompt, bundle.layout.prompts.world_prompt) == ("{instruction}", "")
+    seen = []
+    real = policy_mod.action_prompt_ids
+    monkeypatch.setattr(policy_mod, "action_prompt_ids", lambda *a: seen.append(a[-1]) or real(*a))
+    WorldVLAPolicy(model, bundle).predict_action_chunk(_obs())
+    assert seen and seen[0].action_prompt == "{instruction}"

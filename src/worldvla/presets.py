@@ -50,8 +50,7 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
         train="mw-quick",
         action_noise=0.1,
         tokenizer_minutes=5.0,
-        train_minutes=13.0,
-        train_overrides=("precision=bf16", "steps=900"),
+        train_minutes=14.0,
     ),
     # Tiny sibling: every stage for real, on one task with a tiny model, in ~2 minutes.
     "debug": ExperimentConfig(

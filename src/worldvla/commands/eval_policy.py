@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gifs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument(
+        "--replan-every",
+        type=int,
+        default=None,
+        help="ask for a new chunk every N steps (default: execute each chunk open-loop, as the reference)",
+    )
     args = p.parse_args(argv)
 
     from pathlib import Path
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         args.gifs,
         args.seed,
         baselines=not args.no_baselines,
+        replan_every=args.replan_every,
     )
     for agent, s in doc["summary"].items():
         print(

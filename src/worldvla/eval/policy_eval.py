@@ -251,10 +251,13 @@ def evaluate_policy(
     seed: int = 0,
     baselines: bool = True,
     progress: bool = True,
+    replan_every: int | None = None,
 ) -> dict[str, Any]:
     """Closed-loop success of a checkpoint on the suite's held-out variations, plus baselines.
 
     Writes ``results.json`` and GIFs into ``out_dir``; returns the results document.
+    ``replan_every=None`` executes each chunk open-loop (reference); ``n`` asks the model
+    for a new chunk every ``n`` steps (receding horizon).
     """
     from worldvla.data.episodes import EpisodeReader
     from worldvla.policy import PolicyConfig, WorldVLAPolicy
@@ -265,7 +268,7 @@ def evaluate_policy(
     variations = suite.test_variations
     jobs = [(task, variations[i % len(variations)]) for task in suite.tasks for i in range(episodes_per_task)]
     policy = WorldVLAPolicy.from_pretrained(
-        checkpoint, PolicyConfig(seed=seed), num_envs=min(num_envs, len(jobs))
+        checkpoint, PolicyConfig(seed=seed, replan_every=replan_every), num_envs=min(num_envs, len(jobs))
     )
     stats = policy.bundle.action_stats
     agents: list[Any] = [PolicyAgent(policy, suite.camera)]

@@ -95,16 +95,23 @@ def _meta(cache: CacheLike) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, dict) else dict(getattr(meta, "__dict__", {}) or {})
 
 
-def cache_vocab(cache: CacheLike, text_tokenizer: TextTokenizer) -> Vocab:
+def cache_vocab(cache: CacheLike, text_tokenizer: TextTokenizer, action_bins: int = 256) -> Vocab:
     """The cache's own vocabulary if it has one, else the compact layout for its codebook."""
     vocab = getattr(cache, "vocab", None)
     if isinstance(vocab, Vocab):
+        if vocab.action_bins != action_bins:
+            raise ConfigError(
+                f"the token cache's vocabulary has {vocab.action_bins} action bins, the config asks for "
+                f"{action_bins}"
+            )
         return vocab
     meta = _meta(cache)
     codebook = getattr(cache, "codebook_size", None) or meta.get("codebook_size")
     if not codebook:
         raise DataError("the token cache records neither a vocabulary nor the image codebook size")
-    return Vocab.build(VocabConfig(text_size=text_tokenizer.size, image_codes=int(codebook)))
+    return Vocab.build(
+        VocabConfig(text_size=text_tokenizer.size, image_codes=int(codebook), action_bins=action_bins)
+    )
 
 
 def cache_action_stats(cache: CacheLike) -> ActionStats:
@@ -126,7 +133,7 @@ def cache_image_tokenizer(cache: CacheLike) -> ckpt.ImageTokenizerRef:
 
 def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainData:
     text_tokenizer = load_text_tokenizer(cfg.text_tokenizer)
-    vocab = cache_vocab(cache, text_tokenizer)
+    vocab = cache_vocab(cache, text_tokenizer, cfg.action_bins)
     if text_tokenizer.size > vocab.text_size:
         raise ConfigError(
             f"text tokenizer {cfg.text_tokenizer!r} has {text_tokenizer.size} ids, the vocabulary "
@@ -143,7 +150,7 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         history=cfg.history,
         chunk_len=cfg.chunk_len,
         chunk_mask=cfg.chunk_mask,
-        prompts=PromptConfig(),
+        prompts=PromptConfig(action_prompt=cfg.action_prompt, world_prompt=cfg.world_prompt),
         text_tokenizer=cfg.text_tokenizer,
         camera=meta.get("camera"),
         image_size=meta.get("image_size"),
