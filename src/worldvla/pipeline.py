@@ -28,6 +28,7 @@ from worldvla.utils.io import atomic_write_text
 from worldvla.utils.provenance import provenance
 
 STAGES = ("collect", "tokenizer", "tokenize", "train", "eval_policy", "eval_world", "report")
+DATA_STAGES = STAGES[:3]
 
 
 class RunState:
@@ -81,9 +82,20 @@ def _run_stage(
 
 
 def run_pipeline(
-    exp: ExperimentConfig, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print
+    exp: ExperimentConfig,
+    run_dir: str | Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    stages: tuple[str, ...] = STAGES,
 ) -> Path:
-    """Run (or resume) every stage of ``exp`` in ``run_dir``; returns the HTML report's path."""
+    """Run (or resume) the ``stages`` of ``exp`` in ``run_dir``; returns the HTML report's path.
+
+    ``stages=DATA_STAGES`` prepares only the data (episodes, tokenizer, token cache), as
+    the ablation driver does for the runs that share it.
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown pipeline stages {unknown}; known: {STAGES}")
     from worldvla.envs.suites import suite_preset
     from worldvla.tokenizers.vq import vq_preset
     from worldvla.train.config import apply_overrides, train_preset
@@ -198,6 +210,8 @@ def run_pipeline(
         "report": report_stage,
     }
     for name in STAGES:
+        if name not in stages:
+            continue
         if name == "report":
             state.stage("report")["done"] = False  # always rebuilt: it summarizes everything above
         _run_stage(state, name, fns[name], log)

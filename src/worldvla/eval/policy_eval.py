@@ -252,12 +252,14 @@ def evaluate_policy(
     baselines: bool = True,
     progress: bool = True,
     replan_every: int | None = None,
+    model: bool = True,
 ) -> dict[str, Any]:
     """Closed-loop success of a checkpoint on the suite's held-out variations, plus baselines.
 
     Writes ``results.json`` and GIFs into ``out_dir``; returns the results document.
     ``replan_every=None`` executes each chunk open-loop (reference); ``n`` asks the model
-    for a new chunk every ``n`` steps (receding horizon).
+    for a new chunk every ``n`` steps (receding horizon). ``model=False`` runs only the
+    baselines (the checkpoint then only supplies the action statistics).
     """
     from worldvla.data.episodes import EpisodeReader
     from worldvla.policy import PolicyConfig, WorldVLAPolicy
@@ -271,7 +273,7 @@ def evaluate_policy(
         checkpoint, PolicyConfig(seed=seed, replan_every=replan_every), num_envs=min(num_envs, len(jobs))
     )
     stats = policy.bundle.action_stats
-    agents: list[Any] = [PolicyAgent(policy, suite.camera)]
+    agents: list[Any] = [PolicyAgent(policy, suite.camera)] if model else []
     if baselines:
         agents.append(RandomAgent(np.array(stats.low), np.array(stats.high), seed=seed))
         if episodes_path is not None:

@@ -1,0 +1,186 @@
+"""What an ablation trains: variants of one training preset, seeds, and a step budget per run.
+
+A :class:`Variant` is a named change of the base training config (``{"chunk_len": 1}``)
+plus which evaluations it needs. :class:`AblationConfig` lists the variants of the paper's
+three claims (SPEC §1, §8) and sizes every run by optimizer steps, not minutes, so a
+re-run on another machine trains the same models.
+
+Variants whose resolved training configs are identical (for example the chunk sweep's
+K=5 with the mask and the full model) are trained once and reported under every name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from worldvla.errors import ConfigError
+from worldvla.train.config import TrainConfig, train_preset
+from worldvla.utils.registry import lookup
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    changes: tuple[tuple[str, Any], ...] = ()  # (field, value) applied to the base config
+    description: str = ""
+    world_eval: bool = False  # roll out the world model (claim 2)
+
+
+def _v(name: str, description: str, world_eval: bool = False, **changes: Any) -> Variant:
+    return Variant(name, tuple(sorted(changes.items())), description, world_eval)
+
+
+# The paper's tables, in their order (SPEC §8). The base is the quickstart's recipe: world
+# data on, K=5, the chunk mask on, M=1.
+VARIANTS: tuple[Variant, ...] = (
+    # Claim 1: world-model data improves the policy.
+    _v("action-only-k1", "action model, one action per query", use_world_data=False, chunk_len=1),
+    _v("joint-k1", "+ world data, one action per query", chunk_len=1),
+    # Claim 3: action chunks need the attention mask.
+    _v(
+        "action-only-k5-causal",
+        "action model, K=5, plain causal mask",
+        use_world_data=False,
+        chunk_mask=False,
+    ),
+    _v("action-only-k5-mask", "action model, K=5, chunk mask", use_world_data=False),
+    _v("full", "world data + K=5 + chunk mask", world_eval=True),
+    # History length for the chunk + mask model.
+    _v("history-2", "full model, M=2 history frames", history=2),
+    _v("history-4", "full model, M=4 history frames", history=4),
+    # Chunk-length sweep, with and without the mask (K=1 and K=5 with the mask are above).
+    _v("k1-causal", "full model, K=1, causal", chunk_len=1, chunk_mask=False),
+    _v("k5-causal", "full model, K=5, causal", chunk_mask=False),
+    _v("k10-mask", "full model, K=10, chunk mask", chunk_len=10),
+    _v("k10-causal", "full model, K=10, causal", chunk_len=10, chunk_mask=False),
+    _v("k20-mask", "full model, K=20, chunk mask", chunk_len=20),
+    _v("k20-causal", "full model, K=20, causal", chunk_len=20, chunk_mask=False),
+    # Claim 2: action data improves the world model on long rollouts.
+    _v("world-only", "world model only (no action data)", world_eval=True, use_action_data=False),
+)
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    name: str
+    experiment: str  # worldvla.presets experiment: suite, tokenizer and data stages (shared)
+    train: str  # base training preset of every variant
+    steps: int  # optimizer steps per run (the budget; warmup and cosine follow it)
+    warmup_steps: int
+    seeds: tuple[int, ...]
+    variants: tuple[str, ...]
+    eval_episodes_per_task: int = 10  # held-out variations, cycling
+    eval_envs: int = 8
+    eval_world_episodes: int = 16
+    rollout_lengths: tuple[int, ...] = (10, 50)
+    gifs: int = 0  # GIFs per evaluation (0: tables only)
+
+    def __post_init__(self) -> None:
+        problems = []
+        unknown = [v for v in self.variants if v not in VARIANT_NAMES]
+        if unknown:
+            problems.append(f"unknown variants {unknown} (known: {', '.join(VARIANT_NAMES)})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds must be distinct and at least one, got {self.seeds}")
+        if self.steps < 1 or not 0 <= self.warmup_steps < self.steps:
+            problems.append(
+                f"need steps >= 1 and 0 <= warmup_steps < steps, got {self.steps}, {self.warmup_steps}"
+            )
+        if self.eval_episodes_per_task < 1 or self.eval_world_episodes < 1 or not self.rollout_lengths:
+            problems.append("evaluation sizes must be >= 1")
+        if problems:
+            raise ConfigError(f"ablation {self.name!r}: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def select(self, only: list[str] | None = None, seeds: list[int] | None = None) -> AblationConfig:
+        """The same ablation restricted to some variants and/or with other seeds."""
+        return replace(
+            self,
+            variants=tuple(only) if only else self.variants,
+            seeds=tuple(seeds) if seeds else self.seeds,
+        )
+
+
+def variant(name: str) -> Variant:
+    return lookup({v.name: v for v in VARIANTS}, name, "ablation variant")
+
+
+def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
+    """The training config of one run: base preset + the variant's changes + budget + seed.
+
+    With K=1 there is no earlier action in a chunk to hide, so the chunk mask is set on
+    (the two masks are then identical): K=1 with and without the mask is one run.
+    """
+    v = variant(name)
+    base = train_preset(cfg.train)
+    out = replace(
+        base,
+        name=f"{cfg.name}/{name}",
+        steps=cfg.steps,
+        warmup_steps=cfg.warmup_steps,
+        seed=seed,
+        **dict(v.changes),
+    )
+    if out.chunk_len == 1:
+        out = replace(out, chunk_mask=True)
+    return out
+
+
+def run_key(train_cfg: TrainConfig) -> str:
+    """A short hash of everything that shapes the trained weights (not the run's name)."""
+    d = train_cfg.to_dict()
+    d.pop("name")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _presets() -> dict[str, AblationConfig]:
+    full = AblationConfig(
+        # <= 2 hours on 2 CPU cores after the data stages (docs/ablations.md): 13 distinct
+        # models x 3 seeds at ~2.5 minutes each (200 steps of batch 32, 20 evaluation
+        # episodes; K=1 runs query the model every step and take longer to evaluate).
+        name="mw-ablation",
+        experiment="mw-quick",
+        train="mw-quick",
+        steps=200,
+        warmup_steps=15,
+        seeds=(0, 1, 2),
+        variants=VARIANT_NAMES,
+        eval_episodes_per_task=5,
+    )
+    return {
+        "mw-ablation": full,
+        # One seed and the runs that decide the three claims (~20 minutes with the data).
+        "mw-ablation-quick": replace(
+            full,
+            name="mw-ablation-quick",
+            seeds=(0,),
+            variants=("action-only-k1", "joint-k1", "k5-causal", "full", "world-only"),
+        ),
+        # Tests: every stage for real on the debug experiment, in seconds per run.
+        "ablation-debug": AblationConfig(
+            name="ablation-debug",
+            experiment="debug",
+            train="mw-quick-debug",
+            steps=3,
+            warmup_steps=1,
+            seeds=(0, 1),
+            variants=("action-only-k1", "joint-k1", "k1-causal", "full", "world-only"),
+            eval_episodes_per_task=1,
+            eval_envs=1,
+            eval_world_episodes=1,
+            rollout_lengths=(2,),
+        ),
+    }
+
+
+ABLATIONS: dict[str, AblationConfig] = _presets()
+
+
+def ablation_preset(name: str) -> AblationConfig:
+    return lookup(ABLATIONS, name, "ablation preset")

@@ -1,0 +1,242 @@
+"""Run an ablation: shared data once, then train and evaluate every (variant, seed), resumably.
+
+Layout of an ablation directory::
+
+    RUN/ablation.json          the budget (preset, steps, evaluation sizes) + provenance
+    RUN/runs/<key>/            one distinct training config (key = hash of the config)
+        train/                 checkpoints, metrics (resumes after a kill)
+        eval_policy/           closed-loop success (skipped for world-only)
+        eval_world/            rollout metrics (variants that need them)
+        result.json            written last, atomically: the run is done
+    RUN/baselines/results.json random actions and demonstration replay, once
+    RUN/table.md, success_vs_chunk.png, runs.json   (worldvla.ablation.aggregate)
+
+The data stages (episodes, image tokenizer, token cache) run once, in ``data_dir``
+(default ``RUN/data``), or are reused from a quickstart of the same experiment preset.
+Running the same command again skips every run whose ``result.json`` exists and resumes
+the interrupted one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worldvla.ablation.config import AblationConfig, resolve, run_key, variant
+from worldvla.errors import ConfigError
+from worldvla.train.config import TrainConfig
+from worldvla.utils.io import atomic_write_text
+from worldvla.utils.provenance import provenance
+
+# Fields of the ablation that decide what every run computes: a directory holds one budget.
+BUDGET_FIELDS = (
+    "experiment",
+    "train",
+    "steps",
+    "warmup_steps",
+    "eval_episodes_per_task",
+    "eval_envs",
+    "eval_world_episodes",
+    "rollout_lengths",
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str
+    seed: int
+    variants: tuple[str, ...]  # every variant name that resolves to this config
+    train: TrainConfig
+    world_eval: bool
+
+    @property
+    def policy_eval(self) -> bool:
+        return self.train.use_action_data
+
+
+def plan(cfg: AblationConfig) -> list[Run]:
+    """Distinct runs in the order of ``cfg.variants`` then seeds (seed-major: all variants of
+    seed 0 first, so a partial ablation already compares every variant)."""
+    runs: dict[str, Run] = {}
+    for seed in cfg.seeds:
+        for name in cfg.variants:
+            t = resolve(cfg, name, seed)
+            key = run_key(t)
+            v = variant(name)
+            if key in runs:
+                r = runs[key]
+                runs[key] = Run(key, seed, (*r.variants, name), r.train, r.world_eval or v.world_eval)
+            else:
+                runs[key] = Run(key, seed, (name,), t, v.world_eval)
+    return list(runs.values())
+
+
+def budget(cfg: AblationConfig) -> dict[str, Any]:
+    d = json.loads(json.dumps(cfg.to_dict()))
+    return {k: d[k] for k in BUDGET_FIELDS}
+
+
+def _check_budget(run_dir: Path, cfg: AblationConfig) -> None:
+    path = run_dir / "ablation.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("budget", {})
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path}: not valid JSON ({e}); move the directory away or repair the file"
+        ) from None
+    diff = {k: (old.get(k), v) for k, v in budget(cfg).items() if old.get(k) != v}
+    if diff:
+        raise ConfigError(
+            f"{run_dir} holds an ablation with another budget ({diff}: stored vs. asked); use another --out"
+        )
+
+
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_ablation(
+    cfg: AblationConfig,
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Prepare the data, run every missing (variant, seed), then aggregate; returns table.md."""
+    from worldvla.ablation.aggregate import aggregate
+    from worldvla.envs.suites import suite_preset
+    from worldvla.pipeline import DATA_STAGES, run_pipeline
+    from worldvla.presets import experiment_preset
+
+    run = Path(run_dir)
+    exp = experiment_preset(cfg.experiment)
+    _check_budget(run, cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    data = Path(data_dir) if data_dir is not None else run / "data"
+    doc = _load_json(run / "ablation.json") or {}
+    doc.update(provenance(preset=cfg.name), budget=budget(cfg), data_dir=str(data))
+    doc.setdefault("requested", [])
+    doc["requested"].append({"variants": list(cfg.variants), "seeds": list(cfg.seeds)})
+    atomic_write_text(run / "ablation.json", json.dumps(doc, indent=2) + "\n")
+
+    log(f"[data] {data}")
+    run_pipeline(exp, data, progress=progress, log=log, stages=DATA_STAGES)
+    suite = suite_preset(exp.suite)
+    runs = plan(cfg)
+    todo = [r for r in runs if not (run / "runs" / r.key / "result.json").exists()]
+    log(f"[runs] {len(runs)} distinct runs ({len(runs) - len(todo)} done earlier), {cfg.steps} steps each")
+    t_start = time.perf_counter()
+    for i, r in enumerate(todo):
+        eta = ""
+        if i:
+            per = (time.perf_counter() - t_start) / i
+            eta = f", ETA {per * (len(todo) - i) / 60:.0f} min"
+        log(f"[run {i + 1}/{len(todo)}{eta}] {'+'.join(r.variants)} seed {r.seed} ({r.key})")
+        _run_one(r, cfg, run / "runs" / r.key, data, suite, progress, log)
+        if r.policy_eval and not (run / "baselines" / "results.json").exists():
+            _baselines(cfg, run, run / "runs" / r.key / "train", data, suite, progress)
+    first_policy = next((r for r in runs if r.policy_eval), None)
+    if first_policy is not None and not (run / "baselines" / "results.json").exists():
+        _baselines(cfg, run, run / "runs" / first_policy.key / "train", data, suite, progress)
+    return aggregate(run, cfg)
+
+
+def _run_one(
+    r: Run,
+    cfg: AblationConfig,
+    out: Path,
+    data: Path,
+    suite: Any,
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    from worldvla.eval.policy_eval import evaluate_policy
+    from worldvla.eval.world_eval import evaluate_world
+    from worldvla.train.checkpoint import latest_checkpoint
+    from worldvla.train.loop import train
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    resume = latest_checkpoint(out / "train") is not None
+    result = train(r.train, data / "cache", out / "train", resume=resume, progress=progress)
+    seconds["train"] = time.perf_counter() - t0
+    doc: dict[str, Any] = {
+        "key": r.key,
+        "variants": list(r.variants),
+        "seed": r.seed,
+        "train": r.train.to_dict(),
+        "step": result.step,
+        "tokens_per_s": result.tokens_per_s,
+        "last_val": result.last_val,
+    }
+    if r.policy_eval:
+        t0 = time.perf_counter()
+        path = out / "eval_policy" / "results.json"
+        pol = _load_json(path) or evaluate_policy(
+            out / "train",
+            suite,
+            out / "eval_policy",
+            cfg.eval_episodes_per_task,
+            cfg.eval_envs,
+            gifs=cfg.gifs,
+            seed=r.seed,
+            baselines=False,
+            progress=progress,
+        )
+        s = pol["summary"]["worldvla"]
+        doc["policy"] = {
+            "success": s["success"],
+            "ci95": s["ci95"],
+            "episodes": s["episodes"],
+            "per_task": {t: v["success"] for t, v in s["per_task"].items()},
+        }
+        seconds["eval_policy"] = time.perf_counter() - t0
+        log(f"  success {100 * s['success']:.1f}% over {s['episodes']} episodes")
+    if r.world_eval:
+        t0 = time.perf_counter()
+        path = out / "eval_world" / "results.json"
+        wd = _load_json(path) or evaluate_world(
+            out / "train",
+            data / "data" / "episodes.hdf5",
+            out / "eval_world",
+            cfg.eval_world_episodes,
+            cfg.rollout_lengths,
+            gifs=cfg.gifs,
+        )
+        doc["world"] = [
+            {k: row[k] for k in ("method", "requested_length", "length", "videos", "psnr", "ssim")}
+            for row in wd["rows"]
+        ]
+        seconds["eval_world"] = time.perf_counter() - t0
+        psnr = {row["requested_length"]: row["psnr"] for row in wd["rows"] if row["method"] == "worldvla"}
+        log("  world PSNR " + ", ".join(f"{n} frames {p:.2f} dB" for n, p in psnr.items()))
+    doc["seconds"] = seconds
+    doc.update(provenance(preset=cfg.name, seed=r.seed))
+    atomic_write_text(out / "result.json", json.dumps(doc, indent=2) + "\n")
+
+
+def _baselines(
+    cfg: AblationConfig, run: Path, checkpoint: Path, data: Path, suite: Any, progress: bool
+) -> None:
+    """Random actions and demonstration replay on the same held-out episodes (once)."""
+    from worldvla.eval.policy_eval import evaluate_policy
+
+    evaluate_policy(
+        checkpoint,
+        suite,
+        run / "baselines",
+        cfg.eval_episodes_per_task,
+        cfg.eval_envs,
+        episodes_path=data / "data" / "episodes.hdf5",
+        gifs=0,
+        seed=cfg.seeds[0],
+        baselines=True,
+        progress=progress,
+        model=False,
+    )

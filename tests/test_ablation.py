@@ -1,0 +1,128 @@
+"""The ablation driver: variants, deduplication, budgets, resumption, and the tables it writes."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from worldvla.ablation.aggregate import aggregate, collect_results
+from worldvla.ablation.config import VARIANTS, ablation_preset, resolve, run_key
+from worldvla.ablation.runner import plan, run_ablation
+from worldvla.commands.ablate import main as ablate_main
+from worldvla.errors import ConfigError
+from worldvla.train.config import config_diff, train_preset
+
+
+def test_each_variant_changes_only_its_fields_and_the_budget():
+    cfg = ablation_preset("mw-ablation")
+    base = train_preset(cfg.train)
+    budget = {"name", "steps", "warmup_steps", "seed"}
+    for v in VARIANTS:
+        t = resolve(cfg, v.name, 7)
+        assert t.steps == cfg.steps and t.seed == 7
+        changed = set(config_diff(base, t)) - budget
+        expected = set(dict(v.changes))
+        # K=1 runs always carry the (then irrelevant) chunk mask.
+        assert changed == expected - ({"chunk_mask"} if t.chunk_len == 1 else set()), v.name
+
+
+def test_identical_configs_train_once_and_report_under_every_name():
+    cfg = ablation_preset("mw-ablation")
+    runs = plan(cfg)
+    assert len(runs) == 13 * len(cfg.seeds)  # 14 variants, K=1 with/without mask coincide
+    by_name = {(n, r.seed): r for r in runs for n in r.variants}
+    assert by_name[("joint-k1", 0)] is by_name[("k1-causal", 0)]
+    assert by_name[("full", 1)].key != by_name[("k5-causal", 1)].key
+    assert by_name[("full", 0)].key != by_name[("full", 1)].key  # seeds differ
+    assert by_name[("full", 0)].world_eval and not by_name[("world-only", 0)].policy_eval
+    # Keys ignore the run's name: the quick preset's runs are the full preset's runs.
+    quick = ablation_preset("mw-ablation-quick")
+    assert {r.key for r in plan(quick)} <= {r.key for r in runs}
+
+
+def test_presets_validate():
+    with pytest.raises(ConfigError, match="unknown variants"):
+        replace(ablation_preset("mw-ablation"), variants=("full", "fulll"))
+    with pytest.raises(ConfigError, match="seeds"):
+        replace(ablation_preset("mw-ablation"), seeds=(0, 0))
+
+
+def _fake_result(run_dir, cfg, name, seed, success, psnr=None):
+    key = run_key(resolve(cfg, name, seed))
+    doc = {"key": key, "variants": [name], "seed": seed, "policy": {"success": success}}
+    if psnr is not None:
+        doc["world"] = [
+            {"method": m, "requested_length": n, "length": n, "videos": 4, "psnr": psnr + d, "ssim": 50.0}
+            for m, d in (("worldvla", 0.0), ("repeat-last", -3.0))
+            for n in cfg.rollout_lengths
+        ]
+    (run_dir / "runs" / key).mkdir(parents=True)
+    (run_dir / "runs" / key / "result.json").write_text(json.dumps(doc))
+
+
+def test_aggregate_means_and_t_intervals_over_seeds(tmp_path):
+    cfg = ablation_preset("mw-ablation")
+    for seed, s in zip(cfg.seeds, (0.2, 0.4, 0.6), strict=True):
+        _fake_result(tmp_path, cfg, "joint-k1", seed, s)
+        _fake_result(tmp_path, cfg, "full", seed, s / 2, psnr=20.0 + seed)
+    _fake_result(tmp_path, cfg, "action-only-k1", 0, 0.1)  # one seed of three finished
+    assert len(collect_results(tmp_path, cfg)["k1-causal"]) == 3  # the deduplicated twin
+    table = aggregate(tmp_path, cfg).read_text()
+    half = 4.303 * 20 / math.sqrt(3)  # t(2) * sd / sqrt(n)
+    assert f"| joint-k1 | ✓ | 1 | causal | 1 | 40.0 ± {half:.1f} | 20, 40, 60 | 3 |" in table
+    assert "| action-only-k1 |  | 1 | causal | 1 | 10.0 | 10 | 1 of 3 |" in table
+    assert "| 1 | 40.0 ± 49.7 | 40.0 ± 49.7 |" in table  # chunk sweep: K=1 is one run
+    assert "| full | 21.00 ± 2.48 | 50.0 ± 0.0 |" in table  # PSNR@10 over seeds 20, 21, 22
+    assert (tmp_path / "success_vs_chunk.png").stat().st_size > 1000
+    raw = json.loads((tmp_path / "runs.json").read_text())
+    assert [r["seed"] for r in raw["variants"]["joint-k1"]["runs"]] == [0, 1, 2]
+    assert raw["variants"]["history-4"]["runs"] == []
+
+
+def test_another_budget_in_the_same_directory_is_refused(tmp_path):
+    cfg = ablation_preset("ablation-debug")
+    (tmp_path / "ablation.json").write_text(json.dumps({"budget": {"steps": 999}}))
+    with pytest.raises(ConfigError, match="another budget"):
+        run_ablation(cfg, tmp_path, progress=False, log=lambda _: None)
+
+
+def test_cli_lists_variants_and_rejects_a_typo(capsys):
+    assert ablate_main(["--list"]) == 0
+    assert "world-only" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="full"):
+        ablate_main(["--preset", "ablation-debug", "--only", "fulll"])
+
+
+def test_debug_ablation_end_to_end_then_resumes_only_what_is_missing(tmp_path):
+    out = tmp_path / "abl"
+    assert ablate_main(["--preset", "ablation-debug", "--out", str(out), "--no-progress"]) == 0
+    cfg = ablation_preset("ablation-debug")
+    runs = plan(cfg)
+    assert len(runs) == 4 * 2  # k1-causal coincides with joint-k1
+    done = {r.key: (out / "runs" / r.key / "result.json") for r in runs}
+    assert all(p.exists() for p in done.values())
+    res = json.loads(next(iter(done.values())).read_text())
+    assert res["step"] == cfg.steps and res["commit"] is not None
+    full = json.loads(done[run_key(resolve(cfg, "full", 0))].read_text())
+    assert full["policy"]["episodes"] == 1 and {r["method"] for r in full["world"]} >= {
+        "worldvla",
+        "repeat-last",
+    }
+    assert "policy" not in json.loads(done[run_key(resolve(cfg, "world-only", 1))].read_text())
+    assert json.loads((out / "baselines" / "results.json").read_text())["summary"].keys() == {
+        "random",
+        "replay",
+    }
+    table = (out / "table.md").read_text()
+    assert "Claim 1" in table and "Claim 2" in table and "random" in table
+
+    # A run killed after training (no result.json) is the only one redone.
+    mtimes = {k: p.stat().st_mtime_ns for k, p in done.items()}
+    victim = run_key(resolve(cfg, "joint-k1", 1))
+    done[victim].unlink()
+    assert ablate_main(["--preset", "ablation-debug", "--out", str(out), "--no-progress"]) == 0
+    assert done[victim].exists()
+    assert all(p.stat().st_mtime_ns == mtimes[k] for k, p in done.items() if k != victim)
