@@ -89,9 +89,9 @@ SUITES: dict[str, SuiteConfig] = {
     # so success on held-out variations requires using the image (docs/metaworld.md).
     # Control at 20 Hz (action_repeat 4): episodes of ~22 steps, and consecutive frames
     # differ enough that predicting the next frame beats repeating the last one only if the
-    # action is used (at 40 Hz a frame and its successor are ~27 dB apart, above what an
-    # 8x8-code tokenizer reconstructs). 100 demonstrations per task (lever-pull's expert
-    # fails on ~20% at this rate; failed episodes are dropped).
+    # action is used (at 40 Hz a frame and its successor are ~27 dB apart, close to the
+    # ~30 dB an 8x8-code tokenizer reconstructs). 100 demonstrations per task (lever-pull's
+    # expert fails on 20-35% at this rate; failed episodes are dropped).
     "mw-quick": SuiteConfig(
         name="mw-quick",
         tasks=("button-press-topdown-v3", "window-open-v3", "handle-pull-v3", "lever-pull-v3"),
