@@ -2,7 +2,9 @@
 
 Simulators that cannot share the model's Python environment (LIBERO) connect with
 :class:`worldvla.serving.client.PolicyClient`; see docs/libero.md. ``--stand-in`` serves a
-model-free policy with the same interface (plumbing checks, ``make test-libero``).
+model-free policy with the same interface; ``--random-init DIR`` first writes a tiny,
+randomly initialized checkpoint into ``DIR`` (:mod:`worldvla.serving.random_checkpoint`) and
+serves it like a trained one (plumbing checks of the real inference path, ``make test-libero``).
 """
 
 from __future__ import annotations
@@ -25,23 +27,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--replan-every", type=int, default=None, help="re-plan every N steps (default: whole chunk)"
     )
     p.add_argument("--stand-in", action="store_true", help="serve a model-free stand-in policy instead")
-    p.add_argument("--image-size", type=int, default=256, help="stand-in: expected image size")
-    p.add_argument("--chunk-len", type=int, default=5, help="stand-in: actions per chunk")
-    p.add_argument("--action-dim", type=int, default=7, help="stand-in: action dimension")
+    p.add_argument(
+        "--random-init",
+        metavar="DIR",
+        help="write a tiny randomly initialized checkpoint into DIR, then serve it",
+    )
+    p.add_argument("--image-size", type=int, default=256, help="stand-in / random-init: image size")
+    p.add_argument("--chunk-len", type=int, default=5, help="stand-in / random-init: actions per chunk")
+    p.add_argument("--action-dim", type=int, default=7, help="stand-in / random-init: action dimension")
+    p.add_argument("--history", type=int, default=2, help="random-init: history frames (M)")
+    p.add_argument("--seed", type=int, default=0, help="random-init: weight seed")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
+    if sum(map(bool, (a.checkpoint, a.stand_in, a.random_init))) > 1:
+        raise ConfigError("give one of a checkpoint, --stand-in or --random-init DIR")
+    if a.random_init:
+        from worldvla.serving.random_checkpoint import write_random_checkpoint
+
+        a.checkpoint = write_random_checkpoint(
+            a.random_init,
+            action_dim=a.action_dim,
+            image_size=a.image_size,
+            chunk_len=a.chunk_len,
+            history=a.history,
+            seed=a.seed,
+        )
+        print(f"[serve] wrote a randomly initialized checkpoint to {a.checkpoint}", flush=True)
     if a.stand_in:
-        if a.checkpoint:
-            raise ConfigError("give either a checkpoint or --stand-in, not both")
         policy = StandInPolicy(chunk_len=a.chunk_len, action_dim=a.action_dim, image_size=a.image_size)
         meta = {"checkpoint": None}
     else:
         if not a.checkpoint:
-            raise ConfigError("serve needs a checkpoint directory (or --stand-in)")
+            raise ConfigError("serve needs a checkpoint directory (or --stand-in, or --random-init DIR)")
         ckpt = Path(a.checkpoint)
         if not ckpt.exists():
             raise ConfigError(f"checkpoint {ckpt} does not exist")

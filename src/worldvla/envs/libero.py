@@ -1,13 +1,21 @@
-"""LIBERO task as an environment with the project's env interface (reset / step / close).
+"""LIBERO behind the project's environment interface (:class:`worldvla.envs.base.Env`).
 
-Wraps one LIBERO task (``OffScreenRenderEnv``) under the reference evaluation protocol
-(SPEC §7, :mod:`worldvla.eval.libero_protocol`): ``reset(i)`` restores the benchmark's
-initial state i and runs the 10 no-op wait steps; observations carry the agent-view frame
-at the training resolution rotated 180° and the task instruction; an episode ends on the
-env's done flag (success) or after the suite's max steps.
+One adapter serves one LIBERO suite; ``reset(task, variation)`` picks the task (its index
+in the suite or its name) and the benchmark's initial state ``variation``, under the
+reference evaluation protocol (SPEC §7, :mod:`worldvla.eval.libero_protocol`):
+
+- the underlying ``OffScreenRenderEnv`` is built when the task changes (not on every
+  reset) and seeded once at that point, as the reference seeds once per task (the seed
+  moves objects even with fixed initial states);
+- ``reset`` restores initial state ``variation`` and runs the 10 no-op wait steps
+  (``[0, 0, 0, 0, 0, 0, -1]``) that let objects settle; they are not counted as steps;
+- observations carry the cameras at the training resolution, rotated 180° (LIBERO renders
+  them upside down), and the task's instruction;
+- ``step`` returns the env's done flag as the success flag. ``max_steps`` is the suite's
+  step limit; like every adapter, enforcing it is the caller's loop's job.
 
 LIBERO needs its own Python environment (robosuite 1.4 pins an older MuJoCo; see
-docs/libero.md), so this module imports LIBERO only when an env is created. For benchmark
+docs/libero.md), so LIBERO is imported only when an adapter is created. For benchmark
 numbers use the evaluation client (``worldvla.eval.libero_client``), which runs in that
 environment and queries ``worldvla serve``; this adapter is for code that runs where LIBERO
 is importable (e.g. rollouts of a world model against the simulator).
@@ -21,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from worldvla.envs.base import Env, Observation
+from worldvla.errors import ConfigError
 from worldvla.eval.libero_protocol import (
     ACTION_DIM,
     CAMERA,
@@ -30,23 +40,30 @@ from worldvla.eval.libero_protocol import (
     rotate_180,
     suite_name,
 )
+from worldvla.utils.registry import lookup
+
+CONTROL_HZ = 20.0  # LIBERO's control_freq (robosuite's default, unchanged by LIBERO)
 
 
-class LiberoEnv:
-    """One LIBERO task. ``obs = {"image": uint8 (R, R, 3), "images": {camera: ...}, "instruction": str}``."""
+class LiberoEnv(Env):
+    """The tasks of one LIBERO suite; the simulator of the current task is kept between resets."""
 
-    action_dim = ACTION_DIM
+    action_dim = ACTION_DIM  # Δxyz, Δrotation (axis-angle), gripper (+1 close, -1 open)
+    control_hz = CONTROL_HZ
 
     def __init__(
         self,
         suite: str,
-        task_id: int,
+        *,
         resolution: int = 256,
         seed: int = 0,
         num_wait_steps: int = NUM_WAIT_STEPS,
         max_steps: int | None = None,
         cameras: tuple[str, ...] = (CAMERA,),
     ) -> None:
+        """``cameras``: rendered into every observation; the first is the primary ``camera``."""
+        if not cameras or resolution < 16:
+            raise ConfigError(f"LiberoEnv needs a camera and resolution >= 16, got {cameras}, {resolution}")
         os.environ.setdefault("MUJOCO_GL", "egl")
         try:
             from libero.libero import benchmark, get_libero_path
@@ -56,48 +73,73 @@ class LiberoEnv:
                 f"LIBERO is not importable here ({e}); run scripts/setup_libero.sh and use "
                 ".venv-libero (docs/libero.md)"
             ) from None
+        self._make_env, self._bddl_root = OffScreenRenderEnv, Path(get_libero_path("bddl_files"))
         self.suite = suite_name(suite)
-        bench = benchmark.get_benchmark_dict()[self.suite]()
-        self.task = bench.get_task(task_id)
-        self.instruction: str = self.task.language
-        self.init_states = np.asarray(bench.get_task_init_states(task_id))
-        self.resolution, self.cameras = resolution, tuple(cameras)
-        self.num_wait_steps = num_wait_steps
+        self._bench = benchmark.get_benchmark_dict()[self.suite]()
+        self.task_names: tuple[str, ...] = tuple(self._bench.get_task_names())
+        self.resolution, self.seed, self.num_wait_steps = resolution, seed, num_wait_steps
+        self.cameras, self.camera = tuple(cameras), cameras[0]
         self.max_steps = MAX_STEPS[self.suite] if max_steps is None else max_steps
-        bddl = Path(get_libero_path("bddl_files")) / self.task.problem_folder / self.task.bddl_file
-        self._env = OffScreenRenderEnv(
-            bddl_file_name=str(bddl),
-            camera_heights=resolution,
-            camera_widths=resolution,
+        self._env: Any = None
+        self._task_id: int | None = None
+        self._init_states = np.empty(0)
+        self.instruction = ""
+
+    # ------------------------------------------------------------------ tasks
+    def task_id(self, task: int | str) -> int:
+        """The index of ``task`` in the suite: an index (int or digits) or a task name."""
+        if isinstance(task, str) and not task.isdigit():
+            return lookup({n: i for i, n in enumerate(self.task_names)}, task, f"{self.suite} task")
+        i = int(task)
+        if not 0 <= i < len(self.task_names):
+            raise ConfigError(f"{self.suite} has tasks 0..{len(self.task_names) - 1}, got {task!r}")
+        return i
+
+    def _open(self, task_id: int) -> None:
+        """Build (and seed) the simulator of ``task_id``, closing the previous task's."""
+        self.close()
+        task = self._bench.get_task(task_id)
+        self._env = self._make_env(
+            bddl_file_name=str(self._bddl_root / task.problem_folder / task.bddl_file),
+            camera_heights=self.resolution,
+            camera_widths=self.resolution,
             camera_names=list(self.cameras),
         )
-        self._env.seed(seed)  # once per task, as the reference does
-        self._t = 0
+        self._env.seed(self.seed)  # once per task, as the reference does
+        self._init_states = np.asarray(self._bench.get_task_init_states(task_id))
+        self._task_id, self.instruction = task_id, task.language
 
-    def _obs(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def _observe(self, raw: dict[str, Any]) -> Observation:
         images = {cam: rotate_180(np.asarray(raw[f"{cam}_image"])) for cam in self.cameras}
-        return {"image": images[self.cameras[0]], "images": images, "instruction": self.instruction}
+        return Observation(images=images, instruction=self.instruction)
 
-    def reset(self, init_state: int = 0) -> dict[str, Any]:
-        """Restore initial state ``init_state`` (0..49) and let objects settle for the wait steps."""
-        if not 0 <= init_state < len(self.init_states):
-            raise ValueError(f"init_state must be in [0, {len(self.init_states)}), got {init_state}")
+    # ------------------------------------------------------------------ Env API
+    def reset(self, task: int | str, variation: int = 0) -> Observation:
+        """Start ``task`` from the benchmark's initial state ``variation`` (0..49), after the wait steps."""
+        task_id = self.task_id(task)
+        if task_id != self._task_id:
+            self._open(task_id)
+        if not 0 <= variation < len(self._init_states):
+            raise ConfigError(f"variation must be in [0, {len(self._init_states)}), got {variation}")
         self._env.reset()
-        raw = self._env.set_init_state(self.init_states[init_state])
-        for _ in range(self.num_wait_steps):
+        raw = self._env.set_init_state(self._init_states[variation])
+        for _ in range(self.num_wait_steps):  # let objects settle; done is not checked (reference)
             raw, _, _, _ = self._env.step(list(NOOP_ACTION))
-        self._t = 0
-        return self._obs(raw)
+        return self._observe(raw)
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        """``(obs, reward, terminated, truncated, info)``; terminated = success (the env's done flag)."""
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"LIBERO actions are {ACTION_DIM}-D, got shape {action.shape}")
-        raw, reward, done, info = self._env.step(action.tolist())
-        self._t += 1
-        truncated = not done and self._t >= self.max_steps
-        return self._obs(raw), float(reward), bool(done), truncated, {**info, "success": bool(done)}
+    def step(self, action: np.ndarray) -> tuple[Observation, bool]:
+        """Send one 7-D action as is (no clipping, as the reference); success = the env's done flag."""
+        if self._env is None:
+            raise RuntimeError("call reset() before step()")
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (ACTION_DIM,):
+            raise ConfigError(f"LIBERO actions have {ACTION_DIM} dims, got shape {np.shape(action)}")
+        if not np.isfinite(a).all():
+            raise ConfigError(f"action contains NaN or inf: {a}")
+        raw, _, done, _ = self._env.step(a.tolist())
+        return self._observe(raw), bool(done)
 
     def close(self) -> None:
-        self._env.close()
+        if self._env is not None:
+            self._env.close()
+        self._env, self._task_id = None, None
