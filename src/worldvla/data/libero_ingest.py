@@ -74,11 +74,16 @@ def demo_succeeded(dones: np.ndarray | None, rewards: np.ndarray | None) -> bool
     return None
 
 
+def split_in_order(n: int, val_fraction: float = VAL_FRACTION) -> list[str]:
+    """``"train"`` for the first ``ceil((1 - val_fraction) · n)`` of ``n`` ordered demos, then ``"val"``."""
+    n_train = math.ceil(n * (1.0 - val_fraction) - 1e-9)
+    return ["train" if i < n_train else "val" for i in range(n)]
+
+
 def split_per_task(keys: list[str], val_fraction: float = VAL_FRACTION) -> dict[str, str]:
     """``{demo key: "train" | "val"}``: first ``ceil((1 - val_fraction) · n)`` demos by number train."""
     ordered = sorted(keys, key=_demo_number)
-    n_train = math.ceil(len(ordered) * (1.0 - val_fraction) - 1e-9)
-    return {k: ("train" if i < n_train else "val") for i, k in enumerate(ordered)}
+    return dict(zip(ordered, split_in_order(len(ordered), val_fraction)))
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
