@@ -52,7 +52,13 @@ def test_presets_validate():
 
 def _fake_result(run_dir, cfg, name, seed, success, psnr=None):
     key = run_key(resolve(cfg, name, seed))
-    doc = {"key": key, "variants": [name], "seed": seed, "policy": {"success": success}}
+    doc = {
+        "key": key,
+        "variants": [name],
+        "seed": seed,
+        "policy": {"success": success},
+        "offline": {"l1": success / 2, "l1_first": success / 4, "baseline_mean_action_l1": 0.5},
+    }
     if psnr is not None:
         doc["world"] = [
             {"method": m, "requested_length": n, "length": n, "videos": 4, "psnr": psnr + d, "ssim": 50.0}
@@ -72,9 +78,13 @@ def test_aggregate_means_and_t_intervals_over_seeds(tmp_path):
     assert len(collect_results(tmp_path, cfg)["k1-causal"]) == 3  # the deduplicated twin
     table = aggregate(tmp_path, cfg).read_text()
     half = 4.303 * 20 / math.sqrt(3)  # t(2) * sd / sqrt(n)
-    assert f"| joint-k1 | ✓ | 1 | causal | 1 | 40.0 ± {half:.1f} | 20, 40, 60 | 3 |" in table
-    assert "| action-only-k1 |  | 1 | causal | 1 | 10.0 | 10 | 1 of 3 |" in table
-    assert "| 1 | 40.0 ± 49.7 | 40.0 ± 49.7 |" in table  # chunk sweep: K=1 is one run
+    assert (
+        f"| joint-k1 | ✓ | 1 | causal | 1 | 40.0 ± {half:.1f} | 20, 40, 60 | 20.0 ± {half / 2:.1f} |" in table
+    )
+    assert "| action-only-k1 |  | 1 | causal | 1 | 10.0 | 10 | 5.0 | 2.5 | 1 of 3 |" in table
+    assert "| 1 | 40.0 ± 49.7 | 40.0 ± 49.7 | 20.0 ± 24.8 | 20.0 ± 24.8 |" in table  # K=1 is one run
+    assert "| 10 | — | — | — | — |" not in table  # rows without any run are left out
+    assert "predicting the mean held-out action scores 50.0" in table
     assert "| full | 21.00 ± 2.48 | 50.0 ± 0.0 |" in table  # PSNR@10 over seeds 20, 21, 22
     assert (tmp_path / "success_vs_chunk.png").stat().st_size > 1000
     raw = json.loads((tmp_path / "runs.json").read_text())
@@ -119,10 +129,20 @@ def test_debug_ablation_end_to_end_then_resumes_only_what_is_missing(tmp_path):
     table = (out / "table.md").read_text()
     assert "Claim 1" in table and "Claim 2" in table and "random" in table
 
-    # A run killed after training (no result.json) is the only one redone.
+    # A run killed after training (no result.json) is the only one redone; a result that
+    # lacks a metric gets it from the saved checkpoint, without retraining.
     mtimes = {k: p.stat().st_mtime_ns for k, p in done.items()}
     victim = run_key(resolve(cfg, "joint-k1", 1))
     done[victim].unlink()
+    old = run_key(resolve(cfg, "action-only-k1", 0))
+    partial = json.loads(done[old].read_text())
+    del partial["offline"]
+    done[old].write_text(json.dumps(partial))
+    import shutil
+
+    shutil.rmtree(out / "runs" / old / "eval_offline")
+    ckpt_mtime = (out / "runs" / old / "train" / "checkpoints" / "latest").stat().st_mtime_ns
     assert ablate_main(["--preset", "ablation-debug", "--out", str(out), "--no-progress"]) == 0
-    assert done[victim].exists()
-    assert all(p.stat().st_mtime_ns == mtimes[k] for k, p in done.items() if k != victim)
+    assert done[victim].exists() and "offline" in json.loads(done[old].read_text())
+    assert (out / "runs" / old / "train" / "checkpoints" / "latest").stat().st_mtime_ns == ckpt_mtime
+    assert all(p.stat().st_mtime_ns == mtimes[k] for k, p in done.items() if k not in (victim, old))

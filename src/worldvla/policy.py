@@ -148,19 +148,40 @@ class WorldVLAPolicy:
         chunks = self._plan(env_ids, observations)
         return chunks[0] if single else chunks
 
-    def _plan(self, env_ids: Sequence[int], observations: Sequence[Observation]) -> np.ndarray:
-        prompts = [
-            torch.from_numpy(
-                action_prompt_ids(
-                    self.vocab,
-                    self.text_tokenizer,
-                    o["instruction"],
-                    list(self._history[i]),
-                    self.layout.prompts,
+    @torch.inference_mode()
+    def predict_chunks_from_frames(
+        self, frames: Sequence[np.ndarray], instructions: Sequence[str]
+    ) -> np.ndarray:
+        """Chunks ``(N, K, D)`` for N explicit frame histories, without touching env state.
+
+        ``frames[i]``: uint8 ``(m, H, W, 3)``, the frames up to the query (oldest first); fewer
+        than M are padded with the first, as at an episode start. For offline evaluation on
+        recorded episodes.
+        """
+        m = self.layout.history
+        codes = [
+            self.image_tokenizer.encode(np.stack([self._frame({"image": f}) for f in h[-m:]])).cpu().numpy()
+            for h in frames
+        ]
+        return self.predict_chunks_from_codes(codes, instructions)
+
+    @torch.inference_mode()
+    def predict_chunks_from_codes(
+        self, codes: Sequence[np.ndarray], instructions: Sequence[str]
+    ) -> np.ndarray:
+        """As :meth:`predict_chunks_from_frames`, from image codes ``(m, h, w)`` already encoded."""
+        if len(codes) != len(instructions):
+            raise ValueError(f"got {len(codes)} histories for {len(instructions)} instructions")
+        m = self.layout.history
+        prompts = []
+        for text, c in zip(instructions, codes):
+            c = list(c)[-m:]
+            hist = [c[0]] * (m - len(c)) + c
+            prompts.append(
+                torch.from_numpy(
+                    action_prompt_ids(self.vocab, self.text_tokenizer, text, hist, self.layout.prompts)
                 )
             )
-            for i, o in zip(env_ids, observations)
-        ]
         bins = generate_actions(
             self.model,
             self.vocab,
@@ -173,6 +194,11 @@ class WorldVLAPolicy:
             generator=self._generator,
         )  # (N, K, D)
         return self.action_tokenizer.decode(bins.cpu().numpy())
+
+    def _plan(self, env_ids: Sequence[int], observations: Sequence[Observation]) -> np.ndarray:
+        return self.predict_chunks_from_codes(
+            [np.stack(self._history[i]) for i in env_ids], [o["instruction"] for o in observations]
+        )
 
     @torch.inference_mode()
     def select_action(

@@ -53,6 +53,10 @@ def _success(results: list[dict[str, Any]]) -> list[float]:
     return [r["policy"]["success"] for r in results if "policy" in r]
 
 
+def _l1(results: list[dict[str, Any]], field: str = "l1") -> list[float]:
+    return [r["offline"][field] for r in results if "offline" in r]
+
+
 def _world(results: list[dict[str, Any]], method: str, length: int, metric: str) -> list[float]:
     return [
         row[metric]
@@ -89,6 +93,8 @@ def _policy_rows(names: list[str], res: dict[str, list[dict]], cfg: AblationConf
                 str(t.history),
                 _fmt(_success(rs)),
                 per_seed,
+                _fmt(_l1(rs), 100, 1),
+                _fmt(_l1(rs, "l1_first"), 100, 1),
                 _seeds(rs, cfg),
             ]
         )
@@ -96,7 +102,18 @@ def _policy_rows(names: list[str], res: dict[str, list[dict]], cfg: AblationConf
 
 
 def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], meta: dict[str, Any]) -> str:
-    header = ["variant", "world data", "K", "mask", "M", "success % (mean ± 95% CI)", "per seed", "seeds"]
+    header = [
+        "variant",
+        "world data",
+        "K",
+        "mask",
+        "M",
+        "success % (mean ± 95% CI)",
+        "per seed",
+        "action L1 ×100",
+        "first-action L1 ×100",
+        "seeds",
+    ]
     claim1 = _policy_rows(["action-only-k1", "joint-k1"], res, cfg)
     claim3 = _policy_rows(["action-only-k5-causal", "action-only-k5-mask", "k5-causal", "full"], res, cfg)
     history = _policy_rows(["full", "history-2", "history-4"], res, cfg)
@@ -112,11 +129,19 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
     base = meta.get("baselines")
     if base:
         parts += [
-            "Baselines on the same held-out episodes: "
+            "Closed-loop baselines on the same held-out episodes: "
             + ", ".join(f"{a} {100 * s['success']:.1f}%" for a, s in base.items())
             + ".",
             "",
         ]
+    const = [v for rs in res.values() for v in _l1(rs, "baseline_mean_action_l1")]
+    parts += [
+        "Action L1: generated chunks vs. the demonstrations of the held-out validation episodes, "
+        "in normalized units (×100; each dimension's range mapped to [-1, 1]), averaged over the chunk"
+        + (f"; predicting the mean held-out action scores {100 * const[0]:.1f}." if const else ".")
+        + " Lower is better; success is higher-better.",
+        "",
+    ]
     for title, rows in (
         ("Claim 1 — world-model data improves the policy", claim1),
         ("Claim 3 — action chunks need the attention mask", claim3),
@@ -127,16 +152,27 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
     sweep = []
     for k in sorted({k for k, _ in CHUNK_SWEEP}):
         cells = []
-        for mask in (False, True):
-            name = CHUNK_SWEEP[(k, mask)]
-            cells.append(_fmt(_success(res.get(name, []))) if name in cfg.variants else "—")
+        for metric in (_success, _l1):
+            for mask in (False, True):
+                name = CHUNK_SWEEP[(k, mask)]
+                rs = res.get(name, []) if name in cfg.variants else []
+                cells.append(_fmt(metric(rs)) if rs else "—")
         if any(c != "—" for c in cells):
             sweep.append([str(k), *cells])
     if sweep:
         parts += [
-            "## Chunk length K (full model; success %)",
+            "## Chunk length K (full model)",
             "",
-            _table(["K", "causal mask", "chunk mask"], sweep),
+            _table(
+                [
+                    "K",
+                    "success %, causal",
+                    "success %, chunk mask",
+                    "action L1 ×100, causal",
+                    "action L1 ×100, chunk mask",
+                ],
+                sweep,
+            ),
             "",
         ]
     world_rows = []
@@ -176,34 +212,36 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
 
 
 def plot_chunk_sweep(path: Path, cfg: AblationConfig, res: dict[str, list[dict]]) -> bool:
+    """Success and held-out action L1 against K, with and without the chunk mask."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     drawn = False
-    for mask, label in ((True, "chunk mask"), (False, "causal mask")):
-        ks, ms, hs = [], [], []
-        for (k, m), name in sorted(CHUNK_SWEEP.items()):
-            vals = _success(res.get(name, [])) if m == mask and name in cfg.variants else []
-            if vals:
-                mean, half = mean_ci([100 * v for v in vals])
-                ks.append(k), ms.append(mean), hs.append(half)
-        if ks:
-            ax.errorbar(ks, ms, yerr=hs, marker="o", capsize=3, label=label)
-            drawn = True
+    for ax, metric, scale, ylabel in (
+        (axes[0], _success, 100.0, "closed-loop success (%)"),
+        (axes[1], _l1, 100.0, "held-out action L1 (×100)"),
+    ):
+        for mask, label in ((True, "chunk mask"), (False, "causal mask")):
+            ks, ms, hs = [], [], []
+            for (k, m), name in sorted(CHUNK_SWEEP.items()):
+                vals = metric(res.get(name, [])) if m == mask and name in cfg.variants else []
+                if vals:
+                    mean, half = mean_ci([scale * v for v in vals])
+                    ks.append(k), ms.append(mean), hs.append(half)
+            if ks:
+                ax.errorbar(ks, ms, yerr=hs, marker="o", capsize=3, label=label)
+                drawn = True
+        ax.set(xlabel="chunk length K", ylabel=ylabel)
+        ax.set_xticks(sorted({k for k, _ in CHUNK_SWEEP}))
+        ax.legend()
     if not drawn:
         plt.close(fig)
         return False
-    ax.set(
-        xlabel="chunk length K",
-        ylabel="success rate (%)",
-        ylim=(0, 100),
-        title=f"{cfg.name}: success vs. chunk length\n(mean over seeds, 95% CI)",
-    )
-    ax.set_xticks(sorted({k for k, _ in CHUNK_SWEEP}))
-    ax.legend()
+    axes[0].set_ylim(0, 100)
+    fig.suptitle(f"{cfg.name}: chunk length, with and without the mask (mean over seeds, 95% CI)")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")

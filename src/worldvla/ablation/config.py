@@ -78,6 +78,7 @@ class AblationConfig:
     eval_world_episodes: int = 16
     rollout_lengths: tuple[int, ...] = (10, 50)
     gifs: int = 0  # GIFs per evaluation (0: tables only)
+    offline_stride: int = 2  # every 2nd step of the held-out episodes (worldvla.eval.offline_actions)
 
     def __post_init__(self) -> None:
         problems = []

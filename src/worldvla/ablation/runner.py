@@ -6,6 +6,7 @@ Layout of an ablation directory::
     RUN/runs/<key>/            one distinct training config (key = hash of the config)
         train/                 checkpoints, metrics (resumes after a kill)
         eval_policy/           closed-loop success (skipped for world-only)
+        eval_offline/          generated chunks vs. held-out demonstrations (action L1)
         eval_world/            rollout metrics (variants that need them)
         result.json            written last, atomically: the run is done
     RUN/baselines/results.json random actions and demonstration replay, once
@@ -13,8 +14,9 @@ Layout of an ablation directory::
 
 The data stages (episodes, image tokenizer, token cache) run once, in ``data_dir``
 (default ``RUN/data``), or are reused from a quickstart of the same experiment preset.
-Running the same command again skips every run whose ``result.json`` exists and resumes
-the interrupted one from its last checkpoint.
+Running the same command again skips every run whose ``result.json`` is complete, resumes
+the interrupted one from its last checkpoint, and adds to finished runs any metric their
+result lacks (computed from the saved checkpoint, without retraining).
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def run_ablation(
     run_pipeline(exp, data, progress=progress, log=log, stages=DATA_STAGES)
     suite = suite_preset(exp.suite)
     runs = plan(cfg)
-    todo = [r for r in runs if not (run / "runs" / r.key / "result.json").exists()]
+    todo = [r for r in runs if _missing(r, _load_json(run / "runs" / r.key / "result.json"))]
     log(f"[runs] {len(runs)} distinct runs ({len(runs) - len(todo)} done earlier), {cfg.steps} steps each")
     t_start = time.perf_counter()
     for i, r in enumerate(todo):
@@ -147,6 +149,18 @@ def run_ablation(
     return aggregate(run, cfg)
 
 
+def _missing(r: Run, doc: dict[str, Any] | None) -> list[str]:
+    """Parts of a run's result still to compute (older results may lack newer metrics)."""
+    if doc is None:
+        return ["train"]
+    need = []
+    if r.policy_eval:
+        need += [p for p in ("policy", "offline") if p not in doc]
+    if r.world_eval and "world" not in doc:
+        need.append("world")
+    return need
+
+
 def _run_one(
     r: Run,
     cfg: AblationConfig,
@@ -156,29 +170,32 @@ def _run_one(
     progress: bool,
     log: Callable[[str], None],
 ) -> None:
+    from worldvla.eval.offline_actions import evaluate_offline_actions
     from worldvla.eval.policy_eval import evaluate_policy
     from worldvla.eval.world_eval import evaluate_world
     from worldvla.train.checkpoint import latest_checkpoint
     from worldvla.train.loop import train
 
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    resume = latest_checkpoint(out / "train") is not None
-    result = train(r.train, data / "cache", out / "train", resume=resume, progress=progress)
-    seconds["train"] = time.perf_counter() - t0
-    doc: dict[str, Any] = {
-        "key": r.key,
-        "variants": list(r.variants),
-        "seed": r.seed,
-        "train": r.train.to_dict(),
-        "step": result.step,
-        "tokens_per_s": result.tokens_per_s,
-        "last_val": result.last_val,
-    }
-    if r.policy_eval:
+    episodes = data / "data" / "episodes.hdf5"
+    doc: dict[str, Any] = _load_json(out / "result.json") or {}
+    seconds: dict[str, float] = doc.get("seconds", {})
+    if "step" not in doc:
         t0 = time.perf_counter()
-        path = out / "eval_policy" / "results.json"
-        pol = _load_json(path) or evaluate_policy(
+        resume = latest_checkpoint(out / "train") is not None
+        result = train(r.train, data / "cache", out / "train", resume=resume, progress=progress)
+        seconds["train"] = time.perf_counter() - t0
+        doc.update(
+            key=r.key,
+            variants=list(r.variants),
+            seed=r.seed,
+            train=r.train.to_dict(),
+            step=result.step,
+            tokens_per_s=result.tokens_per_s,
+            last_val=result.last_val,
+        )
+    if r.policy_eval and "policy" not in doc:
+        t0 = time.perf_counter()
+        pol = _load_json(out / "eval_policy" / "results.json") or evaluate_policy(
             out / "train",
             suite,
             out / "eval_policy",
@@ -197,13 +214,26 @@ def _run_one(
             "per_task": {t: v["success"] for t, v in s["per_task"].items()},
         }
         seconds["eval_policy"] = time.perf_counter() - t0
-        log(f"  success {100 * s['success']:.1f}% over {s['episodes']} episodes")
-    if r.world_eval:
+    if r.policy_eval and "offline" not in doc:
         t0 = time.perf_counter()
-        path = out / "eval_world" / "results.json"
-        wd = _load_json(path) or evaluate_world(
+        off = _load_json(out / "eval_offline" / "results.json") or evaluate_offline_actions(
+            out / "train", episodes, out / "eval_offline", stride=cfg.offline_stride
+        )
+        doc["offline"] = {
+            k: off[k] for k in ("l1", "l1_first", "l1_per_position", "baseline_mean_action_l1", "samples")
+        }
+        seconds["eval_offline"] = time.perf_counter() - t0
+    if r.policy_eval:
+        log(
+            f"  success {100 * doc['policy']['success']:.1f}% over {doc['policy']['episodes']} episodes, "
+            f"held-out action L1 {doc['offline']['l1']:.3f} (mean-action baseline "
+            f"{doc['offline']['baseline_mean_action_l1']:.3f})"
+        )
+    if r.world_eval and "world" not in doc:
+        t0 = time.perf_counter()
+        wd = _load_json(out / "eval_world" / "results.json") or evaluate_world(
             out / "train",
-            data / "data" / "episodes.hdf5",
+            episodes,
             out / "eval_world",
             cfg.eval_world_episodes,
             cfg.rollout_lengths,
