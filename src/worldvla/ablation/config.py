@@ -62,6 +62,9 @@ VARIANTS: tuple[Variant, ...] = (
     _v("world-only", "world model only (no action data)", world_eval=True, use_action_data=False),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+# The smallest set that decides the three claims: 1 (action-only-k1 vs joint-k1),
+# 3 (k5-causal vs full), 2 (world-only vs full).
+CLAIM_VARIANTS = ("action-only-k1", "joint-k1", "k5-causal", "full", "world-only")
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,16 @@ def _presets() -> dict[str, AblationConfig]:
             full,
             name="mw-ablation-quick",
             seeds=(0,),
-            variants=("action-only-k1", "joint-k1", "k5-causal", "full", "world-only"),
+            variants=CLAIM_VARIANTS,
+        ),
+        # The runs that decide the three claims, 3 seeds, 3x the steps (~1.5 hours): at
+        # 200 steps no variant beats predicting the mean action (docs/ablations.md).
+        "mw-ablation-claims": replace(
+            full,
+            name="mw-ablation-claims",
+            steps=600,
+            warmup_steps=30,
+            variants=CLAIM_VARIANTS,
         ),
         # Tests: every stage for real on the debug experiment, in seconds per run.
         "ablation-debug": AblationConfig(
