@@ -89,7 +89,7 @@ def _policy_rows(names: list[str], res: dict[str, list[dict]], cfg: AblationConf
                 name,
                 "✓" if t.use_world_data else "",
                 str(t.chunk_len),
-                "chunk" if t.chunk_mask and t.chunk_len > 1 else "causal",
+                "—" if t.chunk_len == 1 else ("chunk" if t.chunk_mask else "causal"),
                 str(t.history),
                 _fmt(_success(rs)),
                 per_seed,
@@ -136,9 +136,15 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
         ]
     const = [v for rs in res.values() for v in _l1(rs, "baseline_mean_action_l1")]
     parts += [
+        "Mask `—`: with K = 1 there is no earlier action of the chunk to hide. "
         "Action L1: generated chunks vs. the demonstrations of the held-out validation episodes, "
         "in normalized units (×100; each dimension's range mapped to [-1, 1]), averaged over the chunk"
-        + (f"; predicting the mean held-out action scores {100 * const[0]:.1f}." if const else ".")
+        + (
+            f"; predicting the mean held-out action scores {100 * min(const):.1f}–{100 * max(const):.1f} "
+            "(the compared steps depend on K)."
+            if const
+            else "."
+        )
         + " Lower is better; success is higher-better.",
         "",
     ]
