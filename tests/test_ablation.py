@@ -22,7 +22,7 @@ def test_each_variant_changes_only_its_fields_and_the_budget():
     budget = {"name", "steps", "warmup_steps", "seed"}
     for v in VARIANTS:
         t = resolve(cfg, v.name, 7)
-        assert t.steps == cfg.steps and t.seed == 7
+        assert t.steps == cfg.steps * v.step_scale and t.seed == 7
         changed = set(config_diff(base, t)) - budget
         expected = set(dict(v.changes))
         # K=1 runs always carry the (then irrelevant) chunk mask.
@@ -33,6 +33,9 @@ def test_identical_configs_train_once_and_report_under_every_name():
     cfg = ablation_preset("mw-ablation")
     runs = plan(cfg)
     assert len(runs) == 13 * len(cfg.seeds)  # 14 variants, K=1 with/without mask coincide
+    claims = plan(ablation_preset("mw-ablation-claims"))
+    matched = [r for r in claims if "full-matched" in r.variants]
+    assert len(matched) == 3 and all(r.train.steps == 1200 for r in matched)
     by_name = {(n, r.seed): r for r in runs for n in r.variants}
     assert by_name[("joint-k1", 0)] is by_name[("k1-causal", 0)]
     assert by_name[("full", 1)].key != by_name[("k5-causal", 1)].key
@@ -78,12 +81,15 @@ def test_aggregate_means_and_t_intervals_over_seeds(tmp_path):
     assert len(collect_results(tmp_path, cfg)["k1-causal"]) == 3  # the deduplicated twin
     table = aggregate(tmp_path, cfg).read_text()
     half = 4.303 * 20 / math.sqrt(3)  # t(2) * sd / sqrt(n)
-    assert f"| joint-k1 | ✓ | 1 | — | 1 | 40.0 ± {half:.1f} | 20, 40, 60 | 20.0 ± {half / 2:.1f} |" in table
-    assert "| action-only-k1 |  | 1 | — | 1 | 10.0 | 10 | 5.0 | 2.5 | 1 of 3 |" in table
+    assert (
+        f"| joint-k1 | ✓ | 1 | — | 1 | 200 | 40.0 ± {half:.1f} | 20, 40, 60 | 20.0 ± {half / 2:.1f} |"
+        in table
+    )
+    assert "| action-only-k1 |  | 1 | — | 1 | 200 | 10.0 | 10 | 5.0 | 2.5 | 1 of 3 |" in table
     assert "| 1 | 40.0 ± 49.7 | 40.0 ± 49.7 | 20.0 ± 24.8 | 20.0 ± 24.8 |" in table  # K=1 is one run
     assert "| 10 | — | — | — | — |" not in table  # rows without any run are left out
     assert "predicting the mean held-out action scores 50.0–50.0" in table
-    assert "| full | 21.00 ± 2.48 | 50.0 ± 0.0 |" in table  # PSNR@10 over seeds 20, 21, 22
+    assert "| full (200 steps) | 21.00 ± 2.48 | 50.0 ± 0.0 |" in table  # PSNR@10 over seeds 20, 21, 22
     assert (tmp_path / "success_vs_chunk.png").stat().st_size > 1000
     raw = json.loads((tmp_path / "runs.json").read_text())
     assert [r["seed"] for r in raw["variants"]["joint-k1"]["runs"]] == [0, 1, 2]

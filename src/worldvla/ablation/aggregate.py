@@ -91,6 +91,7 @@ def _policy_rows(names: list[str], res: dict[str, list[dict]], cfg: AblationConf
                 str(t.chunk_len),
                 "—" if t.chunk_len == 1 else ("chunk" if t.chunk_mask else "causal"),
                 str(t.history),
+                str(t.steps),
                 _fmt(_success(rs)),
                 per_seed,
                 _fmt(_l1(rs), 100, 1),
@@ -108,13 +109,14 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
         "K",
         "mask",
         "M",
+        "steps",
         "success % (mean ± 95% CI)",
         "per seed",
         "action L1 ×100",
         "first-action L1 ×100",
         "seeds",
     ]
-    claim1 = _policy_rows(["action-only-k1", "joint-k1"], res, cfg)
+    claim1 = _policy_rows(["action-only-k1", "joint-k1", "joint-k1-matched"], res, cfg)
     claim3 = _policy_rows(["action-only-k5-causal", "action-only-k5-mask", "k5-causal", "full"], res, cfg)
     history = _policy_rows(["full", "history-2", "history-4"], res, cfg)
     parts = [
@@ -135,6 +137,11 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
             "",
         ]
     const = [v for rs in res.values() for v in _l1(rs, "baseline_mean_action_l1")]
+    parts += [
+        "With world_fraction 0.5 a joint model sees half as many action (or world) samples per "
+        "step as a single-role model; `-matched` variants train 2× the steps to see as many.",
+        "",
+    ]
     parts += [
         "Mask `—`: with K = 1 there is no earlier action of the chunk to hide. "
         "Action L1: generated chunks vs. the demonstrations of the held-out validation episodes, "
@@ -182,10 +189,10 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
             "",
         ]
     world_rows = []
-    for name in ("world-only", "full"):
+    for name in ("world-only", "full", "full-matched"):
         if name not in cfg.variants or name not in res:
             continue
-        cells = [name]
+        cells = [f"{name} ({resolve(cfg, name, cfg.seeds[0]).steps} steps)"]
         for n in cfg.rollout_lengths:
             cells += [
                 _fmt(_world(res[name], "worldvla", n, "psnr"), 1, 2),

@@ -27,10 +27,11 @@ class Variant:
     changes: tuple[tuple[str, Any], ...] = ()  # (field, value) applied to the base config
     description: str = ""
     world_eval: bool = False  # roll out the world model (claim 2)
+    step_scale: int = 1  # optimizer steps = step_scale x the ablation's steps per run
 
 
-def _v(name: str, description: str, world_eval: bool = False, **changes: Any) -> Variant:
-    return Variant(name, tuple(sorted(changes.items())), description, world_eval)
+def _v(name: str, description: str, world_eval: bool = False, step_scale: int = 1, **changes: Any) -> Variant:
+    return Variant(name, tuple(sorted(changes.items())), description, world_eval, step_scale)
 
 
 # The paper's tables, in their order (SPEC §8). The base is the quickstart's recipe: world
@@ -60,11 +61,23 @@ VARIANTS: tuple[Variant, ...] = (
     _v("k20-causal", "full model, K=20, causal", chunk_len=20, chunk_mask=False),
     # Claim 2: action data improves the world model on long rollouts.
     _v("world-only", "world model only (no action data)", world_eval=True, use_action_data=False),
+    # Exposure-matched joint runs: with world_fraction 0.5 a joint model sees half as many
+    # samples of each kind per step as a single-role model; at 2x the steps it sees as many.
+    _v("joint-k1-matched", "+ world data, K=1, 2x steps (as many action samples)", step_scale=2, chunk_len=1),
+    _v(
+        "full-matched",
+        "full model, 2x steps (as many world samples as world-only)",
+        world_eval=True,
+        step_scale=2,
+    ),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 # The smallest set that decides the three claims: 1 (action-only-k1 vs joint-k1),
 # 3 (k5-causal vs full), 2 (world-only vs full).
 CLAIM_VARIANTS = ("action-only-k1", "joint-k1", "k5-causal", "full", "world-only")
+MATCHED_VARIANTS = ("joint-k1-matched", "full-matched")
+# The paper's variants (SPEC §8); the exposure-matched ones double a run's cost.
+PAPER_VARIANTS = tuple(n for n in VARIANT_NAMES if n not in MATCHED_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -126,7 +139,7 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
     out = replace(
         base,
         name=f"{cfg.name}/{name}",
-        steps=cfg.steps,
+        steps=cfg.steps * v.step_scale,
         warmup_steps=cfg.warmup_steps,
         seed=seed,
         **dict(v.changes),
@@ -154,7 +167,7 @@ def _presets() -> dict[str, AblationConfig]:
         steps=200,
         warmup_steps=15,
         seeds=(0, 1, 2),
-        variants=VARIANT_NAMES,
+        variants=PAPER_VARIANTS,
         eval_episodes_per_task=5,
     )
     return {
@@ -166,14 +179,15 @@ def _presets() -> dict[str, AblationConfig]:
             seeds=(0,),
             variants=CLAIM_VARIANTS,
         ),
-        # The runs that decide the three claims, 3 seeds, 3x the steps (~1.5 hours): at
-        # 200 steps no variant beats predicting the mean action (docs/ablations.md).
+        # The runs that decide the three claims, 3 seeds, 3x the steps (~1.5 hours, ~2.5
+        # with the exposure-matched runs): at 200 steps no variant beats predicting the
+        # mean action (docs/ablations.md).
         "mw-ablation-claims": replace(
             full,
             name="mw-ablation-claims",
             steps=600,
             warmup_steps=30,
-            variants=CLAIM_VARIANTS,
+            variants=CLAIM_VARIANTS + MATCHED_VARIANTS,
         ),
         # Tests: every stage for real on the debug experiment, in seconds per run.
         "ablation-debug": AblationConfig(

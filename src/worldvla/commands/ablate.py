@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.list:
         for v in VARIANTS:
-            print(f"{v.name:24s} {v.description}  {dict(v.changes) or ''}")
+            scale = f" x{v.step_scale} steps" if v.step_scale != 1 else ""
+            print(f"{v.name:24s} {v.description}  {dict(v.changes) or ''}{scale}")
         return 0
     name = f"{args.preset}-quick" if args.quick else args.preset
     cfg = ablation_preset(name)
