@@ -160,7 +160,7 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
         ("Claim 3 — action chunks need the attention mask", claim3),
         ("History frames M (chunk + mask model)", history),
     ):
-        if rows:
+        if len(rows) > 1:  # a comparison needs two rows
             parts += [f"## {title}", "", _table(header, rows), ""]
     sweep = []
     for k in sorted({k for k, _ in CHUNK_SWEEP}):
