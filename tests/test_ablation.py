@@ -60,7 +60,12 @@ def _fake_result(run_dir, cfg, name, seed, success, psnr=None):
         "variants": [name],
         "seed": seed,
         "policy": {"success": success},
-        "offline": {"l1": success / 2, "l1_first": success / 4, "baseline_mean_action_l1": 0.5},
+        "offline": {
+            "l1": success / 2,
+            "l1_first": success / 4,
+            "l1_per_position": [success / 4, success / 2],
+            "baseline_mean_action_l1": 0.5,
+        },
     }
     if psnr is not None:
         doc["world"] = [
@@ -78,6 +83,7 @@ def test_aggregate_means_and_t_intervals_over_seeds(tmp_path):
         _fake_result(tmp_path, cfg, "joint-k1", seed, s)
         _fake_result(tmp_path, cfg, "full", seed, s / 2, psnr=20.0 + seed)
     _fake_result(tmp_path, cfg, "action-only-k1", 0, 0.1)  # one seed of three finished
+    _fake_result(tmp_path, cfg, "k5-causal", 0, 0.4)
     assert len(collect_results(tmp_path, cfg)["k1-causal"]) == 3  # the deduplicated twin
     table = aggregate(tmp_path, cfg).read_text()
     half = 4.303 * 20 / math.sqrt(3)  # t(2) * sd / sqrt(n)
@@ -89,6 +95,7 @@ def test_aggregate_means_and_t_intervals_over_seeds(tmp_path):
     assert "| 1 | 40.0 ± 49.7 | 40.0 ± 49.7 | 20.0 ± 24.8 | 20.0 ± 24.8 |" in table  # K=1 is one run
     assert "| 10 | — | — | — | — |" not in table  # rows without any run are left out
     assert "predicting the mean held-out action scores 50.0–50.0" in table
+    assert "| k5-causal | 10.0 | 20.0 |" in table and "| full | 5.0 | 10.0 |" in table  # L1 by position
     assert "| full (200 steps) | 21.00 ± 2.48 | 50.0 ± 0.0 |" in table  # PSNR@10 over seeds 20, 21, 22
     assert (tmp_path / "success_vs_chunk.png").stat().st_size > 1000
     raw = json.loads((tmp_path / "runs.json").read_text())

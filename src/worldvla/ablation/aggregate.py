@@ -162,6 +162,23 @@ def write_table(run_dir: Path, cfg: AblationConfig, res: dict[str, list[dict]], 
     ):
         if len(rows) > 1:  # a comparison needs two rows
             parts += [f"## {title}", "", _table(header, rows), ""]
+    positions = []
+    for name in ("action-only-k5-causal", "action-only-k5-mask", "k5-causal", "full"):
+        per = [
+            r["offline"]["l1_per_position"]
+            for r in res.get(name, [])
+            if "l1_per_position" in r.get("offline", {})
+        ]
+        if name in cfg.variants and per:
+            positions.append([name, *(f"{100 * sum(col) / len(col):.1f}" for col in zip(*per))])
+    if len(positions) > 1:
+        k = max(len(r) - 1 for r in positions)
+        parts += [
+            "Action L1 ×100 by position in the chunk (mean over seeds): error propagation inside a chunk.",
+            "",
+            _table(["variant", *(f"action {i + 1}" for i in range(k))], positions),
+            "",
+        ]
     sweep = []
     for k in sorted({k for k, _ in CHUNK_SWEEP}):
         cells = []
