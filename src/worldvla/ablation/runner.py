@@ -132,7 +132,8 @@ def run_ablation(
     suite = suite_preset(exp.suite)
     runs = plan(cfg)
     todo = [r for r in runs if _missing(r, _load_json(run / "runs" / r.key / "result.json"))]
-    log(f"[runs] {len(runs)} distinct runs ({len(runs) - len(todo)} done earlier), {cfg.steps} steps each")
+    steps = " or ".join(str(n) for n in sorted({r.train.steps for r in runs}))
+    log(f"[runs] {len(runs)} distinct runs ({len(runs) - len(todo)} done earlier), {steps} steps each")
     t_start = time.perf_counter()
     for i, r in enumerate(todo):
         eta = ""
