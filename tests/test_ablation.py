@@ -157,3 +157,23 @@ def test_debug_ablation_end_to_end_then_resumes_only_what_is_missing(tmp_path):
     assert done[victim].exists() and "offline" in json.loads(done[old].read_text())
     assert (out / "runs" / old / "train" / "checkpoints" / "latest").stat().st_mtime_ns == ckpt_mtime
     assert all(p.stat().st_mtime_ns == mtimes[k] for k, p in done.items() if k not in (victim, old))
+
+
+def test_reusing_finished_data_stages_leaves_the_runs_provenance_alone(tmp_path):
+    from worldvla.pipeline import DATA_STAGES, run_pipeline
+    from worldvla.presets import experiment_preset
+
+    exp = experiment_preset("debug")
+    doc = {
+        "preset": exp.name,
+        "experiment": json.loads(json.dumps(exp.to_dict())),
+        "seed": exp.seed,
+        "stages": {s: {"done": True, "seconds": 1.0} for s in DATA_STAGES},
+        "command": "worldvla quickstart --preset debug",
+        "commit": "abc1234",
+    }
+    path = tmp_path / "stages.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    before = path.read_bytes()
+    run_pipeline(exp, tmp_path, progress=False, log=lambda _: None, stages=DATA_STAGES)
+    assert path.read_bytes() == before

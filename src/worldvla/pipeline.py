@@ -51,8 +51,12 @@ class RunState:
             "seed": exp.seed,
             "stages": {},
         }
-        self.doc.update(provenance(preset=exp.name, seed=exp.seed))
+        self.exp = exp
         self.doc["experiment"] = exp.to_dict()
+
+    def claim(self) -> None:
+        """Record this command as the run's maker (only when it is going to run a stage)."""
+        self.doc.update(provenance(preset=self.exp.name, seed=self.exp.seed))
         self.save()
 
     def stage(self, name: str) -> dict[str, Any]:
@@ -106,6 +110,10 @@ def run_pipeline(
     vq_preset(exp.tokenizer)
     train_cfg = apply_overrides(train_preset(exp.train), list(exp.train_overrides))
     state = RunState(run, exp)
+    if "report" in stages or not all(state.stage(n)["done"] for n in stages):
+        # Reusing finished stages (e.g. the ablation reading a quickstart's data) leaves the
+        # run's provenance to the command that made it.
+        state.claim()
     episodes = run / "data" / "episodes.hdf5"
     tok_dir, cache_dir, train_dir = run / "tokenizer", run / "cache", run / "train"
 

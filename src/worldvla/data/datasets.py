@@ -37,6 +37,7 @@ and position resets that the mask contract (a function of the ids alone) does no
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -202,7 +203,7 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.
 
 
 # ---------------------------------------------------------------------------- datasets
-class _SampleSet:
+class _SampleSet(ABC):
     def __init__(
         self,
         cache: CacheLike,
@@ -235,8 +236,9 @@ class _SampleSet:
             [int(episode_field(cache.episodes[int(e)], "start")) for e in episode_ids], dtype=np.int64
         )
 
+    @abstractmethod
     def _n_steps(self, length: int) -> int:
-        raise NotImplementedError
+        """How many samples an episode of ``length`` steps yields."""
 
     def __len__(self) -> int:
         return len(self.frame)
