@@ -87,3 +87,14 @@ def test_cli_rejects_unknown_suite():
         timeout=120,
     )
     assert r.returncode == 2 and "Did you mean 'mw-quick'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_physics_rate_expert_is_recorded_and_labels_stay_in_range(tmp_path):
+    suite = dataclasses.replace(suite_preset("debug"), action_repeat=4, expert_rate="physics")
+    report = collect(suite, tmp_path / "p.hdf5", seed=0, action_noise=0.1, workers=1, progress=False)
+    assert report.kept == {"handle-press-v3": 2}
+    with EpisodeReader(tmp_path / "p.hdf5") as r:
+        for ep in r:
+            assert ep.attrs["expert_rate"] == "physics" and np.abs(ep.actions).max() <= 1.0
+    with pytest.raises(Exception, match="expert_rate"):
+        dataclasses.replace(suite, expert_rate="fast")

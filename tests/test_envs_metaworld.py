@@ -10,6 +10,7 @@ import pytest
 
 from worldvla.envs.base import Env
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
+from worldvla.envs.metaworld import MetaWorldEnv
 from worldvla.envs.suites import SUITES, make_env, suite_preset
 from worldvla.errors import ConfigError
 
@@ -155,3 +156,31 @@ def test_unusable_gl_backend_is_a_readable_error():
         env={**os.environ, "MUJOCO_GL": "bogus"},
     )
     assert r.returncode == 2 and "MUJOCO_GL='bogus'" in r.stderr and "Traceback" not in r.stderr
+
+
+
+@pytest.mark.sim
+def test_expert_step_label_moves_the_hand_as_far_as_the_expert():
+    """At action_repeat > 1 the expert acts at the physics rate; repeating the stored label
+    (the mean of its actions) for one control step moves the mocap target as far as it went."""
+    env = MetaWorldEnv(camera="corner", resolution=32, action_repeat=4, max_steps=30)
+    try:
+        env.reset("handle-press-v3", 0)
+        sim = env._envs["handle-press-v3"]
+        replanned, checked = False, 0
+        for _ in range(8):
+            start = sim.data.mocap_pos.copy()
+            first = env.expert_action()
+            obs, success, label = env.expert_step()
+            assert label.shape == (4,) and label.dtype == np.float32 and np.abs(label).max() <= 1.0
+            assert obs.images["corner"].shape == (32, 32, 3) and isinstance(success, bool)
+            end = sim.data.mocap_pos[0]
+            free = ~(np.isclose(end, sim.mocap_low) | np.isclose(end, sim.mocap_high))  # not at a bound
+            expected = 4 * label[:3] * sim.action_scale
+            np.testing.assert_allclose((end - start[0])[free], expected[free], atol=1e-6)
+            checked += int(free.sum())
+            replanned = replanned or not np.allclose(label, first, atol=1e-3)
+        assert checked >= 12
+        assert replanned, "the expert should change its action inside some control step"
+    finally:
+        env.close()

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train the action world model"),
     "eval-policy": ("eval_policy", "closed-loop success rate in simulation"),
     "eval-world": ("eval_world", "world-model rollouts: PSNR / SSIM / LPIPS / FVD"),
+    "eval-actions": ("eval_actions", "held-out action error of generated chunks, with an image probe"),
     "report": ("report", "write report.md / report.html for a run directory"),
     "quickstart": ("quickstart", "collect -> tokenizer -> tokenize -> train -> evaluate -> report"),
     "ablate": ("ablate", "reproduce the paper's ablations"),

@@ -42,6 +42,7 @@ class Job:
     variation: int
     seed: int
     action_noise: float
+    expert_rate: str = "control"
 
 
 @dataclass
@@ -76,13 +77,17 @@ def _run(job: Job) -> tuple[Job, Episode | None, int]:
     frames, actions = [], []
     success = False
     for _ in range(env.max_steps):
-        label = env.expert_action()
-        executed = label
-        if job.action_noise > 0:
-            executed = np.clip(label + rng.normal(0.0, job.action_noise, label.shape), -1.0, 1.0)
         frames.append(obs.images[env.camera])
+        if job.expert_rate == "physics":
+            noise = rng.normal(0.0, job.action_noise, env.action_dim) if job.action_noise > 0 else None
+            obs, success, label = env.expert_step(noise)
+        else:
+            label = env.expert_action()
+            executed = label
+            if job.action_noise > 0:
+                executed = np.clip(label + rng.normal(0.0, job.action_noise, label.shape), -1.0, 1.0)
+            obs, success = env.step(executed)
         actions.append(label)
-        obs, success = env.step(executed)
         if success:
             break
     steps = len(actions)
@@ -100,6 +105,7 @@ def _run(job: Job) -> tuple[Job, Episode | None, int]:
             "episode": job.index,
             "success": True,
             "action_noise": job.action_noise,
+            "expert_rate": job.expert_rate,
         },
     )
     return job, ep, steps
@@ -123,7 +129,15 @@ def collect(
     """
     n = episodes_per_task or suite.episodes_per_task
     jobs = [
-        Job(k, task, i, suite.train_variations[i % len(suite.train_variations)], seed, action_noise)
+        Job(
+            k,
+            task,
+            i,
+            suite.train_variations[i % len(suite.train_variations)],
+            seed,
+            action_noise,
+            suite.expert_rate,
+        )
         for k, task in enumerate(suite.tasks)
         for i in range(n)
     ]

@@ -219,6 +219,32 @@ class MetaWorldEnv(Env):
         self._t += 1
         return self._observe(), success
 
+    def expert_step(self, noise: np.ndarray | None = None) -> tuple[Observation, bool, np.ndarray]:
+        """One control step driven by the scripted expert at the physics rate.
+
+        The expert is asked before each of the ``action_repeat`` physics steps (the rate
+        its gains are tuned for; asked once per control step and held, its high gains
+        overshoot and the labels oscillate between ±1) and ``noise`` (one draw per control
+        step) is added to what is executed. Returns the new observation, the success flag
+        and the control-rate label: the mean of the expert's clean actions. Meta-World moves
+        the end effector's mocap target by ``action × action_scale`` per physics step, so a
+        policy repeating that mean for ``action_repeat`` steps moves it exactly as far as the
+        expert did (the gripper effort is averaged).
+        """
+        if self._task is None:
+            raise RuntimeError("call reset() before expert_step()")
+        env = self._envs[self._task]
+        labels = []
+        success = False
+        for _ in range(self.action_repeat):
+            a = self.expert_action()
+            labels.append(a)
+            executed = a if noise is None else np.clip(a + noise, -1.0, 1.0)
+            self._state, _, _, _, info = env.step(executed.astype(np.float64))
+            success = success or bool(info["success"])
+        self._t += 1
+        return self._observe(), success, np.mean(labels, axis=0).astype(np.float32)
+
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state (Meta-World's hand-written policies)."""
         if self._task is None:

@@ -43,6 +43,10 @@ class SuiteConfig:
     resolution: int = 64
     action_repeat: int = 2  # 80 Hz physics / 2 = 40 Hz control
     max_steps: int = 120  # policy steps per episode
+    # Where demonstrations ask the scripted expert: "physics" before every physics step, the
+    # label being the mean over the control step (MetaWorldEnv.expert_step); "control" once
+    # per control step, held for action_repeat physics steps.
+    expert_rate: str = "control"
     fast_render: bool = True
     benchmark_seed: int = 0  # seed of Meta-World's MT1 goal sampling (defines the variations)
 
@@ -65,6 +69,10 @@ class SuiteConfig:
         allv = set(self.train_variations) | set(self.test_variations)
         if min(allv) < 0 or max(allv) >= VARIATIONS_PER_TASK:
             raise ConfigError(f"suite {self.name!r}: variations must lie in [0, {VARIATIONS_PER_TASK})")
+        if self.expert_rate not in ("physics", "control"):
+            raise ConfigError(
+                f"suite {self.name!r}: expert_rate must be 'physics' or 'control', got {self.expert_rate!r}"
+            )
         if self.episodes_per_task < 1:
             raise ConfigError(f"suite {self.name!r}: episodes_per_task must be >= 1")
 

@@ -72,11 +72,13 @@ def write_random_checkpoint(
     history: int = 2,
     seed: int = 0,
     camera: str = "agentview",
+    val_episodes: tuple[str, ...] = (),
 ) -> Path:
     """Write a randomly initialized run into ``out_dir``; return its checkpoint directory.
 
     ``action_dim`` (D), ``image_size``, ``chunk_len`` (K), ``history`` (M) and ``camera`` are
     recorded in the checkpoint's data layout, which is what the policy and the server read.
+    ``val_episodes``: episode keys recorded as held out (what offline evaluation scores).
     """
     if action_dim < 1:
         raise ConfigError(f"action_dim must be >= 1, got {action_dim}")
@@ -118,6 +120,6 @@ def write_random_checkpoint(
         vocab=vocab,
         action_stats=ActionStats(low=(-1.0,) * action_dim, high=(1.0,) * action_dim),
         image_tokenizer=ImageTokenizerRef(str(out / TOKENIZER_DIR), tokenizer.fingerprint()),
-        val_episodes=[],
+        val_episodes=list(val_episodes),
         keep_last=1,
     )
