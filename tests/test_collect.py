@@ -10,7 +10,7 @@ import pytest
 from worldvla.data.collect import collect
 from worldvla.data.episodes import EpisodeReader
 from worldvla.envs.suites import suite_preset
-from worldvla.errors import DataError
+from worldvla.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.sim
 
@@ -96,5 +96,5 @@ def test_physics_rate_expert_is_recorded_and_labels_stay_in_range(tmp_path):
     with EpisodeReader(tmp_path / "p.hdf5") as r:
         for ep in r:
             assert ep.attrs["expert_rate"] == "physics" and np.abs(ep.actions).max() <= 1.0
-    with pytest.raises(Exception, match="expert_rate"):
+    with pytest.raises(ConfigError, match="expert_rate"):
         dataclasses.replace(suite, expert_rate="fast")

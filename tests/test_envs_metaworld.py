@@ -75,6 +75,14 @@ def test_suites_split_variations_and_cover_instructions():
         dataclasses.replace(debug, test_variations=(1, 45))
 
 
+def test_ablation_suite_is_mw_quick_with_the_experts_asked_per_control_step():
+    quick, control = suite_preset("mw-quick"), suite_preset("mw-quick-control")
+    assert (quick.expert_rate, control.expert_rate) == ("physics", "control")
+    assert dataclasses.replace(control, name="mw-quick", expert_rate="physics") == quick
+    with pytest.raises(ConfigError, match="expert_rate"):
+        dataclasses.replace(quick, expert_rate="native")
+
+
 def test_make_env_builds_the_suites_adapter_without_starting_the_simulator():
     # Construction is lazy (MuJoCo scenes and GL contexts appear on the first reset).
     for suite in ("mw-quick", SUITES["mw-10"]):
@@ -156,7 +164,6 @@ def test_unusable_gl_backend_is_a_readable_error():
         env={**os.environ, "MUJOCO_GL": "bogus"},
     )
     assert r.returncode == 2 and "MUJOCO_GL='bogus'" in r.stderr and "Traceback" not in r.stderr
-
 
 
 @pytest.mark.sim

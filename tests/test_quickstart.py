@@ -58,3 +58,29 @@ def test_quickstart_refuses_a_run_directory_of_another_preset(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "another configuration" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_of_another_suite_definition_is_refused_not_reused(tmp_path):
+    """Same preset names, but the suite's definition changed since the data was made."""
+    from worldvla.envs.suites import suite_preset
+    from worldvla.errors import ConfigError
+    from worldvla.pipeline import RunState
+    from worldvla.presets import experiment_preset
+
+    exp = experiment_preset("debug")
+    suite = json.loads(json.dumps(suite_preset("debug").to_dict()))
+    run = tmp_path / "qs"
+    run.mkdir()
+    state = RunState(run, exp, suite)
+    state.stage("collect")["done"] = True
+    state.save()
+    RunState(run, exp, suite)  # the same definition: resumes
+    changed = {**suite, "expert_rate": "physics"}
+    with pytest.raises(ConfigError, match="another definition of suite 'debug'"):
+        RunState(run, exp, changed)
+    # Data recorded before suite definitions were stored is refused too (it cannot be checked).
+    doc = json.loads((run / "stages.json").read_text())
+    del doc["suite"]
+    (run / "stages.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="another definition"):
+        RunState(run, exp, suite)

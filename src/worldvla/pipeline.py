@@ -34,17 +34,22 @@ DATA_STAGES = STAGES[:3]
 class RunState:
     """``stages.json``: which stages finished, how long each took, and how the run was made."""
 
-    def __init__(self, run_dir: Path, exp: ExperimentConfig) -> None:
+    def __init__(self, run_dir: Path, exp: ExperimentConfig, suite: dict[str, Any] | None = None) -> None:
+        """``suite``: the suite's definition (``SuiteConfig.to_dict``); a run whose data came
+        from another definition of the same suite name (or from before definitions were
+        recorded) is refused rather than silently reused."""
         self.path = run_dir / "stages.json"
         existing = json.loads(self.path.read_text()) if self.path.exists() else {}
         wanted = json.loads(json.dumps(exp.to_dict()))  # tuples -> lists, as stored
-        if existing and existing.get("experiment") and existing["experiment"] != wanted:
+        stale_suite = suite is not None and existing.get("stages") and existing.get("suite") != suite
+        if existing and existing.get("experiment") and (existing["experiment"] != wanted or stale_suite):
             from worldvla.errors import ConfigError
 
-            raise ConfigError(
-                f"{run_dir} holds a run of another configuration (preset {existing.get('preset')!r}); "
-                "use another --out directory"
-            )
+            if existing["experiment"] == wanted:
+                what = f"data of another definition of suite {exp.suite!r}"
+            else:
+                what = f"a run of another configuration (preset {existing.get('preset')!r})"
+            raise ConfigError(f"{run_dir} holds {what}; use another --out directory")
         self.doc = existing or {
             "preset": exp.name,
             "experiment": exp.to_dict(),
@@ -53,6 +58,8 @@ class RunState:
         }
         self.exp = exp
         self.doc["experiment"] = exp.to_dict()
+        if suite is not None:
+            self.doc["suite"] = suite
 
     def claim(self) -> None:
         """Record this command as the run's maker (only when it is going to run a stage)."""
@@ -109,7 +116,7 @@ def run_pipeline(
     suite = suite_preset(exp.suite)
     vq_preset(exp.tokenizer)
     train_cfg = apply_overrides(train_preset(exp.train), list(exp.train_overrides))
-    state = RunState(run, exp)
+    state = RunState(run, exp, json.loads(json.dumps(suite.to_dict())))
     if "report" in stages or not all(state.stage(n)["done"] for n in stages):
         # Reusing finished stages (e.g. the ablation reading a quickstart's data) leaves the
         # run's provenance to the command that made it.

@@ -52,6 +52,17 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
         tokenizer_minutes=5.0,
         train_minutes=14.0,
     ),
+    # The same on the mw-quick-control suite (experts asked once per control step): the
+    # data stages of the ablation presets, whose committed results were made on it.
+    "mw-quick-control": ExperimentConfig(
+        name="mw-quick-control",
+        suite="mw-quick-control",
+        tokenizer="mw64",
+        train="mw-quick",
+        action_noise=0.1,
+        tokenizer_minutes=5.0,
+        train_minutes=14.0,
+    ),
     # Tiny sibling: every stage for real, on one task with a tiny model, in ~2 minutes.
     "debug": ExperimentConfig(
         name="debug",

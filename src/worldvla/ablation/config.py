@@ -162,7 +162,7 @@ def _presets() -> dict[str, AblationConfig]:
         # models x 3 seeds at ~2.5 minutes each (200 steps of batch 32, 20 evaluation
         # episodes; K=1 runs query the model every step and take longer to evaluate).
         name="mw-ablation",
-        experiment="mw-quick",
+        experiment="mw-quick-control",  # the data of the committed results (envs/suites.py)
         train="mw-quick",
         steps=200,
         warmup_steps=15,
