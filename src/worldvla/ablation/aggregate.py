@@ -266,7 +266,8 @@ def plot_chunk_sweep(path: Path, cfg: AblationConfig, res: dict[str, list[dict]]
                 drawn = True
         ax.set(xlabel="chunk length K", ylabel=ylabel)
         ax.set_xticks(sorted({k for k, _ in CHUNK_SWEEP}))
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     if not drawn:
         plt.close(fig)
         return False
