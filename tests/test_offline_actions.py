@@ -24,18 +24,23 @@ def _store(path, shared_frames: bool) -> list[str]:
     return [f"demo_{i}" for i in range(len(episodes))]
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_errors_per_position_and_task_and_the_swap_probe(tmp_path, shared):
-    keys = _store(tmp_path / "eps.hdf5", shared)
-    ckpt = write_random_checkpoint(
+def _checkpoint(tmp_path, history: int, val_episodes: list[str]):
+    """A random K=3, D=4 policy over 32×32 frames holding out ``val_episodes``."""
+    return write_random_checkpoint(
         tmp_path / "run",
         action_dim=4,
         image_size=32,
         chunk_len=3,
-        history=1,
+        history=history,
         camera="corner",
-        val_episodes=tuple(keys),
+        val_episodes=tuple(val_episodes),
     )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_errors_per_position_and_task_and_the_swap_probe(tmp_path, shared):
+    keys = _store(tmp_path / "eps.hdf5", shared)
+    ckpt = _checkpoint(tmp_path, history=1, val_episodes=keys)
     doc = evaluate_offline_actions(ckpt, tmp_path / "eps.hdf5", tmp_path / "out", stride=1)
     assert (tmp_path / "out" / "results.json").exists()
     # 9 - 3 + 1 = 7 chunks per 9-step episode (8 for the 10-step one when frames differ).
@@ -57,15 +62,7 @@ def test_errors_per_position_and_task_and_the_swap_probe(tmp_path, shared):
 
 def test_probe_skips_tasks_with_a_single_held_out_episode(tmp_path):
     keys = _store(tmp_path / "eps.hdf5", shared_frames=False)
-    ckpt = write_random_checkpoint(
-        tmp_path / "run",
-        action_dim=4,
-        image_size=32,
-        chunk_len=3,
-        history=2,
-        camera="corner",
-        val_episodes=tuple(keys[:3]),
-    )
+    ckpt = _checkpoint(tmp_path, history=2, val_episodes=keys[:3])
     doc = evaluate_offline_actions(ckpt, tmp_path / "eps.hdf5", stride=2)
     one = doc["per_task"][TASKS[1]]
     assert one["l1_swapped"] is None and doc["swapped_samples"] == doc["per_task"][TASKS[0]]["samples"]

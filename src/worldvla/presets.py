@@ -7,7 +7,7 @@ a tiny sibling (``debug``) that the test command runs end to end in a few minute
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from worldvla.errors import ConfigError
 from worldvla.utils.registry import lookup
@@ -41,28 +41,22 @@ class ExperimentConfig:
         return asdict(self)
 
 
+_MW_QUICK = ExperimentConfig(
+    name="mw-quick",
+    suite="mw-quick",
+    tokenizer="mw64",
+    train="mw-quick",
+    action_noise=0.1,
+    tokenizer_minutes=5.0,
+    train_minutes=14.0,
+)
+
 EXPERIMENTS: dict[str, ExperimentConfig] = {
     # The main job: fits in about 30 minutes on 2 CPU cores (README).
-    "mw-quick": ExperimentConfig(
-        name="mw-quick",
-        suite="mw-quick",
-        tokenizer="mw64",
-        train="mw-quick",
-        action_noise=0.1,
-        tokenizer_minutes=5.0,
-        train_minutes=14.0,
-    ),
+    "mw-quick": _MW_QUICK,
     # The same on the mw-quick-control suite (experts asked once per control step): the
     # data stages of the ablation presets, whose committed results were made on it.
-    "mw-quick-control": ExperimentConfig(
-        name="mw-quick-control",
-        suite="mw-quick-control",
-        tokenizer="mw64",
-        train="mw-quick",
-        action_noise=0.1,
-        tokenizer_minutes=5.0,
-        train_minutes=14.0,
-    ),
+    "mw-quick-control": replace(_MW_QUICK, name="mw-quick-control", suite="mw-quick-control"),
     # Tiny sibling: every stage for real, on one task with a tiny model, in ~2 minutes.
     "debug": ExperimentConfig(
         name="debug",

@@ -9,7 +9,7 @@ generalization to object/goal placements never seen in training.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from worldvla.envs.base import Env
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
@@ -90,6 +90,15 @@ class SuiteConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
+_MW_QUICK = SuiteConfig(
+    name="mw-quick",
+    tasks=("button-press-topdown-v3", "window-open-v3", "handle-pull-v3", "lever-pull-v3"),
+    action_repeat=4,
+    max_steps=60,
+    episodes_per_task=100,
+    expert_rate="physics",
+)
+
 SUITES: dict[str, SuiteConfig] = {
     # Four short tasks whose objects are clearly visible at 64x64 from the corner camera, whose
     # scripted experts succeed on every tried variation, and whose object placement varies
@@ -102,24 +111,10 @@ SUITES: dict[str, SuiteConfig] = {
     # act at the 80 Hz physics rate they are tuned for and the 20 Hz label is their mean
     # (expert_rate="physics"): asked once per 20 Hz step, their high gains overshoot,
     # lever-pull's expert fails on 35% and the labels oscillate (docs/training.md).
-    "mw-quick": SuiteConfig(
-        name="mw-quick",
-        tasks=("button-press-topdown-v3", "window-open-v3", "handle-pull-v3", "lever-pull-v3"),
-        action_repeat=4,
-        max_steps=60,
-        episodes_per_task=100,
-        expert_rate="physics",
-    ),
+    "mw-quick": _MW_QUICK,
     # mw-quick as it was before expert_rate: the data of the committed ablation results
     # (results/), kept so that `worldvla ablate` re-runs them on the same demonstrations.
-    "mw-quick-control": SuiteConfig(
-        name="mw-quick-control",
-        tasks=("button-press-topdown-v3", "window-open-v3", "handle-pull-v3", "lever-pull-v3"),
-        action_repeat=4,
-        max_steps=60,
-        episodes_per_task=100,
-        expert_rate="control",
-    ),
+    "mw-quick-control": replace(_MW_QUICK, name="mw-quick-control", expert_rate="control"),
     "mw-10": SuiteConfig(name="mw-10", tasks=MT10, max_steps=200),
     # Tests and laptops: one task, a few short episodes.
     "debug": SuiteConfig(
