@@ -2,7 +2,7 @@
 
     python benchmarks/bench_collect.py --render              # ms per frame: EGL vs OSMesa, fast vs full
     python benchmarks/bench_collect.py --repeat-sweep        # expert success vs action_repeat (no rendering)
-    python benchmarks/bench_collect.py [--suite mw-quick]    # expert success, replay baseline, ms/step
+    python benchmarks/bench_collect.py [--suite mw-quick] [--tasks a,b]  # expert, label jitter, replay
     python benchmarks/bench_collect.py --collect [--workers 2] [--episodes-per-task 50]
     python benchmarks/bench_collect.py --sample-frames docs/images   # the README/docs frames
 
@@ -94,22 +94,46 @@ def bench_repeat_sweep(tasks: tuple[str, ...], variations: int, physics_steps: i
         print(f"| {task} | " + " | ".join(cells) + " |")
 
 
-def bench_suite(suite_name: str, episodes: int) -> None:
+def _suite_expert(env, suite, task: str, variation: int) -> tuple[bool, list[np.ndarray]]:  # noqa: ANN001
+    """One expert episode as the suite collects it: the executed/stored labels."""
+    if suite.expert_rate == "control":
+        return _expert(env, task, variation)
+    env.reset(task, variation)
+    labels, ok = [], False
+    for _ in range(env.max_steps):
+        _, ok, label = env.expert_step()
+        labels.append(label)
+        if ok:
+            break
+    return ok, labels
+
+
+def bench_suite(suite_name: str, episodes: int, tasks: tuple[str, ...] | None = None) -> None:
+    """Per task: expert success and length, label jitter, open-loop replay on held-out variations.
+
+    Jitter is the mean |change| of the xyz label between consecutive steps (actions in
+    [-1, 1]): an expert that switches between targets makes labels a policy cannot read off
+    the image. ``tasks`` screens candidates with the suite's rates and splits.
+    """
     suite = suite_preset(suite_name)
     env = suite.make_env()
     print(
-        f"suite={suite.name} camera={suite.camera} {suite.resolution}px "
-        f"action_repeat={suite.action_repeat} max_steps={suite.max_steps}"
+        f"suite={suite.name} camera={suite.camera} {suite.resolution}px action_repeat={suite.action_repeat} "
+        f"max_steps={suite.max_steps} expert_rate={suite.expert_rate}"
     )
-    print("| task | expert success (train vars) | mean / max length | replay success (held-out) | ms/step |")
-    print("|---|---|---|---|---|")
-    for task in suite.tasks:
+    print(
+        "| task | expert success (train vars) | mean / max length | label jitter | "
+        "replay success (held-out) | ms/step |"
+    )
+    print("|---|---|---|---|---|---|")
+    for task in tasks or suite.tasks:
         t0 = time.perf_counter()
         train = suite.train_variations
-        runs = [_expert(env, task, train[i % len(train)]) for i in range(episodes)]
+        runs = [_suite_expert(env, suite, task, train[i % len(train)]) for i in range(episodes)]
         steps = sum(len(a) for _, a in runs)
         ms = 1000 * (time.perf_counter() - t0) / steps
         demos = [np.array(a) for _, a in runs]
+        jitter = np.mean([np.abs(np.diff(d[:, :3], axis=0)).mean() for d in demos if len(d) > 1])
         replay = 0
         for i in range(episodes):
             d = demos[i % min(5, len(demos))]
@@ -122,7 +146,7 @@ def bench_suite(suite_name: str, episodes: int) -> None:
         lengths = [len(a) for a in demos]
         print(
             f"| {task} | {sum(ok for ok, _ in runs)}/{episodes} | {np.mean(lengths):.0f} / {max(lengths)} | "
-            f"{replay}/{episodes} | {ms:.1f} |"
+            f"{jitter:.2f} | {replay}/{episodes} | {ms:.1f} |"
         )
     env.close()
 
@@ -171,6 +195,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", default="mw-quick")
     ap.add_argument("--episodes", type=int, default=10, help="episodes per task for the suite table")
+    ap.add_argument("--tasks", default=None, help="tasks for the suite table, comma-separated")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--repeat-sweep", action="store_true")
     ap.add_argument("--variations", type=int, default=20, help="for --repeat-sweep")
@@ -191,7 +216,7 @@ def main() -> None:
     elif args.collect:
         bench_collect(args.suite, args.workers, args.episodes_per_task, args.action_noise)
     else:
-        bench_suite(args.suite, args.episodes)
+        bench_suite(args.suite, args.episodes, tuple(args.tasks.split(",")) if args.tasks else None)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ _MW_QUICK = ExperimentConfig(
 EXPERIMENTS: dict[str, ExperimentConfig] = {
     # The main job: fits in about 30 minutes on 2 CPU cores (README).
     "mw-quick": _MW_QUICK,
+    # The same on mw-quick's first task set (handle-pull instead of drawer-open).
+    "mw-quick-v1": replace(_MW_QUICK, name="mw-quick-v1", suite="mw-quick-v1"),
     # The same on the mw-quick-control suite (experts asked once per control step): the
     # data stages of the ablation presets, whose committed results were made on it.
     "mw-quick-control": replace(_MW_QUICK, name="mw-quick-control", suite="mw-quick-control"),
