@@ -3,7 +3,7 @@ import pytest
 
 from worldvla.eval.policy_eval import EpisodeResult, RandomAgent, ReplayAgent, run_agent, summarize
 from worldvla.eval.stats import mean_ci, wilson_interval
-from worldvla.eval.world_eval import evaluate_rollouts, frame_metrics, side_by_side
+from worldvla.eval.world_eval import evaluate_rollouts, frame_metrics, side_by_side, spread_over_tasks
 
 
 def test_wilson_interval_properties():
@@ -85,6 +85,16 @@ class CounterEnv:
 
     def close(self):
         pass
+
+
+def test_spread_over_tasks_covers_every_task_first():
+    keys = [f"demo_{i}" for i in range(9)]
+    tasks = ["a"] * 5 + ["b"] * 3 + ["c"]
+    assert spread_over_tasks(keys, tasks, 4) == ["demo_0", "demo_5", "demo_8", "demo_1"]
+    # Asking for more than there are returns every key once.
+    got = spread_over_tasks(keys, tasks, 20)
+    assert sorted(got) == sorted(keys) and len(got) == len(keys)
+    assert spread_over_tasks(keys, tasks, 0) == []
 
 
 def test_run_agent_lockstep_and_summary():

@@ -147,6 +147,22 @@ def write_results(path: str | Path, rows: Sequence[dict[str, Any]], meta: dict[s
     atomic_write_text(path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
 
 
+def spread_over_tasks(keys: Sequence[str], tasks: Sequence[str], n: int) -> list[str]:
+    """Up to ``n`` keys taken round-robin over tasks (in order of first appearance), each
+    task's keys in their given order: a few episodes of a multi-task store cover every task
+    instead of the first one or two in file order."""
+    by_task: dict[str, list[str]] = {}
+    for key, task in zip(keys, tasks, strict=True):
+        by_task.setdefault(task, []).append(key)
+    out: list[str] = []
+    queues = list(by_task.values())
+    depth = 0
+    while len(out) < n and any(depth < len(q) for q in queues):
+        out.extend(q[depth] for q in queues if depth < len(q))
+        depth += 1
+    return out[:n]
+
+
 def evaluate_world(
     checkpoint: str | Path,
     episodes_path: str | Path,
@@ -175,7 +191,8 @@ def evaluate_world(
     episodes = []
     with EpisodeReader(episodes_path) as reader:
         cam = camera or reader.cameras[0]
-        for key in keys[:num_episodes]:
+        keys = spread_over_tasks(keys, [reader.attrs(k).get("task", "") for k in keys], num_episodes)
+        for key in keys:
             episodes.append((reader.frames(key, cam), reader.actions(key)))
     t0 = time.perf_counter()
     rows, rollouts = evaluate_rollouts(wm, episodes, lengths, batch_size=batch_size)
@@ -190,7 +207,7 @@ def evaluate_world(
     meta = provenance(
         checkpoint=str(checkpoint),
         episodes=str(episodes_path),
-        episode_keys=keys[:num_episodes],
+        episode_keys=keys,
         lengths=list(lengths),
         wall_seconds=time.perf_counter() - t0,
     )
