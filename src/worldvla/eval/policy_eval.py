@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,13 +148,13 @@ def run_agent(
     num_envs: int,
     max_steps: int,
     record: Callable[[str, str, int, np.ndarray], None] | None = None,
-    record_first: int = 0,
+    record_jobs: Collection[int] = (),
     progress: bool = True,
 ) -> list[EpisodeResult]:
     """Run ``(task, variation)`` jobs with ``num_envs`` envs in lockstep; return one result per job.
 
-    ``record(agent, task, variation, frames)`` receives the camera frames of the first
-    ``record_first`` episodes (for GIFs).
+    ``record(agent, task, variation, frames)`` receives the camera frames of the jobs whose
+    indices are in ``record_jobs`` (for GIFs).
     """
     envs = [make_env() for _ in range(min(num_envs, len(jobs)))]
     queue = list(jobs)
@@ -170,7 +170,7 @@ def run_agent(
         task, variation = queue.pop(0)
         obs = envs[i].reset(task, variation)
         agent.reset([i], [task])
-        frames = [obs.images[envs[i].camera]] if started < record_first else None
+        frames = [obs.images[envs[i].camera]] if started in record_jobs else None
         slots[i] = {
             "task": task,
             "variation": variation,
@@ -269,6 +269,9 @@ def evaluate_policy(
     (out / "gifs").mkdir(parents=True, exist_ok=True)
     variations = suite.test_variations
     jobs = [(task, variations[i % len(variations)]) for task in suite.tasks for i in range(episodes_per_task)]
+    # GIFs of the first episodes of every task in turn, not of the first task only.
+    by_round = sorted(range(len(jobs)), key=lambda j: (j % episodes_per_task, j // episodes_per_task))
+    gif_jobs = set(by_round[:gifs])
     policy = WorldVLAPolicy.from_pretrained(
         checkpoint, PolicyConfig(seed=seed, replan_every=replan_every), num_envs=min(num_envs, len(jobs))
     )
@@ -298,7 +301,7 @@ def evaluate_policy(
             num_envs,
             suite.max_steps,
             record=record,
-            record_first=gifs,
+            record_jobs=gif_jobs,
             progress=progress,
         )
     meta = provenance(
