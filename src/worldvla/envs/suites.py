@@ -108,8 +108,9 @@ _MW_QUICK_V1 = replace(
 SUITES: dict[str, SuiteConfig] = {
     # Four short tasks whose objects are clearly visible at 64x64 from the corner camera, whose
     # scripted experts succeed on every tried variation, and whose object placement varies
-    # enough that replaying a training demonstration open-loop mostly fails (10-20% success),
-    # so success on held-out variations requires using the image (docs/metaworld.md).
+    # enough that replaying a training demonstration open-loop mostly fails (10-25% success),
+    # so success on held-out variations requires using the image, and whose expert labels
+    # are steady enough to be read off the frame (low label jitter; docs/metaworld.md).
     # Control at 20 Hz (action_repeat 4): episodes of ~22 steps, and consecutive frames
     # differ enough that predicting the next frame beats repeating the last one only if the
     # action is used (at 40 Hz a frame and its successor are ~27 dB apart, close to the
@@ -121,7 +122,7 @@ SUITES: dict[str, SuiteConfig] = {
     # mw-quick's first task set: handle-pull-v3 instead of drawer-open-v3. Handle-pull's
     # expert aims its middle phase at a scalar (Meta-World's policy returns the handle's
     # height as the whole target), switches phase on 2 cm thresholds and its labels jitter
-    # 3-5x more than the other tasks' (docs/metaworld.md); no policy trained here learned it.
+    # 2-5x more than the mw-quick tasks' (docs/metaworld.md); no policy trained here learned it.
     "mw-quick-v1": _MW_QUICK_V1,
     # mw-quick-v1 as it was before expert_rate: the data of the committed ablation results
     # (results/), kept so that `worldvla ablate` re-runs them on the same demonstrations.
