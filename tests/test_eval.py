@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from worldvla.eval.policy_eval import EpisodeResult, RandomAgent, ReplayAgent, run_agent, summarize
+from worldvla.eval.policy_eval import (
+    EpisodeResult,
+    RandomAgent,
+    ReplayAgent,
+    fresh_gif_dir,
+    run_agent,
+    summarize,
+)
 from worldvla.eval.stats import mean_ci, wilson_interval
 from worldvla.eval.world_eval import evaluate_rollouts, frame_metrics, side_by_side, spread_over_tasks
 
@@ -85,6 +92,16 @@ class CounterEnv:
 
     def close(self):
         pass
+
+
+def test_fresh_gif_dir_drops_the_last_runs_gifs(tmp_path):
+    d = tmp_path / "gifs"
+    d.mkdir()
+    (d / "old.gif").write_bytes(b"GIF89a")
+    (d / "notes.txt").write_text("kept")
+    assert fresh_gif_dir(d) == d
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
+    assert fresh_gif_dir(tmp_path / "new" / "gifs").is_dir()
 
 
 def test_spread_over_tasks_covers_every_task_first():

@@ -240,6 +240,14 @@ def save_gif(path: Path, frames: np.ndarray, scale: int = 3, fps: int = 15) -> N
         imageio.mimsave(tmp, list(big), format="GIF", duration=1000 / fps, loop=0)
 
 
+def fresh_gif_dir(path: Path) -> Path:
+    """``path`` created and emptied of GIFs: a re-run's report must not show the last run's."""
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.gif"):
+        old.unlink()
+    return path
+
+
 def evaluate_policy(
     checkpoint: str | Path,
     suite: Any,
@@ -266,7 +274,7 @@ def evaluate_policy(
     from worldvla.utils.provenance import provenance
 
     out = Path(out_dir)
-    (out / "gifs").mkdir(parents=True, exist_ok=True)
+    fresh_gif_dir(out / "gifs")
     variations = suite.test_variations
     jobs = [(task, variations[i % len(variations)]) for task in suite.tasks for i in range(episodes_per_task)]
     # GIFs of the first episodes of every task in turn, not of the first task only.

@@ -177,12 +177,12 @@ def evaluate_world(
 
     from worldvla.data.episodes import EpisodeReader
     from worldvla.errors import DataError
-    from worldvla.eval.policy_eval import save_gif
+    from worldvla.eval.policy_eval import fresh_gif_dir, save_gif
     from worldvla.utils.provenance import provenance
     from worldvla.world_model import WorldModel
 
     out = Path(out_dir)
-    (out / "gifs").mkdir(parents=True, exist_ok=True)
+    fresh_gif_dir(out / "gifs")
     wm = WorldModel.from_pretrained(checkpoint)
     camera = wm.layout.camera
     keys = list(wm.bundle.val_episodes)
