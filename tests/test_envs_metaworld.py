@@ -75,10 +75,19 @@ def test_suites_split_variations_and_cover_instructions():
         dataclasses.replace(debug, test_variations=(1, 45))
 
 
-def test_ablation_suite_is_mw_quick_with_the_experts_asked_per_control_step():
-    quick, control = suite_preset("mw-quick"), suite_preset("mw-quick-control")
-    assert (quick.expert_rate, control.expert_rate) == ("physics", "control")
-    assert dataclasses.replace(control, name="mw-quick", expert_rate="physics") == quick
+def test_ablation_suite_is_the_first_task_set_with_the_experts_asked_per_control_step():
+    quick, v1 = suite_preset("mw-quick"), suite_preset("mw-quick-v1")
+    control = suite_preset("mw-quick-control")
+    assert (quick.expert_rate, v1.expert_rate, control.expert_rate) == ("physics", "physics", "control")
+    assert dataclasses.replace(control, name="mw-quick-v1", expert_rate="physics") == v1
+    # mw-quick-v1 differs from mw-quick only in handle-pull standing where drawer-open is.
+    swapped = tuple("drawer-open-v3" if t == "handle-pull-v3" else t for t in v1.tasks)
+    assert dataclasses.replace(v1, name="mw-quick", tasks=swapped) == quick
+    # Its experiment preset runs the quickstart's recipe on it.
+    from worldvla.presets import experiment_preset
+
+    exp_v1 = experiment_preset("mw-quick-v1")
+    assert dataclasses.replace(exp_v1, name="mw-quick", suite="mw-quick") == experiment_preset("mw-quick")
     with pytest.raises(ConfigError, match="expert_rate"):
         dataclasses.replace(quick, expert_rate="native")
 
