@@ -63,16 +63,16 @@ def bench_render() -> None:
             print(f"| {backend} | {'fast' if fast else 'full'} | {' | '.join(ms)} |")
 
 
-def _expert(env, task: str, variation: int) -> tuple[bool, list[np.ndarray]]:  # noqa: ANN001
+def _expert(env, task: str, variation: int, rate: str = "control") -> tuple[bool, list[np.ndarray]]:  # noqa: ANN001
+    """One noiseless expert episode as a suite with ``expert_rate=rate`` collects it: its labels."""
     env.reset(task, variation)
-    actions, ok = [], False
+    labels, ok = [], False
     for _ in range(env.max_steps):
-        a = env.expert_action()
-        actions.append(a)
-        _, ok = env.step(a)
+        _, ok, label = env.expert_step(rate=rate)
+        labels.append(label)
         if ok:
             break
-    return ok, actions
+    return ok, labels
 
 
 def bench_repeat_sweep(tasks: tuple[str, ...], variations: int, physics_steps: int) -> None:
@@ -92,20 +92,6 @@ def bench_repeat_sweep(tasks: tuple[str, ...], variations: int, physics_steps: i
             wins = sum(ok for ok, _ in runs)
             cells.append(f"{wins}/{variations}, {np.mean([len(a) for _, a in runs]):.0f}")
         print(f"| {task} | " + " | ".join(cells) + " |")
-
-
-def _suite_expert(env, suite, task: str, variation: int) -> tuple[bool, list[np.ndarray]]:  # noqa: ANN001
-    """One expert episode as the suite collects it: the executed/stored labels."""
-    if suite.expert_rate == "control":
-        return _expert(env, task, variation)
-    env.reset(task, variation)
-    labels, ok = [], False
-    for _ in range(env.max_steps):
-        _, ok, label = env.expert_step()
-        labels.append(label)
-        if ok:
-            break
-    return ok, labels
 
 
 def bench_suite(suite_name: str, episodes: int, tasks: tuple[str, ...] | None = None) -> None:
@@ -129,7 +115,7 @@ def bench_suite(suite_name: str, episodes: int, tasks: tuple[str, ...] | None = 
     for task in tasks or suite.tasks:
         t0 = time.perf_counter()
         train = suite.train_variations
-        runs = [_suite_expert(env, suite, task, train[i % len(train)]) for i in range(episodes)]
+        runs = [_expert(env, task, train[i % len(train)], suite.expert_rate) for i in range(episodes)]
         steps = sum(len(a) for _, a in runs)
         ms = 1000 * (time.perf_counter() - t0) / steps
         demos = [np.array(a) for _, a in runs]

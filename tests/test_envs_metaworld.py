@@ -198,5 +198,11 @@ def test_expert_step_label_moves_the_hand_as_far_as_the_expert():
             replanned = replanned or not np.allclose(label, first, atol=1e-3)
         assert checked >= 12
         assert replanned, "the expert should change its action inside some control step"
+        # Control rate: asked once, held; the label is the executed action.
+        first = env.expert_action()
+        _, _, label = env.expert_step(rate="control")
+        np.testing.assert_array_equal(label, first)
+        with pytest.raises(ConfigError, match="expert rate"):
+            env.expert_step(rate="native")
     finally:
         env.close()

@@ -78,15 +78,8 @@ def _run(job: Job) -> tuple[Job, Episode | None, int]:
     success = False
     for _ in range(env.max_steps):
         frames.append(obs.images[env.camera])
-        if job.expert_rate == "physics":
-            noise = rng.normal(0.0, job.action_noise, env.action_dim) if job.action_noise > 0 else None
-            obs, success, label = env.expert_step(noise)
-        else:
-            label = env.expert_action()
-            executed = label
-            if job.action_noise > 0:
-                executed = np.clip(label + rng.normal(0.0, job.action_noise, label.shape), -1.0, 1.0)
-            obs, success = env.step(executed)
+        noise = rng.normal(0.0, job.action_noise, env.action_dim) if job.action_noise > 0 else None
+        obs, success, label = env.expert_step(noise, rate=job.expert_rate)
         actions.append(label)
         if success:
             break

@@ -219,10 +219,14 @@ class MetaWorldEnv(Env):
         self._t += 1
         return self._observe(), success
 
-    def expert_step(self, noise: np.ndarray | None = None) -> tuple[Observation, bool, np.ndarray]:
-        """One control step driven by the scripted expert at the physics rate.
+    def expert_step(
+        self, noise: np.ndarray | None = None, rate: str = "physics"
+    ) -> tuple[Observation, bool, np.ndarray]:
+        """One control step driven by the scripted expert (``rate``: a suite's ``expert_rate``).
 
-        The expert is asked before each of the ``action_repeat`` physics steps (the rate
+        ``rate="control"`` asks the expert once and executes its action (plus ``noise``) for
+        the whole control step; the label is that action. With ``"physics"`` the expert is
+        asked before each of the ``action_repeat`` physics steps (the rate
         its gains are tuned for; asked once per control step and held, its high gains
         overshoot and the labels oscillate between ±1) and ``noise`` (one draw per control
         step) is added to what is executed. Returns the new observation, the success flag
@@ -233,6 +237,13 @@ class MetaWorldEnv(Env):
         """
         if self._task is None:
             raise RuntimeError("call reset() before expert_step()")
+        if rate == "control":
+            label = self.expert_action()
+            executed = label if noise is None else np.clip(label + noise, -1.0, 1.0)
+            obs, success = self.step(executed)
+            return obs, success, label
+        if rate != "physics":
+            raise ConfigError(f"expert rate must be 'physics' or 'control', got {rate!r}")
         env = self._envs[self._task]
         labels = []
         success = False
