@@ -7,10 +7,11 @@ from worldvla.eval.policy_eval import (
     ReplayAgent,
     fresh_gif_dir,
     run_agent,
+    spread_over_tasks,
     summarize,
 )
 from worldvla.eval.stats import mean_ci, wilson_interval
-from worldvla.eval.world_eval import evaluate_rollouts, frame_metrics, side_by_side, spread_over_tasks
+from worldvla.eval.world_eval import evaluate_rollouts, frame_metrics, side_by_side
 
 
 def test_wilson_interval_properties():

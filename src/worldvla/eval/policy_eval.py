@@ -22,13 +22,15 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from worldvla.eval.stats import wilson_interval
 from worldvla.utils.io import atomic_write_text
+
+K = TypeVar("K")
 
 
 class Agent(Protocol):
@@ -240,6 +242,22 @@ def save_gif(path: Path, frames: np.ndarray, scale: int = 3, fps: int = 15) -> N
         imageio.mimsave(tmp, list(big), format="GIF", duration=1000 / fps, loop=0)
 
 
+def spread_over_tasks(keys: Sequence[K], tasks: Sequence[str], n: int) -> list[K]:
+    """Up to ``n`` keys taken round-robin over tasks (in order of first appearance), each
+    task's keys in their given order: a few episodes of a multi-task store cover every task
+    instead of the first one or two in file order."""
+    by_task: dict[str, list[K]] = {}
+    for key, task in zip(keys, tasks, strict=True):
+        by_task.setdefault(task, []).append(key)
+    out: list[K] = []
+    queues = list(by_task.values())
+    depth = 0
+    while len(out) < n and any(depth < len(q) for q in queues):
+        out.extend(q[depth] for q in queues if depth < len(q))
+        depth += 1
+    return out[:n]
+
+
 def fresh_gif_dir(path: Path) -> Path:
     """``path`` created and emptied of GIFs: a re-run's report must not show the last run's."""
     path.mkdir(parents=True, exist_ok=True)
@@ -278,8 +296,7 @@ def evaluate_policy(
     variations = suite.test_variations
     jobs = [(task, variations[i % len(variations)]) for task in suite.tasks for i in range(episodes_per_task)]
     # GIFs of the first episodes of every task in turn, not of the first task only.
-    by_round = sorted(range(len(jobs)), key=lambda j: (j % episodes_per_task, j // episodes_per_task))
-    gif_jobs = set(by_round[:gifs])
+    gif_jobs = set(spread_over_tasks(range(len(jobs)), [task for task, _ in jobs], gifs))
     policy = WorldVLAPolicy.from_pretrained(
         checkpoint, PolicyConfig(seed=seed, replan_every=replan_every), num_envs=min(num_envs, len(jobs))
     )

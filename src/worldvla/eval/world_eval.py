@@ -147,22 +147,6 @@ def write_results(path: str | Path, rows: Sequence[dict[str, Any]], meta: dict[s
     atomic_write_text(path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
 
 
-def spread_over_tasks(keys: Sequence[str], tasks: Sequence[str], n: int) -> list[str]:
-    """Up to ``n`` keys taken round-robin over tasks (in order of first appearance), each
-    task's keys in their given order: a few episodes of a multi-task store cover every task
-    instead of the first one or two in file order."""
-    by_task: dict[str, list[str]] = {}
-    for key, task in zip(keys, tasks, strict=True):
-        by_task.setdefault(task, []).append(key)
-    out: list[str] = []
-    queues = list(by_task.values())
-    depth = 0
-    while len(out) < n and any(depth < len(q) for q in queues):
-        out.extend(q[depth] for q in queues if depth < len(q))
-        depth += 1
-    return out[:n]
-
-
 def evaluate_world(
     checkpoint: str | Path,
     episodes_path: str | Path,
@@ -177,7 +161,7 @@ def evaluate_world(
 
     from worldvla.data.episodes import EpisodeReader
     from worldvla.errors import DataError
-    from worldvla.eval.policy_eval import fresh_gif_dir, save_gif
+    from worldvla.eval.policy_eval import fresh_gif_dir, save_gif, spread_over_tasks
     from worldvla.utils.provenance import provenance
     from worldvla.world_model import WorldModel
 
