@@ -92,6 +92,21 @@ def test_batched_envs_equal_single_env(checkpoint):
         assert np.allclose(WorldVLAPolicy(model, bundle).predict_action_chunk(o), batched[i], atol=1e-6)
 
 
+def test_env_observations_are_accepted_as_they_come(checkpoint):
+    """What an Env returns (images by camera + instruction) works as the dict form does."""
+    from worldvla.envs.base import Observation
+
+    model, bundle = _load(checkpoint)
+    cam = bundle.layout.camera
+    dicts = [_obs(i) for i in range(2)]
+    env_obs = [Observation(images={cam: d["image"]}, instruction=d["instruction"]) for d in dicts]
+    want = WorldVLAPolicy(model, bundle, num_envs=2).predict_action_chunk(dicts)
+    got = WorldVLAPolicy(model, bundle, num_envs=2).predict_action_chunk(env_obs)
+    assert np.allclose(got, want, atol=1e-6)
+    pol = WorldVLAPolicy(model, bundle)
+    assert np.allclose(pol.select_action(env_obs[0]), want[0][0], atol=1e-6)
+
+
 def test_history_buffer_and_reset(checkpoint):
     model, bundle = _load(checkpoint)
     pol = WorldVLAPolicy(model, bundle)

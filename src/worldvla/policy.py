@@ -12,7 +12,8 @@ that need a new chunk.
 
 Observation format: ``{"image": uint8 (H, W, 3), "instruction": str}`` for one env, or a
 list of such dicts (one per env). ``"images": {camera: array}`` is accepted too, in which
-case the checkpoint's camera is used.
+case the checkpoint's camera is used, and so is what an ``Env`` returns
+(``worldvla.envs.base.Observation``, read the same way).
 """
 
 from __future__ import annotations
@@ -26,12 +27,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldvla.envs.base import Observation as EnvObservation
 from worldvla.errors import DataError
 from worldvla.model.generation import generate_actions
 from worldvla.sequence import action_prompt_ids
 from worldvla.tokenizers.action import ActionTokenizer
 
 Observation = dict[str, Any]
+
+
+def _as_batch(obs: Observation | EnvObservation | Sequence) -> tuple[bool, list[Observation]]:
+    """(single, one dict per env) for one observation or a list; Env observations become dicts."""
+    single = isinstance(obs, dict | EnvObservation)
+    items = [obs] if single else list(obs)
+    return single, [
+        {"images": o.images, "instruction": o.instruction} if isinstance(o, EnvObservation) else o
+        for o in items
+    ]
 
 
 @dataclass(frozen=True)
@@ -139,8 +151,7 @@ class WorldVLAPolicy:
 
         With a list, entry i is env i (``len(obs)`` must equal ``num_envs``).
         """
-        single = isinstance(obs, dict)
-        observations = [obs] if single else list(obs)
+        single, observations = _as_batch(obs)
         if not single and len(observations) != self.num_envs:
             raise ValueError(f"got {len(observations)} observations for {self.num_envs} envs")
         env_ids = list(range(len(observations)))
@@ -211,8 +222,7 @@ class WorldVLAPolicy:
         frame (so the history stays consecutive); the model is queried only for envs
         whose queue is empty or whose replanning interval elapsed, all in one batch.
         """
-        single = isinstance(obs, dict)
-        observations = [obs] if single else list(obs)
+        single, observations = _as_batch(obs)
         ids = list(env_ids) if env_ids is not None else list(range(len(observations)))
         if len(ids) != len(observations) or (env_ids is None and not single and len(ids) != self.num_envs):
             raise ValueError(f"got {len(observations)} observations for envs {ids} of {self.num_envs}")

@@ -14,9 +14,11 @@ reflections off. It changes the look (no shadows, aliased edges) and makes a fra
 in evaluation.
 
 Variations: Meta-World's MT1 benchmark draws 50 seeded goal/object placements per task
-(``metaworld.MT1(task, seed=...)``); variation ``v`` is placement ``v`` of that list, so
-``(task, v)`` always gives the same scene. Suites split variations into training ones
-(demonstrations) and held-out ones (evaluation).
+(``metaworld.MT1(task, seed=...)``); variation ``v`` is placement ``v % 50`` of
+``MT1(task, seed=benchmark_seed + v // 50)``, so variations 0-49 are the benchmark's own
+list, later blocks of 50 are further placements drawn the same way, and ``(task, v)``
+always gives the same scene. Suites split variations into training ones (demonstrations)
+and held-out ones (evaluation).
 
 Images: the corner cameras of Meta-World's scenes render upside down (their ``xyaxes`` /
 ``euler`` put the image's up axis towards the floor); they are flipped upright here
@@ -82,7 +84,7 @@ def _import_metaworld():  # noqa: ANN202
 
 
 PHYSICS_HZ = 80.0  # Meta-World: frame_skip 5 x 2.5 ms per env.step
-VARIATIONS_PER_TASK = 50
+VARIATIONS_PER_TASK = 50  # placements in one MT1 list (one block of variations)
 UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 
 # Every task's env owns an offscreen GL context, and only one context is current per thread.
@@ -128,12 +130,13 @@ class MetaWorldEnv(Env):
         self._experts: dict[str, object] = {}
 
     # ------------------------------------------------------------------ setup
-    def _benchmark(self, task: str):  # noqa: ANN202
-        if task not in self._benchmarks:
+    def _benchmark(self, task: str, block: int = 0):  # noqa: ANN202
+        """``MT1(task)`` drawn with seed ``benchmark_seed + block`` (variations of that block)."""
+        if (task, block) not in self._benchmarks:
             metaworld = _import_metaworld()
             lookup(METAWORLD_INSTRUCTIONS, task, "Meta-World task")  # "did you mean" on a typo
-            self._benchmarks[task] = metaworld.MT1(task, seed=self.benchmark_seed)
-        return self._benchmarks[task]
+            self._benchmarks[task, block] = metaworld.MT1(task, seed=self.benchmark_seed + block)
+        return self._benchmarks[task, block]
 
     def _env(self, task: str):  # noqa: ANN202
         if task not in self._envs:
@@ -193,10 +196,11 @@ class MetaWorldEnv(Env):
 
     # ------------------------------------------------------------------ Env API
     def reset(self, task: str, variation: int) -> Observation:
-        if not 0 <= variation < VARIATIONS_PER_TASK:
-            raise ConfigError(f"variation must be in [0, {VARIATIONS_PER_TASK}), got {variation}")
+        if variation < 0:
+            raise ConfigError(f"variation must be >= 0, got {variation}")
         env = self._env(task)
-        env.set_task(self._benchmark(task).train_tasks[variation])
+        block, index = divmod(variation, VARIATIONS_PER_TASK)
+        env.set_task(self._benchmark(task, block).train_tasks[index])
         self._task = task
         self._state, _ = env.reset()
         self._t = 0
