@@ -50,6 +50,21 @@ def test_variations_are_reproducible_and_distinct(env):
 
 
 @pytest.mark.sim
+def test_variations_beyond_50_are_further_seeded_placements(env):
+    """Variation 50 + i is placement i of MT1 drawn with the next seed: a new scene, the same
+    every time, and not placement i of the benchmark's own list."""
+    goal = lambda: env._env("drawer-close-v3")._target_pos.copy()  # noqa: E731
+    env.reset("drawer-close-v3", 3)
+    g3 = goal()
+    env.reset("drawer-close-v3", 53)
+    g53 = goal()
+    env.reset("drawer-close-v3", 53)
+    assert np.array_equal(goal(), g53) and not np.allclose(g3, g53)
+    with pytest.raises(ConfigError, match="variation must be >= 0"):
+        env.reset("drawer-close-v3", -1)
+
+
+@pytest.mark.sim
 def test_bad_actions_and_tasks_are_refused(env):
     env.reset("handle-press-v3", 0)
     with pytest.raises(ConfigError, match="4 dims"):
@@ -80,9 +95,22 @@ def test_ablation_suite_is_the_first_task_set_with_the_experts_asked_per_control
     control = suite_preset("mw-quick-control")
     assert (quick.expert_rate, v1.expert_rate, control.expert_rate) == ("physics", "physics", "control")
     assert dataclasses.replace(control, name="mw-quick-v1", expert_rate="physics") == v1
-    # mw-quick-v1 differs from mw-quick only in handle-pull standing where drawer-open is.
+    # mw-quick-v1 differs from mw-quick in handle-pull standing where drawer-open is, and in
+    # its demonstrations: 100 per task on the benchmark's 40 training placements, where
+    # mw-quick has 400 on 200 (the 40 and 160 further seeded ones, none of them held out).
     swapped = tuple("drawer-open-v3" if t == "handle-pull-v3" else t for t in v1.tasks)
-    assert dataclasses.replace(v1, name="mw-quick", tasks=swapped) == quick
+    assert (
+        dataclasses.replace(
+            v1,
+            name="mw-quick",
+            tasks=swapped,
+            train_variations=quick.train_variations,
+            episodes_per_task=quick.episodes_per_task,
+        )
+        == quick
+    )
+    assert (v1.train_variations, v1.episodes_per_task) == (tuple(range(40)), 100)
+    assert len(quick.train_variations) == 200 and quick.test_variations == tuple(range(40, 50))
     # Its experiment preset runs the quickstart's recipe on it.
     from worldvla.presets import experiment_preset
 
