@@ -140,3 +140,17 @@ def test_run_agent_lockstep_and_summary():
     assert s.success == 0.75 and s.episodes == 4 and s.ci95[0] < 0.75 < s.ci95[1]
     rnd = run_agent(RandomAgent(np.zeros(1), np.ones(1) * 0.1), CounterEnv, jobs, 3, 5, progress=False)
     assert len(rnd) == 4 and isinstance(rnd[0], EpisodeResult)
+
+
+def test_eval_policy_variations_option_parses_ranges_and_refuses_training_ones(tmp_path):
+    from worldvla.commands.eval_policy import main, parse_variations
+    from worldvla.errors import ConfigError
+
+    assert parse_variations("1000-1002") == (1000, 1001, 1002)
+    assert parse_variations("40, 41,1000-1001,41") == (40, 41, 1000, 1001)
+    for bad in ("7-3", "a-b", ""):
+        with pytest.raises(ConfigError, match="--variations"):
+            parse_variations(bad)
+    # Training placements are refused before anything is loaded.
+    with pytest.raises(ConfigError, match="both train and test"):
+        main([str(tmp_path / "no-run"), "--suite", "mw-quick", "--variations", "38-41"])

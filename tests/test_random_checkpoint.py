@@ -83,3 +83,22 @@ def test_serve_builds_and_serves_a_random_checkpoint_and_serves_it_again_by_path
         assert (server.metadata["action_dim"], server.metadata["chunk_len"]) == (4, 5)
     with pytest.raises(ConfigError, match="one of"):
         serve.main([str(ckpt), "--random-init", str(tmp_path / "other")])
+
+
+def test_a_moved_run_directory_still_finds_its_image_tokenizer(tmp_path):
+    """The checkpoint records the tokenizer's path and where it lies relative to itself."""
+    import shutil
+
+    from worldvla.train.checkpoint import load_for_inference
+
+    ckpt = write_random_checkpoint(tmp_path / "a", action_dim=7, image_size=256)
+    moved = tmp_path / "b"
+    shutil.move(str(tmp_path / "a"), str(moved))  # the recorded absolute path is gone now
+    _, bundle = load_for_inference(moved)
+    assert bundle.image_tokenizer.fingerprint() == bundle.image_tokenizer_ref.fingerprint
+    # Without the tokenizer anywhere, the error names the places tried.
+    tok_dir = moved / ckpt.relative_to(tmp_path / "a") / bundle.image_tokenizer_ref.relative
+    shutil.rmtree(tok_dir.resolve())
+    _, bundle = load_for_inference(moved)
+    with pytest.raises(ConfigError, match="does not exist.*does not exist"):
+        bundle.image_tokenizer  # noqa: B018

@@ -2,6 +2,7 @@
 
 worldvla eval-policy CHECKPOINT [--suite mw-quick] [--episodes-per-task 10] [--envs 8]
                      [--episodes DEMOS.hdf5] [--out DIR] [--gifs 2] [--seed 0]
+                     [--variations 1000-1019]
 """
 
 from __future__ import annotations
@@ -26,17 +27,27 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="ask for a new chunk every N steps (default: execute each chunk open-loop, as the reference)",
     )
+    p.add_argument(
+        "--variations",
+        default=None,
+        help="held-out variations to evaluate instead of the suite's, e.g. 1000-1019 or 40,41,1000-1009 "
+        "(refused if any is a training variation)",
+    )
     args = p.parse_args(argv)
 
+    from dataclasses import replace
     from pathlib import Path
 
     from worldvla.envs.suites import suite_preset
     from worldvla.eval.policy_eval import evaluate_policy
 
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_policy"
+    suite = suite_preset(args.suite)
+    if args.variations:
+        suite = replace(suite, test_variations=parse_variations(args.variations))
     doc = evaluate_policy(
         args.checkpoint,
-        suite_preset(args.suite),
+        suite,
         out,
         args.episodes_per_task,
         args.envs,
@@ -53,3 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"results: {out / 'results.json'}")
     return 0
+
+
+def parse_variations(spec: str) -> tuple[int, ...]:
+    """'1000-1019' or '40,41,1000-1009' -> the variations, in order, each once."""
+    from worldvla.errors import ConfigError
+
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ConfigError(f"--variations: {part!r} is not a number or a range a-b") from None
+        if b < a:
+            raise ConfigError(f"--variations: empty range {part!r}")
+        out.extend(v for v in range(a, b + 1) if v not in out)
+    return tuple(out)

@@ -8,7 +8,7 @@ Layout of a run directory::
                                 "val_episodes", "step"}
         vocab.json             the token id layout (worldvla.vocab)
         action_stats.json      action normalization bounds (STYLE §8: stats are assets)
-        image_tokenizer.json   {"path", "fingerprint"} of the image tokenizer the cache was built with
+        image_tokenizer.json   {"path", "fingerprint", "relative"} of the tokenizer that made the cache
         trainer_state.pt       optimizer (keyed by parameter name), step, data position,
                                tokens seen, RNG states of python / numpy / torch (per rank)
     RUN_DIR/checkpoints/latest  the name of the newest complete checkpoint
@@ -31,6 +31,7 @@ prompts and decode outputs.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -63,9 +64,17 @@ class ImageTokenizerRef:
 
     path: str | None
     fingerprint: str | None
+    relative: str | None = None  # the path relative to the checkpoint directory, when saved
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "fingerprint": self.fingerprint}
+
+    def saved_from(self, ckpt: Path) -> dict[str, Any]:
+        """As written into ``ckpt``: with the path relative to it, so a moved run still finds it."""
+        doc = self.to_dict()
+        if self.path:
+            doc["relative"] = os.path.relpath(Path(self.path).resolve(), ckpt.resolve())
+        return doc
 
 
 @dataclass
@@ -103,13 +112,26 @@ def _load_image_tokenizer(ref: ImageTokenizerRef, ckpt: Path) -> Any:
         from worldvla.tokenizers.image import load_image_tokenizer
     except ImportError as e:
         raise ConfigError(f"{ckpt}: cannot import the image tokenizer loader: {e}") from e
-    tok = load_image_tokenizer(ref.path)
-    if ref.fingerprint and tok.fingerprint() != ref.fingerprint:
-        raise ConfigError(
-            f"{ckpt}: image tokenizer at {ref.path} has fingerprint {tok.fingerprint()}, but the model was "
-            f"trained on codes of {ref.fingerprint}"
-        )
-    return tok
+    # The recorded path first, then the same place relative to the checkpoint (a run directory
+    # moved or copied together with its tokenizer).
+    candidates = [Path(ref.path)]
+    if ref.relative:
+        moved = Path(os.path.normpath(ckpt / ref.relative))
+        if moved.resolve() != candidates[0].resolve():
+            candidates.append(moved)
+    problems = []
+    for where in candidates:
+        if not where.exists():
+            problems.append(f"{where} does not exist")
+            continue
+        tok = load_image_tokenizer(where)
+        if not ref.fingerprint or tok.fingerprint() == ref.fingerprint:
+            return tok
+        problems.append(f"{where} has fingerprint {tok.fingerprint()}")
+    raise ConfigError(
+        f"{ckpt}: the model was trained on codes of image tokenizer {ref.fingerprint or '?'}, but "
+        + "; ".join(problems)
+    )
 
 
 # ---------------------------------------------------------------------------- locate
@@ -210,7 +232,8 @@ def save_checkpoint(
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         vocab.save(tmp / "vocab.json")
         action_stats.save(tmp / "action_stats.json")
-        (tmp / "image_tokenizer.json").write_text(json.dumps(image_tokenizer.to_dict(), indent=2) + "\n")
+        tok_doc = image_tokenizer.saved_from(root / name)
+        (tmp / "image_tokenizer.json").write_text(json.dumps(tok_doc, indent=2) + "\n")
         torch.save(trainer_state, tmp / "trainer_state.pt")
     atomic_write_text(root / LATEST, name + "\n")
     for old in list_checkpoints(run_dir)[:-keep_last]:
@@ -293,7 +316,7 @@ def load_bundle(path: str | Path) -> Bundle:
         model_config=ModelConfig(**d["model"]),
         layout=layout,
         text_tokenizer=load_text_tokenizer(layout.text_tokenizer),
-        image_tokenizer_ref=ImageTokenizerRef(img.get("path"), img.get("fingerprint")),
+        image_tokenizer_ref=ImageTokenizerRef(img.get("path"), img.get("fingerprint"), img.get("relative")),
         val_episodes=list(d.get("val_episodes", [])),
         step=int(d.get("step", 0)),
     )
