@@ -66,12 +66,9 @@ class ImageTokenizerRef:
     fingerprint: str | None
     relative: str | None = None  # the path relative to the checkpoint directory, when saved
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "fingerprint": self.fingerprint}
-
     def saved_from(self, ckpt: Path) -> dict[str, Any]:
         """As written into ``ckpt``: with the path relative to it, so a moved run still finds it."""
-        doc = self.to_dict()
+        doc: dict[str, Any] = {"path": self.path, "fingerprint": self.fingerprint}
         if self.path:
             doc["relative"] = os.path.relpath(Path(self.path).resolve(), ckpt.resolve())
         return doc
