@@ -234,3 +234,43 @@ def test_expert_step_label_moves_the_hand_as_far_as_the_expert():
             env.expert_step(rate="native")
     finally:
         env.close()
+
+
+@pytest.mark.sim
+def test_camera_aim_and_zoom():
+    """An aimed camera looks at its point; a zoomed one shows the middle of the plain view."""
+    aim = np.array([0.04, 0.65, 0.22])
+    plain = MetaWorldEnv(camera="corner", resolution=32)
+    zoomed = MetaWorldEnv(camera="corner", resolution=32, camera_zoom=2.0)
+    aimed = MetaWorldEnv(camera="corner", resolution=32, camera_aim=tuple(aim), camera_zoom=1.5)
+    try:
+        a = plain.reset("reach-v3", 0).images["corner"].astype(float)
+        z = zoomed.reset("reach-v3", 0).images["corner"].astype(float)
+        middle = np.kron(a[8:24, 8:24], np.ones((2, 2, 1)))  # the plain view's middle, 2x
+        assert np.abs(z - middle).mean() < 0.5 * np.abs(z - a).mean()
+        aimed.reset("reach-v3", 0)
+        sim = aimed._envs["reach-v3"]
+        cid = sim.model.camera("corner").id
+        look = -sim.data.cam_xmat[cid].reshape(3, 3)[:, 2]
+        to_aim = (aim - sim.data.cam_xpos[cid]) / np.linalg.norm(aim - sim.data.cam_xpos[cid])
+        np.testing.assert_allclose(look, to_aim, atol=1e-6)
+        fovy = np.rad2deg(2 * np.arctan(np.tan(np.deg2rad(22.5)) / 1.5))
+        np.testing.assert_allclose(sim.model.cam_fovy[cid], fovy)
+        # The smallest rotation keeps the roll: the image's right axis barely moves.
+        before = plain._envs["reach-v3"].data.cam_xmat[cid].reshape(3, 3)[:, 0]
+        assert sim.data.cam_xmat[cid].reshape(3, 3)[:, 0] @ before > 0.95
+    finally:
+        for e in (plain, zoomed, aimed):
+            e.close()
+    with pytest.raises(ConfigError, match="camera_zoom"):
+        MetaWorldEnv(camera_zoom=0.0)
+    with pytest.raises(ConfigError, match="camera_aim"):
+        MetaWorldEnv(camera_aim=(0.0, float("nan"), 0.2))
+    hand = MetaWorldEnv(camera="gripperPOV", resolution=16, camera_zoom=2.0)
+    try:
+        with pytest.raises(ConfigError, match="not fixed in the world"):
+            hand.reset("reach-v3", 0)
+    finally:
+        hand.close()
+    with pytest.raises(ConfigError, match="camera_zoom"):
+        dataclasses.replace(suite_preset("debug"), camera_zoom=-1.0)

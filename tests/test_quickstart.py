@@ -40,6 +40,25 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
     assert list((run / "eval_policy" / "gifs").glob("*.gif")) and list(
         (run / "eval_world" / "gifs").glob("*.gif")
     )
+    # The checkpoint knows how its frames were rendered; evaluation refuses another view.
+    from dataclasses import replace
+
+    from worldvla.envs.suites import suite_preset
+    from worldvla.errors import ConfigError
+    from worldvla.eval.policy_eval import check_rendering
+    from worldvla.train.checkpoint import latest_checkpoint, load_bundle
+
+    layout = load_bundle(latest_checkpoint(run / "train")).layout
+    suite = suite_preset("debug")
+    assert layout.view == suite.view() == {"camera_aim": None, "camera_zoom": 1.0}
+    check_rendering(layout, suite, "ckpt")
+    for other, needle in (
+        (replace(suite, camera_zoom=1.5), "view"),
+        (replace(suite, camera="topview"), "camera 'corner'"),
+        (replace(suite, resolution=32), "64x64"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            check_rendering(layout, other, "ckpt")
     # Running again resumes: every stage but the report is skipped.
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0 and r2.stdout.count("skipped") == 6, r2.stdout

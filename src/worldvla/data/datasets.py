@@ -158,6 +158,10 @@ class DataLayout:
     text_tokenizer: str = "bytes"
     camera: str | None = None
     image_size: int | None = None
+    # How the training frames were rendered beyond camera and size (Meta-World suites:
+    # camera_aim, camera_zoom), so that evaluation can refuse an env that renders otherwise;
+    # None when the data did not record it.
+    view: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

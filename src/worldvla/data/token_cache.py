@@ -42,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from worldvla.data.datasets import EpisodeRecord
+from worldvla.envs.view import suite_view
 from worldvla.errors import DataError
 from worldvla.tokenizers.action import ActionStats
 from worldvla.utils.io import atomic_path, atomic_write_text
@@ -318,6 +319,17 @@ def _existing_state(out: Path, identity: dict[str, Any], episodes_path: Path, ov
     return "partial"
 
 
+def _recorded_view(reader: Any) -> dict[str, Any] | None:
+    """How the file's frames were rendered (``worldvla.envs.view``), if it records its suite."""
+    suite = reader.file_attrs.get("suite")
+    if isinstance(suite, str):
+        try:
+            suite = json.loads(suite)
+        except ValueError:
+            return None
+    return suite_view(suite) if isinstance(suite, dict) else None
+
+
 def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any], stats_mode: str) -> None:
     """Write everything but the codes: index, actions, statistics, empty memmap, meta (incomplete)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -360,6 +372,7 @@ def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any]
             "n_frames": start,
             "n_episodes": len(index),
             "action_dim": int(all_actions.shape[1]),
+            "view": _recorded_view(reader),
             "complete": False,
         }
     )

@@ -94,6 +94,33 @@ UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 _current_viewer: object | None = None
 
 
+def _point_camera(model, camera: str, aim: tuple[float, float, float] | None, zoom: float) -> None:  # noqa: ANN001
+    """Turn a world-fixed camera towards ``aim`` (smallest rotation) and zoom it by ``zoom``."""
+    import mujoco
+
+    cid = model.camera(camera).id
+    if model.cam_bodyid[cid] != 0 or model.cam_mode[cid] != mujoco.mjtCamLight.mjCAMLIGHT_FIXED:
+        raise ConfigError(f"camera {camera!r} is not fixed in the world; it cannot be aimed or zoomed")
+    if aim is not None:
+        rot = np.empty(9)
+        mujoco.mju_quat2Mat(rot, model.cam_quat[cid])
+        rot = rot.reshape(3, 3)
+        forward = -rot[:, 2]  # MuJoCo cameras look along their -z axis
+        target = np.asarray(aim, dtype=np.float64) - model.cam_pos[cid]
+        target /= np.linalg.norm(target)
+        axis = np.cross(forward, target)
+        sin, cos = np.linalg.norm(axis), float(forward @ target)
+        if sin > 1e-12:
+            k = axis / sin
+            skew = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+            rot = (np.eye(3) + sin * skew + (1 - cos) * skew @ skew) @ rot
+            quat = np.empty(4)
+            mujoco.mju_mat2Quat(quat, rot.reshape(-1))
+            model.cam_quat[cid] = quat
+    half = np.deg2rad(model.cam_fovy[cid]) / 2
+    model.cam_fovy[cid] = np.rad2deg(2 * np.arctan(np.tan(half) / zoom))
+
+
 class MetaWorldEnv(Env):
     """One Meta-World scene at a time; switches task on :meth:`reset` (envs are cached per task)."""
 
@@ -108,11 +135,25 @@ class MetaWorldEnv(Env):
         fast_render: bool = True,
         benchmark_seed: int = 0,
         cameras: tuple[str, ...] | None = None,
+        camera_aim: tuple[float, float, float] | None = None,
+        camera_zoom: float = 1.0,
     ) -> None:
         """``cameras``: those rendered into every observation (default: just ``camera``); an
-        empty tuple renders nothing, for state-only expert runs (benchmarks)."""
+        empty tuple renders nothing, for state-only expert runs (benchmarks).
+
+        ``camera_aim`` / ``camera_zoom`` re-point the primary camera: it turns (from where
+        it stands, by the smallest rotation, so its roll is kept) to look at the world point
+        ``camera_aim`` and narrows its field of view by ``camera_zoom`` (tan(fovy/2) / zoom),
+        so that the workspace fills more of the image.
+        """
         if action_repeat < 1 or resolution < 8 or max_steps < 1:
             raise ConfigError("MetaWorldEnv needs action_repeat >= 1, resolution >= 8 and max_steps >= 1")
+        if not camera_zoom > 0 or not np.isfinite(camera_zoom):
+            raise ConfigError(f"camera_zoom must be a positive number, got {camera_zoom}")
+        if camera_aim is not None and (len(camera_aim) != 3 or not np.isfinite(camera_aim).all()):
+            raise ConfigError(f"camera_aim must be a finite world point (x, y, z), got {camera_aim}")
+        self.camera_aim = None if camera_aim is None else tuple(float(x) for x in camera_aim)
+        self.camera_zoom = float(camera_zoom)
         self.camera = camera
         self.cameras = (camera,) if cameras is None else tuple(cameras)
         if self.cameras and camera not in self.cameras:
@@ -152,6 +193,8 @@ class MetaWorldEnv(Env):
                 env.model.vis.quality.shadowsize = 0
                 env.model.vis.quality.offsamples = 0
             env.max_path_length = 10**9  # the adapter enforces the step limit itself
+            if self.camera_aim is not None or self.camera_zoom != 1.0:
+                _point_camera(env.model, self.camera, self.camera_aim, self.camera_zoom)
             self._envs[task] = env
         return self._envs[task]
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from worldvla.envs.base import Env
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
 from worldvla.envs.metaworld import MetaWorldEnv
+from worldvla.envs.view import suite_view
 from worldvla.errors import ConfigError
 from worldvla.utils.registry import lookup
 
@@ -41,6 +42,10 @@ class SuiteConfig:
     test_variations: tuple[int, ...] = tuple(range(40, 50))
     episodes_per_task: int = 50  # demonstrations collected per task (cycling over train variations)
     camera: str = "corner"
+    # Re-point the camera (MetaWorldEnv): look at this world point, field of view narrowed
+    # by camera_zoom; None / 1.0 keep Meta-World's camera as it is.
+    camera_aim: tuple[float, float, float] | None = None
+    camera_zoom: float = 1.0
     resolution: int = 64
     action_repeat: int = 2  # 80 Hz physics / 2 = 40 Hz control
     max_steps: int = 120  # policy steps per episode
@@ -58,6 +63,10 @@ class SuiteConfig:
             lookup(METAWORLD_INSTRUCTIONS, task, f"Meta-World task in suite {self.name!r}")
         if self.camera not in CAMERAS:
             lookup(dict.fromkeys(CAMERAS), self.camera, f"camera in suite {self.name!r}")
+        if not self.camera_zoom > 0 or (self.camera_aim is not None and len(self.camera_aim) != 3):
+            raise ConfigError(
+                f"suite {self.name!r}: camera_zoom must be > 0 and camera_aim a point (x, y, z)"
+            )
         if self.resolution < 8 or self.action_repeat < 1 or self.max_steps < 1:
             raise ConfigError(
                 f"suite {self.name!r}: needs resolution >= 8, action_repeat >= 1, max_steps >= 1"
@@ -80,6 +89,8 @@ class SuiteConfig:
     def make_env(self) -> MetaWorldEnv:
         return MetaWorldEnv(
             camera=self.camera,
+            camera_aim=self.camera_aim,
+            camera_zoom=self.camera_zoom,
             resolution=self.resolution,
             action_repeat=self.action_repeat,
             max_steps=self.max_steps,
@@ -89,6 +100,10 @@ class SuiteConfig:
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    def view(self) -> dict:
+        """How the frames are rendered beyond camera and resolution (``worldvla.envs.view``)."""
+        return suite_view(self.to_dict())
 
 
 _MW_QUICK = SuiteConfig(

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from worldvla.errors import ConfigError
 from worldvla.eval.stats import wilson_interval
 from worldvla.utils.io import atomic_write_text
 
@@ -266,6 +267,26 @@ def fresh_gif_dir(path: Path) -> Path:
     return path
 
 
+def check_rendering(layout: Any, suite: Any, checkpoint: str | Path) -> None:
+    """Refuse a suite whose frames differ from the training data's (camera, size, view).
+
+    Fields the checkpoint did not record (older checkpoints) are not compared.
+    """
+    problems = []
+    if layout.camera is not None and layout.camera != suite.camera:
+        problems.append(f"camera {layout.camera!r}, the suite's {suite.camera!r}")
+    if layout.image_size is not None and layout.image_size != suite.resolution:
+        problems.append(f"{layout.image_size}x{layout.image_size} frames, the suite's {suite.resolution}")
+    if layout.view is not None and layout.view != suite.view():
+        problems.append(f"view {layout.view}, the suite's {suite.view()}")
+    if problems:
+        raise ConfigError(
+            f"{checkpoint}: trained on frames rendered differently from suite {suite.name!r} ("
+            + "; ".join(problems)
+            + "); evaluate on the suite its data was collected with (--suite)"
+        )
+
+
 def evaluate_policy(
     checkpoint: str | Path,
     suite: Any,
@@ -300,6 +321,7 @@ def evaluate_policy(
     policy = WorldVLAPolicy.from_pretrained(
         checkpoint, PolicyConfig(seed=seed, replan_every=replan_every), num_envs=min(num_envs, len(jobs))
     )
+    check_rendering(policy.layout, suite, checkpoint)
     stats = policy.bundle.action_stats
     agents: list[Any] = [PolicyAgent(policy, suite.camera)] if model else []
     if baselines:

@@ -154,6 +154,7 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         text_tokenizer=cfg.text_tokenizer,
         camera=meta.get("camera"),
         image_size=meta.get("image_size"),
+        view=meta.get("view"),
     )
     bins = encode_actions(cache.actions, ActionTokenizer(stats, n_bins=vocab.action_bins))
     # Sample weights carry α only for the reference loss; the split form applies α itself.
