@@ -37,6 +37,11 @@ def test_frame_metrics_identity_and_noise():
     diff = frame_metrics(noisy, real)
     assert np.all(same["psnr"] > 80) and np.allclose(same["ssim"], 100, atol=1e-3)
     assert np.all(diff["psnr"] < 40) and np.all(diff["ssim"] < 100)
+    # The metrics library's conventions: identical frames are capped, SSIM's border cropped.
+    from worldvla.eval.metrics.image import PSNR_CAP_DB, ssim
+
+    assert np.all(same["psnr"] == PSNR_CAP_DB)
+    np.testing.assert_allclose(diff["ssim"], 100 * ssim(real[:, None], noisy[:, None]).per_frame[:, 0])
 
 
 class ShiftWorld:

@@ -3,7 +3,7 @@ ground-truth actions and compare the imagined frames with the real ones (SPEC §
 
 For every rollout length L (default 1, 10 and 50 frames, or to the episode's end) the
 model sees the real frame 0 and actions 0..L-1 and imagines frames 1..L; nothing real is
-fed back. Metrics per length: PSNR and SSIM (torchmetrics), and LPIPS/FVD when the
+fed back. Metrics per length: PSNR and SSIM (:mod:`worldvla.eval.metrics.image`), and LPIPS/FVD when the
 standard pretrained weights are available locally (:mod:`worldvla.eval.metrics`).
 
 Baselines in the same run:
@@ -22,24 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from worldvla.eval.metrics.image import psnr as metrics_psnr
+from worldvla.eval.metrics.image import ssim as metrics_ssim
 from worldvla.utils.io import atomic_write_text
 
 
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
-
-
 def frame_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame PSNR (dB) and SSIM (×100) of uint8 ``(N, H, W, 3)`` frames (data range [0, 1])."""
-    p, r = _to_tensor(pred), _to_tensor(real)
-    psnr = peak_signal_noise_ratio(p, r, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    # 64x64 frames are small: keep the standard 11x11 Gaussian window, which still fits.
-    ssim = structural_similarity_index_measure(p, r, data_range=1.0, reduction="none")
-    return {"psnr": psnr.numpy(), "ssim": 100 * ssim.numpy()}
+    """Per-frame PSNR (dB) and SSIM (×100) of uint8 ``(N, H, W, 3)`` frames, with the
+    conventions of :mod:`worldvla.eval.metrics.image` (PSNR capped, SSIM border cropped)."""
+    real_v, pred_v = real[:, None], pred[:, None]  # videos of one frame
+    return {
+        "psnr": metrics_psnr(real_v, pred_v).per_frame[:, 0],
+        "ssim": 100 * metrics_ssim(real_v, pred_v).per_frame[:, 0],
+    }
 
 
 @dataclass
