@@ -19,10 +19,13 @@ from worldvla.train.config import config_diff, train_preset
 def test_each_variant_changes_only_its_fields_and_the_budget():
     cfg = ablation_preset("mw-ablation")
     base = train_preset(cfg.train)
-    budget = {"name", "steps", "warmup_steps", "seed"}
+    # The readout is the ablation's (greedy, as the committed results), not mw-quick's.
+    budget = {"name", "steps", "warmup_steps", "seed", "action_readout"}
     for v in VARIANTS:
         t = resolve(cfg, v.name, 7)
-        assert t.steps == cfg.steps * v.step_scale and t.seed == 7
+        assert t.steps == cfg.steps * v.step_scale and t.seed == 7 and t.action_readout == "argmax"
+        # An inference-only field does not make another run.
+        assert run_key(replace(t, action_readout="mean")) == run_key(t)
         changed = set(config_diff(base, t)) - budget
         expected = set(dict(v.changes))
         # K=1 runs always carry the (then irrelevant) chunk mask.

@@ -218,3 +218,35 @@ def test_world_model_rollout_continues_from_the_state(model):
 def test_empty_prompt_is_refused(model):
     with pytest.raises(ValueError, match="at least one token"):
         generate_actions(model, V, [np.array([], dtype=np.int64)], 1, 2)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_mean_readout_takes_the_bin_nearest_to_the_expected_one(model, parallel):
+    """Every bin read out is round(E[bin]) under the softmax of that slot's logits; the
+    argmax readout of the same prompts differs (an untrained model is far from one-hot)."""
+    prompts = _prompts(3)
+    out = decode_chunk(model, V, prompts, 5, 4, return_logits=True, readout="mean", parallel=parallel)
+    bins = out.tokens.view(3, 5, 6)[:, :, 1:-1].reshape(3, -1) - V.action_start  # (B, K·D) in slot order
+    index = torch.arange(V.action_bins, dtype=torch.float32)
+    for j, logits in enumerate(out.logits):
+        probs = torch.softmax(logits[:, V.action_start : V.action_start + V.action_bins].float(), -1)
+        assert torch.equal(bins[:, j], (probs @ index).round().long())
+    greedy = generate_actions(model, V, prompts, 5, 4, parallel=parallel)
+    mean = generate_actions(model, V, prompts, 5, 4, readout="mean", parallel=parallel)
+    assert not torch.equal(greedy, mean)
+
+
+def test_mean_readout_between_two_modes_and_its_errors():
+    from worldvla.errors import ConfigError
+    from worldvla.model.generation import Slot, _sample
+
+    logits = torch.full((1, 300), -1e9)
+    logits[0, 10 + 200] = np.log(0.6)  # bins start at id 10
+    logits[0, 10 + 100] = np.log(0.4)
+    slot = Slot(low=10, high=266)
+    assert _sample(logits, slot, 0.0, None, None).item() == 10 + 200
+    assert _sample(logits, Slot(low=10, high=266, mean=True), 0.0, None, None).item() == 10 + 160
+    with pytest.raises(ConfigError, match="readout"):
+        action_plan(V, 2, 4, readout="median")
+    with pytest.raises(ConfigError, match="deterministic"):
+        generate_actions(None, V, _prompts(1), 2, 4, temperature=1.0, readout="mean")

@@ -152,3 +152,28 @@ def test_prompt_templates_travel_with_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(policy_mod, "action_prompt_ids", lambda *a: seen.append(a[-1]) or real(*a))
     WorldVLAPolicy(model, bundle).predict_action_chunk(_obs())
     assert seen and seen[0].action_prompt == "{instruction}"
+
+
+def test_action_readout_comes_from_the_checkpoint_unless_overridden(checkpoint, tmp_path):
+    from worldvla.errors import ConfigError
+
+    model, bundle = _load(checkpoint)
+    assert bundle.config.action_readout == "argmax"  # the debug preset: greedy, as the reference
+    greedy = WorldVLAPolicy(model, bundle)
+    assert greedy.action_readout == "argmax"
+    mean = WorldVLAPolicy(model, bundle, PolicyConfig(action_readout="mean"))
+    assert mean.action_readout == "mean"
+    assert not np.array_equal(greedy.predict_action_chunk(_obs()), mean.predict_action_chunk(_obs()))
+    # A run trained with the mean readout (mw-quick) hands it to the policy by default.
+    run = tmp_path / "mean"
+    cfg = replace(train_preset("debug"), keep_last=1, action_readout="mean")
+    train(cfg, InMemoryCache.synthetic(), run, progress=False)
+    model2, bundle2 = load_for_inference(run)
+    bundle2.image_tokenizer = PoolTokenizer()
+    assert WorldVLAPolicy(model2, bundle2).action_readout == "mean"
+    assert WorldVLAPolicy(model2, bundle2, PolicyConfig(action_readout="argmax")).action_readout == "argmax"
+    with pytest.raises(ConfigError, match="deterministic"):
+        WorldVLAPolicy(model2, bundle2, PolicyConfig(temperature=0.5))
+    with pytest.raises(ConfigError, match="readout"):
+        WorldVLAPolicy(model, bundle, PolicyConfig(action_readout="mode"))
+    assert train_preset("mw-quick").action_readout == "mean"

@@ -29,7 +29,7 @@ import torch
 
 from worldvla.envs.base import Observation as EnvObservation
 from worldvla.errors import DataError
-from worldvla.model.generation import generate_actions
+from worldvla.model.generation import check_readout, generate_actions
 from worldvla.sequence import action_prompt_ids
 from worldvla.tokenizers.action import ActionTokenizer
 
@@ -54,6 +54,9 @@ class PolicyConfig:
     temperature: float = 0.0  # 0 = greedy (reference)
     top_k: int | None = None
     chunk_mask: bool | None = None  # None: as trained
+    # "argmax" (greedy, reference) or "mean" (the bin nearest to the expected action);
+    # None: the checkpoint's training config's action_readout ("argmax" if it has none).
+    action_readout: str | None = None
     seed: int = 0
 
 
@@ -72,6 +75,9 @@ class WorldVLAPolicy:
         self.image_tokenizer = bundle.image_tokenizer
         self.action_tokenizer = ActionTokenizer(bundle.action_stats, n_bins=self.vocab.action_bins)
         self.chunk_mask = self.layout.chunk_mask if self.config.chunk_mask is None else self.config.chunk_mask
+        trained = getattr(getattr(bundle, "config", None), "action_readout", "argmax")
+        self.action_readout = self.config.action_readout or trained
+        check_readout(self.action_readout, self.config.temperature)
         self.num_envs = num_envs
         self._generator = torch.Generator().manual_seed(self.config.seed)
         self.reset()
@@ -203,6 +209,7 @@ class WorldVLAPolicy:
             temperature=self.config.temperature,
             top_k=self.config.top_k,
             generator=self._generator,
+            readout=self.action_readout,
         )  # (N, K, D)
         return self.action_tokenizer.decode(bins.cpu().numpy())
 

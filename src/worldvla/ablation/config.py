@@ -95,6 +95,9 @@ class AblationConfig:
     rollout_lengths: tuple[int, ...] = (10, 50)
     gifs: int = 0  # GIFs per evaluation (0: tables only)
     offline_stride: int = 2  # every 2nd step of the held-out episodes (worldvla.eval.offline_actions)
+    # The policy's action readout in every run (TrainConfig.action_readout): greedy, as the
+    # reference and as the committed results were evaluated, whatever the base preset says.
+    action_readout: str = "argmax"
 
     def __post_init__(self) -> None:
         problems = []
@@ -142,6 +145,7 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
         steps=cfg.steps * v.step_scale,
         warmup_steps=cfg.warmup_steps,
         seed=seed,
+        action_readout=cfg.action_readout,
         **dict(v.changes),
     )
     if out.chunk_len == 1:
@@ -150,9 +154,11 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
 
 
 def run_key(train_cfg: TrainConfig) -> str:
-    """A short hash of everything that shapes the trained weights (not the run's name)."""
+    """A short hash of everything that shapes the trained weights (not the run's name, nor
+    the inference-only action readout)."""
     d = train_cfg.to_dict()
     d.pop("name")
+    d.pop("action_readout")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -2,7 +2,7 @@
 
 worldvla eval-policy CHECKPOINT [--suite mw-quick] [--episodes-per-task 10] [--envs 8]
                      [--episodes DEMOS.hdf5] [--out DIR] [--gifs 2] [--seed 0]
-                     [--variations 1000-1019]
+                     [--variations 1000-1019] [--readout argmax|mean]
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="ask for a new chunk every N steps (default: execute each chunk open-loop, as the reference)",
+    )
+    p.add_argument(
+        "--readout",
+        choices=("argmax", "mean"),
+        default=None,
+        help="how action bins are read out: argmax (greedy, reference) or mean (expected bin); "
+        "default: the checkpoint's",
     )
     p.add_argument(
         "--variations",
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         baselines=not args.no_baselines,
         replan_every=args.replan_every,
+        action_readout=args.readout,
     )
     for agent, s in doc["summary"].items():
         print(

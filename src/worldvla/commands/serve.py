@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replan-every", type=int, default=None, help="re-plan every N steps (default: whole chunk)"
     )
+    p.add_argument(
+        "--readout",
+        choices=("argmax", "mean"),
+        default=None,
+        help="action readout: argmax (greedy) or mean (expected bin); default: the checkpoint's",
+    )
     p.add_argument("--stand-in", action="store_true", help="serve a model-free stand-in policy instead")
     p.add_argument(
         "--random-init",
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         from worldvla.policy import PolicyConfig, WorldVLAPolicy
 
         policy = WorldVLAPolicy.from_pretrained(
-            ckpt, PolicyConfig(replan_every=a.replan_every), device=a.device
+            ckpt, PolicyConfig(replan_every=a.replan_every, action_readout=a.readout), device=a.device
         )
         meta = {"checkpoint": str(ckpt.resolve())}
     server = PolicyServer(policy, host=a.host, port=a.port, metadata=meta)

@@ -300,12 +300,14 @@ def evaluate_policy(
     progress: bool = True,
     replan_every: int | None = None,
     model: bool = True,
+    action_readout: str | None = None,
 ) -> dict[str, Any]:
     """Closed-loop success of a checkpoint on the suite's held-out variations, plus baselines.
 
     Writes ``results.json`` and GIFs into ``out_dir``; returns the results document.
     ``replan_every=None`` executes each chunk open-loop (reference); ``n`` asks the model
-    for a new chunk every ``n`` steps (receding horizon). ``model=False`` runs only the
+    for a new chunk every ``n`` steps (receding horizon). ``action_readout`` overrides the
+    checkpoint's (:class:`worldvla.policy.PolicyConfig`). ``model=False`` runs only the
     baselines (the checkpoint then only supplies the action statistics).
     """
     from worldvla.data.episodes import EpisodeReader
@@ -319,7 +321,9 @@ def evaluate_policy(
     # GIFs of the first episodes of every task in turn, not of the first task only.
     gif_jobs = set(spread_over_tasks(range(len(jobs)), [task for task, _ in jobs], gifs))
     policy = WorldVLAPolicy.from_pretrained(
-        checkpoint, PolicyConfig(seed=seed, replan_every=replan_every), num_envs=min(num_envs, len(jobs))
+        checkpoint,
+        PolicyConfig(seed=seed, replan_every=replan_every, action_readout=action_readout),
+        num_envs=min(num_envs, len(jobs)),
     )
     check_rendering(policy.layout, suite, checkpoint)
     stats = policy.bundle.action_stats
@@ -364,6 +368,7 @@ def evaluate_policy(
             "chunk_mask": policy.chunk_mask,
             "replan_every": policy.config.replan_every,
             "temperature": policy.config.temperature,
+            "action_readout": policy.action_readout,
         },
     )
     return write_results(out / "results.json", results, meta)

@@ -28,6 +28,14 @@ positions that start at 0 at each row's first real token, so a batch decodes exa
 each prompt alone. :func:`decode` returns a :class:`DecodeState` (ids, positions, KV
 cache) that a later call can continue from, e.g. a world-model rollout that appends the
 next action to the frame it just generated instead of re-encoding the whole context.
+
+Action readout. Greedy decoding (the reference) takes the most likely bin of every action
+dimension. ``readout="mean"`` takes instead the bin nearest to the expectation of the
+model's distribution over the bins (temperature 1); the bins are uniform in the
+normalized action (:class:`worldvla.tokenizers.action.ActionTokenizer`), so this is the
+expected action, within half a bin. Where a small model is unsure between "keep moving"
+and "stop", the mode keeps moving at full speed and overshoots, the mean slows down;
+measured on mw-quick in docs/training.md. The chosen bin is fed back like any token.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from worldvla.errors import ConfigError
 from worldvla.model.masks import action_block_ids, attention_mask
 from worldvla.model.transformer import KVCache, Transformer
 from worldvla.sequence import frame_template
@@ -48,11 +57,19 @@ TokenRows = Sequence[torch.Tensor | np.ndarray]
 
 @dataclass(frozen=True)
 class Slot:
-    """One token of the plan: the ``forced`` id, or sample one from ids ``[low, high)``."""
+    """One token of the plan: the ``forced`` id, or sample one from ids ``[low, high)``.
+
+    ``mean``: the ids are ordered values (action bins); take the one nearest to the
+    expectation of their softmax instead of the argmax or a sample.
+    """
 
     forced: int | None = None
     low: int = 0
     high: int = 0
+    mean: bool = False
+
+
+READOUTS = ("argmax", "mean")
 
 
 @dataclass
@@ -85,13 +102,26 @@ class Decoded:
         return self.state.ids.cpu()
 
 
-def action_plan(vocab: Vocab, num_actions: int, action_dim: int) -> list[Slot]:
-    """``num_actions`` × ``[BOA forced, action_dim bins sampled, EOA forced]``."""
+def action_plan(vocab: Vocab, num_actions: int, action_dim: int, readout: str = "argmax") -> list[Slot]:
+    """``num_actions`` × ``[BOA forced, action_dim bins sampled, EOA forced]``.
+
+    ``readout``: ``"argmax"`` (greedy, or a sample at temperature > 0) or ``"mean"``
+    (the bin nearest to the expected bin; module docstring).
+    """
     if num_actions < 1 or action_dim < 1:
         raise ValueError(f"need num_actions >= 1 and action_dim >= 1, got {num_actions}, {action_dim}")
-    bins = Slot(low=vocab.action_start, high=vocab.action_start + vocab.action_bins)
+    check_readout(readout)
+    bins = Slot(low=vocab.action_start, high=vocab.action_start + vocab.action_bins, mean=readout == "mean")
     one = [Slot(forced=vocab.boa)] + [bins] * action_dim + [Slot(forced=vocab.eoa)]
     return one * num_actions
+
+
+def check_readout(readout: str, temperature: float = 0.0) -> None:
+    """Raise ConfigError for an unknown readout or a mean readout with sampling."""
+    if readout not in READOUTS:
+        raise ConfigError(f"action readout must be one of {READOUTS}, got {readout!r}")
+    if readout == "mean" and temperature > 0:
+        raise ConfigError("the mean action readout is deterministic; use temperature 0 or readout 'argmax'")
 
 
 def frame_plan(vocab: Vocab, h: int, w: int) -> list[Slot]:
@@ -124,6 +154,10 @@ def _sample(
     logits: torch.Tensor, slot: Slot, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     allowed = logits[:, slot.low : slot.high].float()  # (B, n_allowed): the constraint is this slice
+    if slot.mean:
+        probs = torch.softmax(allowed, dim=-1)
+        index = torch.arange(allowed.shape[-1], dtype=probs.dtype, device=probs.device)
+        return (probs @ index).round().long() + slot.low
     if temperature <= 0:
         choice = allowed.argmax(dim=-1)
     else:
@@ -235,14 +269,17 @@ def decode_chunk(
     return_logits: bool = False,
     state: DecodeState | None = None,
     parallel: bool = True,
+    readout: str = "argmax",
 ) -> Decoded:
     """Decode an action chunk: the K actions side by side when the mask allows it (module docstring).
 
-    Arguments as in :func:`decode`; ``parallel=False`` forces one-by-one decoding. The
+    Arguments as in :func:`decode`; ``parallel=False`` forces one-by-one decoding;
+    ``readout`` as in :func:`action_plan`. The
     returned state holds the whole chunk, but the chunk's keys are not cached yet: a
     continuation feeds them in its first forward pass.
     """
-    plan = action_plan(vocab, num_actions, action_dim)
+    check_readout(readout, temperature)
+    plan = action_plan(vocab, num_actions, action_dim, readout)
     sampling = (temperature, top_k, generator, return_logits)
     if not (chunk_mask and parallel):
         return decode(model, vocab, prompts, plan, chunk_mask, *sampling, state=state)
@@ -261,7 +298,7 @@ def decode_chunk(
     tokens = torch.full((b, k, d + 2), vocab.eoa, dtype=torch.long, device=device)  # (B, K, D+2)
     tokens[:, :, 0] = vocab.boa
     first = positions[:, -1:] + 1 + (d + 2) * torch.arange(k, device=device)  # (B, K) position of each BOA
-    slot = Slot(low=vocab.action_start, high=vocab.action_start + vocab.action_bins)
+    slot = plan[1]  # the bins of every action
     step_logits: list[torch.Tensor] = []
     for j in range(d):
         # (B, K, P + (j+1)·K): the prompt, then the step-j' token of its own block for every j' <= j
@@ -303,12 +340,14 @@ def generate_actions(
     state: DecodeState | None = None,
     return_state: bool = False,
     parallel: bool = True,
+    readout: str = "argmax",
 ) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
     """Decode a chunk of ``num_actions`` actions after each prompt: bins ``(B, K, D)`` (CPU).
 
     BOA/EOA are forced, only action-bin ids are sampled (SPEC §6); with the mask the K
     actions are decoded side by side (:func:`decode_chunk`). ``state`` and ``return_state``
-    continue from / hand back the decoding state (see :func:`decode`).
+    continue from / hand back the decoding state (see :func:`decode`); ``readout`` as in
+    :func:`action_plan`.
     """
     out = decode_chunk(
         model,
@@ -322,6 +361,7 @@ def generate_actions(
         generator,
         state=state,
         parallel=parallel,
+        readout=readout,
     )
     tokens = out.tokens.view(-1, num_actions, action_dim + 2)[:, :, 1:-1]  # (B, K, D): drop BOA/EOA
     bins = vocab.action_bins_of(tokens)
