@@ -148,8 +148,10 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     run = Path(run_dir)
     plots = run / "plots"
     plots.mkdir(exist_ok=True)
-    md: list[str] = [f"# {title or 'WorldVLA run'}: `{run.name}`", ""]
     stages = _load(run / "stages.json")
+    if title is None and stages and stages.get("preset"):
+        title = f"WorldVLA quickstart ({stages['preset']})"  # a pipeline's run directory
+    md: list[str] = [f"# {title or 'WorldVLA run'}: `{run.name}`", ""]
     if stages:
         mach = stages.get("machine", {})
         md += [
@@ -207,11 +209,16 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
             )
         _plot_success(summary, plots / "success.png")
         meta = pol.get("meta", {})
+        how = meta.get("policy", {})
+        every = how.get("replan_every")
+        plan = "open-loop" if every is None else f"replanned every {every} steps"
         md += [
             "## Policy: closed-loop success (%) on held-out variations",
             "",
             f"{meta.get('episodes_per_task')} episodes per task, variations "
-            f"{meta.get('suite', {}).get('test_variations')}, wall time {meta.get('wall_seconds', 0):.0f} s.",
+            f"{meta.get('suite', {}).get('test_variations')}, wall time {meta.get('wall_seconds', 0):.0f} s. "
+            f"WorldVLA: chunks of {how.get('chunk_len', '?')} actions executed {plan}, action readout "
+            f"{how.get('action_readout', 'argmax')}.",
             "",
             _table(header, rows),
             "",
