@@ -11,7 +11,8 @@ fraction); MFU is reported against the fp32 and bf16 matmul ceilings (a 4096³
 ``torch.matmul``) measured in the same run, right before each configuration. Each
 configuration runs in a fresh process so that its peak RSS is its own.
 
-Decoding: a K=5 action chunk (D=4 and D=7) and one 8×8 frame after a ~300-token prompt,
+Decoding: a K=5 action chunk (D=4 and D=7; token by token, and side by side as the policy
+decodes it under the chunk mask) and one 8×8 frame after a ~300-token prompt,
 batch 1, greedy: with the KV cache (:mod:`worldvla.model.generation`) vs. recomputing the
 whole sequence at every sampled token (a full forward pass per token, as the reference
 does). Times are the best of ``--reps`` runs: the machine may be shared, and the best run
@@ -31,7 +32,7 @@ from collections.abc import Callable
 import torch
 
 from worldvla.config import model_preset
-from worldvla.model.generation import Slot, action_plan, decode, frame_plan
+from worldvla.model.generation import Slot, action_plan, decode, decode_chunk, frame_plan
 from worldvla.model.masks import attention_mask
 from worldvla.model.transformer import Transformer
 from worldvla.vocab import Vocab, VocabConfig
@@ -174,16 +175,24 @@ def run_decoding(args: argparse.Namespace) -> None:
     print(f"\n## decoding after a {args.prompt}-token prompt (greedy, batch 1, fp32, best of {args.reps})")
     print("| what | sampled tokens | cached s | per sampled token ms | recompute s | speed-up |")
     print("|---|---|---|---|---|---|")
+
+    def one_by_one(plan: list[Slot]) -> Callable[[], torch.Tensor]:
+        return lambda: decode(model, VOCAB, [prompt], plan).tokens[0]
+
+    def side_by_side(k: int, d: int) -> Callable[[], torch.Tensor]:
+        return lambda: decode_chunk(model, VOCAB, [prompt], k, d).tokens[0]
+
     cases = [
-        ("K=5 chunk, D=4", action_plan(VOCAB, 5, 4)),
-        ("K=5 chunk, D=7", action_plan(VOCAB, 5, 7)),
-        ("one 8x8 frame", frame_plan(VOCAB, 8, 8)),
+        ("K=5 chunk, D=4", action_plan(VOCAB, 5, 4), one_by_one(action_plan(VOCAB, 5, 4))),
+        ("K=5 chunk, D=4, parallel (policy)", action_plan(VOCAB, 5, 4), side_by_side(5, 4)),
+        ("K=5 chunk, D=7", action_plan(VOCAB, 5, 7), one_by_one(action_plan(VOCAB, 5, 7))),
+        ("K=5 chunk, D=7, parallel (policy)", action_plan(VOCAB, 5, 7), side_by_side(5, 7)),
+        ("one 8x8 frame", frame_plan(VOCAB, 8, 8), one_by_one(frame_plan(VOCAB, 8, 8))),
     ]
-    for name, plan in cases:
+    for name, plan, run in cases:
         n = sum(s.forced is None for s in plan)
-        cached_tokens = decode(model, VOCAB, [prompt], plan).tokens[0]
-        assert torch.equal(cached_tokens, recompute_decode(model, prompt, plan)), "cached != recomputed"
-        t_cached = best_time(lambda plan=plan: decode(model, VOCAB, [prompt], plan), args.reps)
+        assert torch.equal(run(), recompute_decode(model, prompt, plan)), "cached != recomputed"
+        t_cached = best_time(run, args.reps)
         t_full = best_time(lambda plan=plan: recompute_decode(model, prompt, plan), max(1, args.reps // 2))
         print(
             f"| {name} | {n} | {t_cached:.3f} | {1e3 * t_cached / n:.1f} | "
