@@ -103,3 +103,25 @@ def test_data_of_another_suite_definition_is_refused_not_reused(tmp_path):
     (run / "stages.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="another definition"):
         RunState(run, exp, suite)
+
+
+def test_a_run_made_before_a_suite_field_existed_is_still_reused(tmp_path):
+    """Fields added to SuiteConfig / ExperimentConfig later count at their defaults."""
+    from worldvla.envs.suites import suite_preset
+    from worldvla.errors import ConfigError
+    from worldvla.pipeline import RunState
+    from worldvla.presets import experiment_preset
+
+    exp = experiment_preset("debug")
+    suite = json.loads(json.dumps(suite_preset(exp.suite).to_dict()))
+    old_suite = {k: v for k, v in suite.items() if k not in ("camera_aim", "camera_zoom")}
+    old_exp = {k: v for k, v in json.loads(json.dumps(exp.to_dict())).items() if k != "gifs"}
+    run = tmp_path / "qs"
+    run.mkdir()
+    doc = {"preset": "debug", "experiment": old_exp, "suite": old_suite, "stages": {"collect": {"done": True}}}
+    (run / "stages.json").write_text(json.dumps(doc))
+    RunState(run, exp, suite)  # accepted
+    doc["suite"] = {**old_suite, "resolution": 32}
+    (run / "stages.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="another definition of suite"):
+        RunState(run, exp, suite)

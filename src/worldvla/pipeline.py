@@ -17,6 +17,7 @@ killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -31,6 +32,19 @@ STAGES = ("collect", "tokenizer", "tokenize", "train", "eval_policy", "eval_worl
 DATA_STAGES = STAGES[:3]
 
 
+def with_defaults(stored: dict[str, Any] | None, cls: type) -> dict[str, Any] | None:
+    """A definition stored by an older version, with the dataclass fields added since at
+    their defaults (as stored: JSON types), so that adding a field does not orphan runs."""
+    if not isinstance(stored, dict):
+        return stored
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING and f.name not in stored
+    }
+    return {**json.loads(json.dumps(defaults)), **stored}
+
+
 class RunState:
     """``stages.json``: which stages finished, how long each took, and how the run was made."""
 
@@ -41,11 +55,15 @@ class RunState:
         self.path = run_dir / "stages.json"
         existing = json.loads(self.path.read_text()) if self.path.exists() else {}
         wanted = json.loads(json.dumps(exp.to_dict()))  # tuples -> lists, as stored
-        stale_suite = suite is not None and existing.get("stages") and existing.get("suite") != suite
-        if existing and existing.get("experiment") and (existing["experiment"] != wanted or stale_suite):
+        from worldvla.envs.suites import SuiteConfig
+
+        stored_suite = with_defaults(existing.get("suite"), SuiteConfig)
+        stored_exp = with_defaults(existing.get("experiment"), ExperimentConfig)
+        stale_suite = suite is not None and existing.get("stages") and stored_suite != suite
+        if existing and existing.get("experiment") and (stored_exp != wanted or stale_suite):
             from worldvla.errors import ConfigError
 
-            if existing["experiment"] == wanted:
+            if stored_exp == wanted:
                 what = f"data of another definition of suite {exp.suite!r}"
             else:
                 what = f"a run of another configuration (preset {existing.get('preset')!r})"
