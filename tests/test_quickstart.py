@@ -115,10 +115,11 @@ def test_a_run_made_before_a_suite_field_existed_is_still_reused(tmp_path):
     exp = experiment_preset("debug")
     suite = json.loads(json.dumps(suite_preset(exp.suite).to_dict()))
     old_suite = {k: v for k, v in suite.items() if k not in ("camera_aim", "camera_zoom")}
-    old_exp = {k: v for k, v in json.loads(json.dumps(exp.to_dict())).items() if k != "gifs"}
+    old_exp = {k: v for k, v in json.loads(json.dumps(exp.to_dict())).items() if k != "action_noise"}
     run = tmp_path / "qs"
     run.mkdir()
-    doc = {"preset": "debug", "experiment": old_exp, "suite": old_suite, "stages": {"collect": {"done": True}}}
+    stages = {"collect": {"done": True}}
+    doc = {"preset": "debug", "experiment": old_exp, "suite": old_suite, "stages": stages}
     (run / "stages.json").write_text(json.dumps(doc))
     RunState(run, exp, suite)  # accepted
     doc["suite"] = {**old_suite, "resolution": 32}
