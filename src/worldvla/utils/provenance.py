@@ -48,11 +48,22 @@ def machine() -> dict[str, Any]:
     }
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as a user would type it: ``worldvla ...`` for the CLI however it was
+    started (entry point or ``python -m worldvla.cli``, whose argv[0] is a local path);
+    other scripts as given, or by file name when given by absolute path."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    head = argv[0].replace("\\", "/")
+    if head.endswith("worldvla") or head.endswith("worldvla/cli.py"):
+        return " ".join(["worldvla", *argv[1:]])
+    return " ".join([head.rsplit("/", 1)[-1] if head.startswith("/") else head, *argv[1:]])
+
+
 def provenance(**extra: Any) -> dict[str, Any]:
     return {
-        "command": " ".join(["worldvla", *sys.argv[1:]])
-        if sys.argv and sys.argv[0].endswith("worldvla")
-        else " ".join(sys.argv),
+        "command": command_line(),
         "commit": git_commit(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(),
