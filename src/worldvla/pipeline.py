@@ -17,7 +17,6 @@ killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -27,22 +26,10 @@ from typing import Any
 from worldvla.presets import ExperimentConfig
 from worldvla.utils.io import atomic_write_text
 from worldvla.utils.provenance import provenance
+from worldvla.utils.stored import with_defaults
 
 STAGES = ("collect", "tokenizer", "tokenize", "train", "eval_policy", "eval_world", "report")
 DATA_STAGES = STAGES[:3]
-
-
-def with_defaults(stored: dict[str, Any] | None, cls: type) -> dict[str, Any] | None:
-    """A definition stored by an older version, with the dataclass fields added since at
-    their defaults (as stored: JSON types), so that adding a field does not orphan runs."""
-    if not isinstance(stored, dict):
-        return stored
-    defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(cls)
-        if f.default is not dataclasses.MISSING and f.name not in stored
-    }
-    return {**json.loads(json.dumps(defaults)), **stored}
 
 
 class RunState:

@@ -50,6 +50,7 @@ from worldvla.tokenizers.action import ActionStats
 from worldvla.tokenizers.text import TextTokenizer, load_text_tokenizer
 from worldvla.train.config import RESUMABLE_FIELDS, TrainConfig, config_diff
 from worldvla.utils.io import atomic_dir, atomic_write_text
+from worldvla.utils.stored import with_defaults
 from worldvla.vocab import Vocab
 
 FORMAT = 1
@@ -271,7 +272,7 @@ def check_resumable(ckpt: Path, cfg: TrainConfig, layout: DataLayout, vocab: Voc
         f"{k}: checkpoint {a!r} != requested {b!r}"
         for k, (a, b) in config_diff(saved, cfg, RESUMABLE_FIELDS).items()
     ]
-    saved_layout = d["layout"]
+    saved_layout = with_defaults(d["layout"], DataLayout)  # fields added since at their defaults
     for k, v in layout.to_dict().items():
         if saved_layout.get(k) != v:
             diffs.append(f"layout.{k}: checkpoint {saved_layout.get(k)!r} != data {v!r}")
