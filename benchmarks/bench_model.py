@@ -182,12 +182,13 @@ def run_decoding(args: argparse.Namespace) -> None:
     def side_by_side(k: int, d: int) -> Callable[[], torch.Tensor]:
         return lambda: decode_chunk(model, VOCAB, [prompt], k, d).tokens[0]
 
+    d4, d7, frame = action_plan(VOCAB, 5, 4), action_plan(VOCAB, 5, 7), frame_plan(VOCAB, 8, 8)
     cases = [
-        ("K=5 chunk, D=4", action_plan(VOCAB, 5, 4), one_by_one(action_plan(VOCAB, 5, 4))),
-        ("K=5 chunk, D=4, parallel (policy)", action_plan(VOCAB, 5, 4), side_by_side(5, 4)),
-        ("K=5 chunk, D=7", action_plan(VOCAB, 5, 7), one_by_one(action_plan(VOCAB, 5, 7))),
-        ("K=5 chunk, D=7, parallel (policy)", action_plan(VOCAB, 5, 7), side_by_side(5, 7)),
-        ("one 8x8 frame", frame_plan(VOCAB, 8, 8), one_by_one(frame_plan(VOCAB, 8, 8))),
+        ("K=5 chunk, D=4", d4, one_by_one(d4)),
+        ("K=5 chunk, D=4, parallel (policy)", d4, side_by_side(5, 4)),
+        ("K=5 chunk, D=7", d7, one_by_one(d7)),
+        ("K=5 chunk, D=7, parallel (policy)", d7, side_by_side(5, 7)),
+        ("one 8x8 frame", frame, one_by_one(frame)),
     ]
     for name, plan, run in cases:
         n = sum(s.forced is None for s in plan)
