@@ -133,7 +133,14 @@ def run_pipeline(
         from worldvla.data.collect import collect
 
         report = collect(
-            suite, episodes, exp.episodes_per_task, exp.seed, exp.action_noise, exp.workers, progress
+            suite,
+            episodes,
+            exp.episodes_per_task,
+            exp.seed,
+            exp.action_noise,
+            exp.workers,
+            progress,
+            exploration=exp.exploration_config(),
         )
         st.update(kept=report.kept, dropped=report.dropped, steps=report.steps)
         log(report.summary())
@@ -212,6 +219,8 @@ def run_pipeline(
             exp.eval_world_episodes,
             exp.rollout_lengths,
             gifs=exp.gifs,
+            suite=suite,
+            progress=progress,
         )
         st.update(psnr={f"{r['method']}@{r['requested_length']}": r["psnr"] for r in doc["rows"]})
 

@@ -159,6 +159,8 @@ def run_key(train_cfg: TrainConfig) -> str:
     d = train_cfg.to_dict()
     d.pop("name")
     d.pop("action_readout")
+    if d.get("world_data") == "all":
+        d.pop("world_data")  # added later; at its default a run keeps the key it had before
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

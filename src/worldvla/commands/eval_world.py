@@ -1,6 +1,10 @@
 """worldvla eval-world: world-model rollouts on held-out episodes vs. real frames.
 
 worldvla eval-world CHECKPOINT --episodes DEMOS.hdf5 [--num 16] [--lengths 1,10,50] [--out DIR]
+                    [--counterfactual | --no-counterfactual] [--suite NAME] [--max-length 60]
+
+Counterfactual rollouts (other actions from the same start states, scored against the
+simulator) run by default when the episode file records the suite it was collected in.
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="1,10,50", help="rollout lengths, comma separated")
     p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/../eval_world)")
     p.add_argument("--gifs", type=int, default=2)
+    p.add_argument(
+        "--counterfactual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also roll out counterfactual actions against the simulator (default: when possible)",
+    )
+    p.add_argument("--suite", default=None, help="simulator suite (default: the one the file records)")
+    p.add_argument("--max-length", type=int, default=60, help="longest counterfactual rollout (steps)")
     args = p.parse_args(argv)
 
     from pathlib import Path
@@ -24,8 +36,29 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_world"
     lengths = [int(x) for x in args.lengths.split(",") if x]
-    doc = evaluate_world(args.checkpoint, args.episodes, out, args.num, lengths, args.gifs)
+    suite = None
+    if args.suite:
+        from worldvla.envs.suites import suite_preset
+
+        suite = suite_preset(args.suite)
+    doc = evaluate_world(
+        args.checkpoint,
+        args.episodes,
+        out,
+        args.num,
+        lengths,
+        args.gifs,
+        counterfactual=args.counterfactual,
+        suite=suite,
+        counterfactual_length=args.max_length,
+        progress=True,
+    )
     for r in doc["rows"]:
         print(f"{r['method']:12s} {r['length']:3d} frames  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:5.1f}")
+    cf = doc.get("counterfactual")
+    if cf:
+        from worldvla.eval.counterfactual import format_table
+
+        print(format_table(cf))
     print(f"results: {out / 'results.json'}")
     return 0

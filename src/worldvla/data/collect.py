@@ -10,6 +10,12 @@ for the visited state — DART-style noise injection (Laskey et al., 2017). It w
 states the demonstrations cover, so a cloned policy sees how the expert recovers from
 small errors, without teaching it the noise.
 
+Exploratory segments (``exploration``, :mod:`worldvla.data.exploration`): after the
+demonstrations, ``exploration.per_task`` segments per task whose actions vary
+independently of the scene, for the world model; stored in the same file with
+``kind="explore"`` and their executed actions. Demonstrations carry ``kind="demo"`` and,
+besides their clean labels, the actions really executed (``executed_actions``).
+
 Deterministic by seed: episode ``i`` of task ``k`` draws its noise from
 ``numpy.random.default_rng([seed, k, i])`` and results are ordered by (task, i) whatever
 the number of worker processes. Written with :func:`worldvla.data.episodes.write_episodes`
@@ -28,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from worldvla.data.episodes import Episode, write_episodes
+from worldvla.data.exploration import DEMO, EXPLORE, ActionProcess, ExplorationConfig, segment_rng
 from worldvla.envs.suites import SuiteConfig
 from worldvla.errors import DataError
 
@@ -43,6 +50,8 @@ class Job:
     seed: int
     action_noise: float
     expert_rate: str = "control"
+    kind: str = DEMO
+    exploration: ExplorationConfig | None = None
 
 
 @dataclass
@@ -51,6 +60,8 @@ class CollectReport:
     kept: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     steps: int = 0
+    explore_segments: int = 0
+    explore_steps: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -62,6 +73,11 @@ class CollectReport:
             lines.append(
                 f"  {task}: kept {self.kept[task]}, dropped {self.dropped.get(task, 0)} unsuccessful"
             )
+        if self.explore_segments:
+            lines.append(
+                f"  plus {self.explore_segments} exploratory segments ({self.explore_steps} steps) "
+                "for the world model"
+            )
         return "\n".join(lines)
 
 
@@ -71,16 +87,21 @@ def _worker_init(suite: SuiteConfig) -> None:
 
 
 def _run(job: Job) -> tuple[Job, Episode | None, int]:
+    return _explore(job) if job.kind == EXPLORE else _demonstrate(job)
+
+
+def _demonstrate(job: Job) -> tuple[Job, Episode | None, int]:
     env = _ENV
     rng = np.random.default_rng([job.seed, job.task_index, job.index])
     obs = env.reset(job.task, job.variation)
-    frames, actions = [], []
+    frames, actions, executed = [], [], []
     success = False
     for _ in range(env.max_steps):
         frames.append(obs.images[env.camera])
         noise = rng.normal(0.0, job.action_noise, env.action_dim) if job.action_noise > 0 else None
         obs, success, label = env.expert_step(noise, rate=job.expert_rate)
         actions.append(label)
+        executed.append(env.last_executed)
         if success:
             break
     steps = len(actions)
@@ -93,6 +114,7 @@ def _run(job: Job) -> tuple[Job, Episode | None, int]:
         instruction=obs.instruction,
         task=job.task,
         attrs={
+            "kind": DEMO,
             "variation": job.variation,
             "seed": job.seed,
             "episode": job.index,
@@ -100,8 +122,44 @@ def _run(job: Job) -> tuple[Job, Episode | None, int]:
             "action_noise": job.action_noise,
             "expert_rate": job.expert_rate,
         },
+        executed_actions=np.stack(executed).astype(np.float32) if job.action_noise > 0 else None,
     )
     return job, ep, steps
+
+
+def _explore(job: Job) -> tuple[Job, Episode | None, int]:
+    """One exploratory segment (:mod:`worldvla.data.exploration`); never dropped."""
+    env, cfg = _ENV, job.exploration
+    rng = segment_rng(job.seed, job.task_index, job.index)
+    obs = env.reset(job.task, job.variation)
+    t0 = int(rng.integers(0, cfg.prefix_max + 1))
+    for _ in range(t0):  # reach a state that demonstrations visit
+        obs, _, _ = env.expert_step(None, rate=job.expert_rate)
+    process = ActionProcess(cfg, rng, env.action_dim)
+    frames, actions, modes = [], [], []
+    for _ in range(cfg.steps):
+        frames.append(obs.images[env.camera])
+        action, mode = process(env.expert_action())
+        obs, _ = env.step(action)
+        actions.append(env.last_executed)
+        modes.append(mode)
+    ep = Episode(
+        key=f"{job.task}/explore/{job.index}",
+        actions=np.stack(actions).astype(np.float32),
+        frames={env.camera: np.stack(frames)},
+        instruction=obs.instruction,
+        task=job.task,
+        attrs={
+            "kind": EXPLORE,
+            "variation": job.variation,
+            "seed": job.seed,
+            "episode": job.index,
+            "prefix_steps": t0,
+            "modes": "".join(m[0] for m in modes),  # z / r / e per step
+            "exploration": cfg.to_dict(),
+        },
+    )
+    return job, ep, cfg.steps
 
 
 def collect(
@@ -112,13 +170,16 @@ def collect(
     action_noise: float = 0.0,
     workers: int = 2,
     progress: bool = True,
+    exploration: ExplorationConfig | None = None,
 ) -> CollectReport:
     """Run the experts and write the successful episodes to ``out`` (HDF5, atomically).
 
     ``episodes_per_task`` defaults to the suite's; episode ``i`` of a task runs on training
     variation ``train_variations[i % len]``. ``workers`` > 1 runs that many simulator
     processes (spawned, each with its own GL context); the file is identical for any
-    ``workers``. Raises :class:`DataError` if no episode succeeds.
+    ``workers``. ``exploration`` adds exploratory segments after the demonstrations, on
+    the same training variations (segment ``i`` on ``train_variations[i % len]``).
+    Raises :class:`DataError` if no episode succeeds.
     """
     n = episodes_per_task or suite.episodes_per_task
     jobs = [
@@ -133,6 +194,22 @@ def collect(
         )
         for k, task in enumerate(suite.tasks)
         for i in range(n)
+    ]
+    n_explore = exploration.per_task if exploration is not None else 0
+    jobs += [
+        Job(
+            k,
+            task,
+            i,
+            suite.train_variations[i % len(suite.train_variations)],
+            seed,
+            0.0,
+            suite.expert_rate,
+            kind=EXPLORE,
+            exploration=exploration,
+        )
+        for k, task in enumerate(suite.tasks)
+        for i in range(n_explore)
     ]
     report = CollectReport(path=Path(out))
     t0 = time.perf_counter()
@@ -155,15 +232,20 @@ def collect(
                 results.append(r)
                 bar.update(1)
     bar.close()
-    results.sort(key=lambda r: (r[0].task_index, r[0].index))
+    # Demonstrations first, then exploratory segments, each by (task, index).
+    results.sort(key=lambda r: (r[0].kind == EXPLORE, r[0].task_index, r[0].index))
     kept, dropped = Counter(), Counter()
     for job, ep, steps in results:
+        if job.kind == EXPLORE:
+            report.explore_segments += 1
+            report.explore_steps += steps
+            continue
         report.steps += steps if ep is not None else 0
         (kept if ep is not None else dropped)[job.task] += 1
     report.kept = {t: kept[t] for t in suite.tasks}
     report.dropped = {t: dropped[t] for t in suite.tasks}
     episodes = [ep for _, ep, _ in results if ep is not None]
-    if not episodes:
+    if not sum(report.kept.values()):
         raise DataError(
             f"{out}: no expert episode of suite {suite.name!r} succeeded within {suite.max_steps} steps "
             f"({len(jobs)} tried); nothing written"
@@ -179,6 +261,7 @@ def collect(
             "episodes_per_task": n,
             "kept": report.kept,
             "dropped": report.dropped,
+            "exploration": exploration.to_dict() if n_explore else None,
         },
     )
     report.seconds = time.perf_counter() - t0

@@ -11,7 +11,13 @@ pre-tokenized cache (image codes + continuous actions):
   action of an episode. Steps with fewer than ``K`` future actions in the episode are
   dropped (SPEC §2), so the last ``K-1`` steps of every episode start no sample.
 - **World-model sample** at step ``t``: ``IMG(t), ACT(t) -> IMG(t+1)`` for ``t`` in
-  ``0 … T-2`` (history 1).
+  ``0 … T-2`` (history 1), with the action really executed at ``t`` where the cache
+  records it apart from the clean label (``world_actions``: demonstrations collected with
+  injected noise).
+
+**Episode kinds.** Demonstrations (``kind="demo"``) feed both roles; exploratory segments
+(``kind="explore"``, :mod:`worldvla.data.exploration`) only world-model samples — their
+actions teach the world model what actions do, never the policy what to do.
 
 **Mixture.** The stream interleaves the two kinds deterministically: sample ``p`` of the
 stream is a world-model sample iff ``floor((p+1)·f) > floor(p·f)`` for the world fraction
@@ -83,6 +89,14 @@ class EpisodeRecord:
     instruction: str
     task: str = ""
     variation: int = 0
+    kind: str = "demo"  # "demo" or "explore" (worldvla.data.exploration)
+
+
+def episode_kind(ep: Any) -> str:
+    """An episode record's kind; records written before kinds existed are demonstrations."""
+    if isinstance(ep, dict):
+        return str(ep.get("kind", "demo"))
+    return str(getattr(ep, "kind", "demo"))
 
 
 @dataclass
@@ -95,6 +109,7 @@ class InMemoryCache:
     codebook_size: int
     meta: dict[str, Any] = field(default_factory=dict)
     stats_path: Any = None
+    world_actions: np.ndarray | None = None  # float32 (N_frames, D): executed actions, if they differ
 
     @property
     def grid(self) -> tuple[int, int]:

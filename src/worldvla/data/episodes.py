@@ -6,6 +6,8 @@ code unchanged)::
     data/                         attrs: env, cameras (JSON list), problem_info (JSON), ...
       demo_<i>/                   attrs: instruction, task, variation, seed, success, num_samples
         actions                   float (T, D)        actions[t] is executed after observing obs[t]
+        executed_actions          float (T, D)        optional: what was really executed when
+                                                      ``actions`` are clean expert labels (DART noise)
         obs/<camera>_rgb          uint8 (T, H, W, 3)  one dataset per camera
 
 Official LIBERO files store the instruction in ``data.attrs["problem_info"]`` (JSON key
@@ -47,6 +49,10 @@ class Episode:
     instruction: str
     task: str
     attrs: dict[str, Any] = field(default_factory=dict)
+    # float32 (T, D) or None: the actions really executed, where ``actions`` are labels that
+    # differ from them (demonstrations collected with injected noise); world-model samples
+    # use these, policy samples the labels.
+    executed_actions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -101,8 +107,18 @@ def write_episodes(
                     f"earlier episodes' {action_dim}"
                 )
             action_dim = actions.shape[1]
+            executed = None
+            if ep.executed_actions is not None:
+                executed = np.asarray(ep.executed_actions, dtype=np.float32)
+                if executed.shape != actions.shape or not np.isfinite(executed).all():
+                    raise DataError(
+                        f"{path}: episode {ep.key}: executed_actions must be finite and shaped like the "
+                        f"actions {actions.shape}, got {executed.shape}"
+                    )
             g = data.create_group(f"demo_{n}")
             g.create_dataset("actions", data=actions)
+            if executed is not None:
+                g.create_dataset("executed_actions", data=executed)
             obs = g.create_group("obs")
             for cam, frames in ep.frames.items():
                 frames = np.asarray(frames)
@@ -268,6 +284,20 @@ class EpisodeReader:
             raise DataError(f"{self.path}: {key}: actions contain NaN or inf (first at step {t})")
         return a
 
+    def executed_actions(self, i: int | str) -> np.ndarray | None:
+        """The actions really executed (``None`` when the file stores only ``actions``)."""
+        key = self._key(i)
+        g = self._f["data"][key]
+        if "executed_actions" not in g:
+            return None
+        a = np.asarray(self._read(key, "executed_actions", lambda: g["executed_actions"][()]), np.float32)
+        if a.shape != (g["actions"].shape[0], self.action_dim) or not np.isfinite(a).all():
+            raise DataError(
+                f"{self.path}: {key}: executed_actions must be finite and shaped like the actions "
+                f"{g['actions'].shape}, got {a.shape}"
+            )
+        return a
+
     def frames(self, i: int | str, camera: str) -> np.ndarray:
         key = self._key(i)
         if camera not in self.cameras:
@@ -294,6 +324,7 @@ class EpisodeReader:
             instruction=str(instruction),
             task=str(task),
             attrs=attrs,
+            executed_actions=self.executed_actions(key),
         )
 
     def __iter__(self) -> Iterator[Episode]:

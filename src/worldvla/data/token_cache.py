@@ -5,7 +5,11 @@ transformer step for small models. So frames are encoded once into a directory::
 
     codes.u16          uint16 memmap (N_frames, h, w)  image codes, episodes back to back
     actions.npy        float32 (N_frames, D)           actions[t] is executed after frame t
-    index.json         per episode: key, start, length, task, instruction, variation
+    world_actions.npy  float32 (N_frames, D), optional the actions really executed, where the
+                                                       episode file stores them apart from clean
+                                                       expert labels (world-model samples read these)
+    index.json         per episode: key, start, length, task, instruction, variation, kind
+                       ("demo" or "explore": exploratory segments feed only world-model samples)
     action_stats.json  per-dimension bounds for the action tokenizer (SPEC §2)
     progress.json      how many episodes are encoded (only while building)
     meta.json          format version, tokenizer {path, fingerprint}, episode file identity,
@@ -42,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from worldvla.data.datasets import EpisodeRecord
+from worldvla.data.exploration import DEMO, KINDS
 from worldvla.envs.view import suite_view
 from worldvla.errors import DataError
 from worldvla.tokenizers.action import ActionStats
@@ -50,6 +55,7 @@ from worldvla.utils.io import atomic_path, atomic_write_text
 FORMAT_VERSION = 1
 CODES_FILE = "codes.u16"
 ACTIONS_FILE = "actions.npy"
+WORLD_ACTIONS_FILE = "world_actions.npy"
 INDEX_FILE = "index.json"
 META_FILE = "meta.json"
 STATS_FILE = "action_stats.json"
@@ -111,6 +117,7 @@ class TokenCache:
     codes: np.ndarray  # uint16 memmap (N_frames, h, w)
     actions: np.ndarray  # float32 (N_frames, D)
     episodes: list[EpisodeRecord]
+    world_actions: np.ndarray | None = None  # float32 (N_frames, D): executed actions, if recorded
 
     @property
     def stats_path(self) -> Path:
@@ -181,8 +188,21 @@ class TokenCache:
             raise DataError(
                 f"{path / ACTIONS_FILE}: expected float32 ({n}, {d}), got {actions.dtype} {actions.shape}"
             )
+        world_actions = None
+        if (path / WORLD_ACTIONS_FILE).exists():
+            try:
+                world_actions = np.load(path / WORLD_ACTIONS_FILE, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as e:
+                raise DataError(f"{path / WORLD_ACTIONS_FILE}: unreadable: {e}") from e
+            if world_actions.shape != (n, d) or world_actions.dtype != np.float32:
+                raise DataError(
+                    f"{path / WORLD_ACTIONS_FILE}: expected float32 ({n}, {d}), got "
+                    f"{world_actions.dtype} {world_actions.shape}"
+                )
         episodes = [EpisodeRecord(**e) for e in _read_json(path / INDEX_FILE)]
-        return cls(path=path, meta=meta, codes=codes, actions=actions, episodes=episodes)
+        return cls(
+            path=path, meta=meta, codes=codes, actions=actions, episodes=episodes, world_actions=world_actions
+        )
 
 
 def _check_tokenizer(meta: dict[str, Any], fingerprint: str | None, path: Path) -> None:
@@ -333,12 +353,17 @@ def _recorded_view(reader: Any) -> dict[str, Any] | None:
 def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any], stats_mode: str) -> None:
     """Write everything but the codes: index, actions, statistics, empty memmap, meta (incomplete)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in (META_FILE, PROGRESS_FILE, CODES_FILE):
+    for name in (META_FILE, PROGRESS_FILE, CODES_FILE, WORLD_ACTIONS_FILE):
         (out / name).unlink(missing_ok=True)  # an overwritten or never-started cache
-    index, actions, start = [], [], 0
+    index, actions, executed, start = [], [], [], 0
     for i, key in enumerate(reader.keys):
         a = np.asarray(reader.actions(i), dtype=np.float32)  # (T, D)
+        ex = reader.executed_actions(i)
+        executed.append(a if ex is None else ex)
         attrs = reader.attrs(i)
+        kind = str(attrs.get("kind") or DEMO)
+        if kind not in KINDS:
+            raise DataError(f"{episodes_path}: {key}: unknown episode kind {kind!r} (known: {KINDS})")
         instruction, task = attrs.get("instruction"), attrs.get("task")
         if not instruction or not task:
             ep = reader[i]  # the reader's fallbacks (LIBERO keeps the instruction in problem_info)
@@ -351,16 +376,26 @@ def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any]
                 "task": str(task or ""),
                 "instruction": str(instruction or ""),
                 "variation": int(attrs.get("variation") or 0),
+                "kind": kind,
             }
         )
         actions.append(a)
         start += len(a)
     if not index:
         raise DataError(f"{episodes_path}: the episode file holds no episodes")
+    if not any(e["kind"] == DEMO for e in index):
+        raise DataError(f"{episodes_path}: the episode file holds no demonstrations (only exploration)")
     all_actions = np.concatenate(actions)  # (N_frames, D)
-    ActionStats.from_actions(all_actions, mode=stats_mode).save(out / STATS_FILE)
+    # The action tokenizer's bounds describe what the policy must output: demonstrations only
+    # (exploratory actions span the whole box; they are clipped into these bounds).
+    demo_rows = np.concatenate([np.full(e["length"], e["kind"] == DEMO) for e in index])
+    ActionStats.from_actions(all_actions[demo_rows], mode=stats_mode).save(out / STATS_FILE)
     with atomic_path(out / ACTIONS_FILE) as tmp, open(tmp, "wb") as f:
         np.save(f, all_actions)
+    all_executed = np.concatenate(executed)
+    if not np.array_equal(all_executed, all_actions):
+        with atomic_path(out / WORLD_ACTIONS_FILE) as tmp, open(tmp, "wb") as f:
+            np.save(f, all_executed)
     _write_json(out / INDEX_FILE, index)
     h, w = identity["grid"]
     with atomic_path(out / CODES_FILE) as tmp, open(tmp, "wb") as f:

@@ -169,6 +169,9 @@ class MetaWorldEnv(Env):
         self._task: str | None = None
         self._state: np.ndarray | None = None
         self._experts: dict[str, object] = {}
+        # The action the last control step executed (the mean over its physics steps): what
+        # a world model should be told happened, where expert_step's label is the clean action.
+        self.last_executed: np.ndarray | None = None
 
     # ------------------------------------------------------------------ setup
     def _benchmark(self, task: str, block: int = 0):  # noqa: ANN202
@@ -260,6 +263,7 @@ class MetaWorldEnv(Env):
         a = np.clip(a, -1.0, 1.0)
         env = self._envs[self._task]
         success = False
+        self.last_executed = a.astype(np.float32)
         for _ in range(self.action_repeat):
             self._state, _, _, _, info = env.step(a)
             success = success or bool(info["success"])
@@ -277,7 +281,8 @@ class MetaWorldEnv(Env):
         its gains are tuned for; asked once per control step and held, its high gains
         overshoot and the labels oscillate between ±1) and ``noise`` (one draw per control
         step) is added to what is executed. Returns the new observation, the success flag
-        and the control-rate label: the mean of the expert's clean actions. Meta-World moves
+        and the control-rate label: the mean of the expert's clean actions (what was executed,
+        noise included, is ``last_executed``). Meta-World moves
         the end effector's mocap target by ``action × action_scale`` per physics step, so a
         policy repeating that mean for ``action_repeat`` steps moves it exactly as far as the
         expert did (the gripper effort is averaged).
@@ -292,15 +297,17 @@ class MetaWorldEnv(Env):
         if rate != "physics":
             raise ConfigError(f"expert rate must be 'physics' or 'control', got {rate!r}")
         env = self._envs[self._task]
-        labels = []
+        labels, executed_all = [], []
         success = False
         for _ in range(self.action_repeat):
             a = self.expert_action()
             labels.append(a)
             executed = a if noise is None else np.clip(a + noise, -1.0, 1.0)
+            executed_all.append(executed)
             self._state, _, _, _, info = env.step(executed.astype(np.float64))
             success = success or bool(info["success"])
         self._t += 1
+        self.last_executed = np.mean(executed_all, axis=0).astype(np.float32)
         return self._observe(), success, np.mean(labels, axis=0).astype(np.float32)
 
     def expert_action(self) -> np.ndarray:

@@ -170,3 +170,17 @@ def suite_preset(name: str) -> SuiteConfig:
 def make_env(suite: SuiteConfig | str) -> Env:
     """The simulator adapter a suite runs in (a suite or a preset name); close it when done."""
     return (suite_preset(suite) if isinstance(suite, str) else suite).make_env()
+
+
+def suite_from_dict(d: dict) -> SuiteConfig:
+    """A suite as recorded by ``SuiteConfig.to_dict`` (e.g. in an episode file's attributes).
+
+    Fields added since the record was written take their defaults; unknown ones are an error.
+    """
+    import dataclasses
+
+    known = {f.name: f for f in dataclasses.fields(SuiteConfig)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"recorded suite {d.get('name')!r} has unknown fields {unknown}")
+    return SuiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

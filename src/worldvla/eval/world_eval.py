@@ -6,11 +6,18 @@ model sees the real frame 0 and actions 0..L-1 and imagines frames 1..L; nothing
 fed back. Metrics per length: PSNR and SSIM (:mod:`worldvla.eval.metrics.image`), and LPIPS/FVD when the
 standard pretrained weights are available locally (:mod:`worldvla.eval.metrics`).
 
+The actions fed are those really executed where the episode file records them apart from
+clean expert labels (demonstrations collected with injected noise), else the stored ones.
+
 Baselines in the same run:
 
 - ``repeat-last``: frame 0 repeated (a world model that predicts no change);
 - ``tokenizer``: the real frames passed through the image tokenizer (encode → decode),
   the ceiling any model over these codes can reach.
+
+This protocol cannot tell an action world model from a video predictor that ignores its
+actions; :mod:`worldvla.eval.counterfactual` can, and runs in the same call whenever the
+episode file records the simulator suite it came from.
 """
 
 from __future__ import annotations
@@ -139,10 +146,6 @@ def side_by_side(real: np.ndarray, pred: np.ndarray, scale: int = 3) -> np.ndarr
     return both.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
-def write_results(path: str | Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
-
-
 def evaluate_world(
     checkpoint: str | Path,
     episodes_path: str | Path,
@@ -151,8 +154,17 @@ def evaluate_world(
     lengths: Sequence[int] = (1, 10, 50),
     gifs: int = 2,
     batch_size: int = 8,
+    counterfactual: bool | None = None,
+    suite: Any = None,
+    counterfactual_length: int = 60,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Roll out the checkpoint's held-out (validation) episodes; write ``results.json`` and GIFs."""
+    """Roll out the checkpoint's held-out (validation) episodes; write ``results.json`` and GIFs.
+
+    ``counterfactual`` (default: whenever the episode file records the simulator suite it
+    was collected in, or ``suite`` is given) adds :mod:`worldvla.eval.counterfactual`: the
+    same start states rolled out with other actions and scored against the simulator.
+    """
     import time
 
     from worldvla.data.episodes import EpisodeReader
@@ -162,18 +174,33 @@ def evaluate_world(
     from worldvla.world_model import WorldModel
 
     out = Path(out_dir)
-    fresh_gif_dir(out / "gifs")
     wm = WorldModel.from_pretrained(checkpoint)
     camera = wm.layout.camera
     keys = list(wm.bundle.val_episodes)
     if not keys:
         raise DataError(f"{checkpoint}: the checkpoint records no held-out episodes to evaluate on")
-    episodes = []
+    episodes, starts = [], []
     with EpisodeReader(episodes_path) as reader:
         cam = camera or reader.cameras[0]
         keys = spread_over_tasks(keys, [reader.attrs(k).get("task", "") for k in keys], num_episodes)
+        recorded_suite = reader.file_attrs.get("suite")
         for key in keys:
-            episodes.append((reader.frames(key, cam), reader.actions(key)))
+            ep = reader[key]
+            frames = ep.frames[cam]
+            executed = ep.executed_actions if ep.executed_actions is not None else ep.actions
+            episodes.append((frames, executed))
+            starts.append(_start_state(key, ep, frames[0], executed))
+    if suite is None and isinstance(recorded_suite, str):
+        from worldvla.envs.suites import suite_from_dict
+
+        suite = suite_from_dict(json.loads(recorded_suite))
+    if counterfactual and suite is None:
+        raise DataError(
+            f"{episodes_path}: counterfactual evaluation needs the simulator suite the episodes were "
+            "collected in, and the file does not record one"
+        )
+    counterfactual = suite is not None if counterfactual is None else counterfactual
+    fresh_gif_dir(out / "gifs")
     t0 = time.perf_counter()
     rows, rollouts = evaluate_rollouts(wm, episodes, lengths, batch_size=batch_size)
     for length, rs in rollouts.items():
@@ -184,6 +211,9 @@ def evaluate_world(
                 scale=1,
                 fps=8,
             )
+    cf_doc = None
+    if counterfactual:
+        cf_doc = _counterfactual(wm, suite, starts, counterfactual_length, out, gifs, progress)
     meta = provenance(
         checkpoint=str(checkpoint),
         episodes=str(episodes_path),
@@ -191,5 +221,52 @@ def evaluate_world(
         lengths=list(lengths),
         wall_seconds=time.perf_counter() - t0,
     )
-    write_results(out / "results.json", rows, meta)
-    return {"meta": meta, "rows": rows}
+    doc: dict[str, Any] = {"meta": meta, "rows": rows}
+    if cf_doc is not None:
+        doc["counterfactual"] = cf_doc
+    atomic_write_text(out / "results.json", json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def _start_state(key: str, ep: Any, first_frame: np.ndarray, actions: np.ndarray) -> Any:
+    from worldvla.eval.counterfactual import StartState
+
+    return StartState(
+        key=key,
+        task=ep.task,
+        variation=int(ep.attrs.get("variation", 0)),
+        first_frame=first_frame,
+        actions=np.asarray(actions, np.float32),
+    )
+
+
+def _counterfactual(
+    wm: Any, suite: Any, starts: list[Any], max_length: int, out: Path, gifs: int, progress: bool
+) -> dict[str, Any]:
+    """Counterfactual rollouts vs. the simulator; results plus one GIF grid per episode."""
+    from worldvla.eval.counterfactual import KINDS, run_counterfactual, score_outcomes
+    from worldvla.eval.policy_eval import save_gif
+
+    env = suite.make_env()
+    try:
+        outcomes = run_counterfactual(wm, env, starts, max_length=max_length, progress=progress)
+    finally:
+        env.close()
+    doc = score_outcomes(outcomes)
+    doc["episodes"] = [o.start.key for o in outcomes]
+    doc["suite"] = suite.name
+    for i, o in enumerate(outcomes[:gifs]):
+        save_gif(out / "gifs" / f"counterfactual_ep{i}.gif", counterfactual_grid(o, KINDS), scale=2, fps=6)
+    return doc
+
+
+def counterfactual_grid(outcome: Any, kinds: Sequence[str]) -> np.ndarray:
+    """One row per action sequence: simulator (left) vs. imagined (right); ``(T, H*K, 2W+2, 3)``."""
+    length = outcome.length
+    rows = []
+    for k in kinds:
+        sim, pred = outcome.sim[k], outcome.pred[k]
+        pad = lambda v: np.concatenate([v, np.repeat(v[-1:], length - len(v), axis=0)])  # noqa: E731
+        pair = side_by_side(pad(sim), pad(pred), scale=1)
+        rows.append(np.concatenate([pair, np.full((length, 2, pair.shape[2], 3), 255, np.uint8)], axis=1))
+    return np.concatenate(rows, axis=1)

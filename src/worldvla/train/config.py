@@ -29,6 +29,7 @@ LossForm = Literal["reference", "split"]
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["bf16", "fp32"]
 Readout = Literal["argmax", "mean"]
+WorldData = Literal["all", "demos"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class TrainConfig:
     use_action_data: bool = True  # action-model samples (the policy role)
     use_world_data: bool = True  # world-model samples (the world-model role)
     world_fraction: float = 0.5  # share of world-model samples in the mixed stream (reference ~1:1)
+    # Which episodes world-model samples come from: "all" (demonstrations and the exploratory
+    # segments of worldvla.data.exploration, where the data has them) or "demos" only.
+    world_data: WorldData = "all"
     history: int = 2  # M frames of the action-model prompt
     chunk_len: int = 5  # K actions per action-model sample
     chunk_mask: bool = True  # SPEC §3 attention mask over action chunks
@@ -147,6 +151,7 @@ class TrainConfig:
             ("schedule", Schedule),
             ("precision", Precision),
             ("action_readout", Readout),
+            ("world_data", WorldData),
         ):
             if getattr(self, name) not in typing.get_args(allowed):
                 problems.append(

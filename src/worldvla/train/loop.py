@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +43,7 @@ from worldvla.data.datasets import (
     WorldSamples,
     encode_actions,
     episode_field,
+    episode_kind,
     split_episodes,
 )
 from worldvla.errors import ConfigError, DataError
@@ -156,16 +158,35 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         image_size=meta.get("image_size"),
         view=meta.get("view"),
     )
-    bins = encode_actions(cache.actions, ActionTokenizer(stats, n_bins=vocab.action_bins))
+    action_tokenizer = ActionTokenizer(stats, n_bins=vocab.action_bins)
+    bins = encode_actions(cache.actions, action_tokenizer)
+    executed = getattr(cache, "world_actions", None)
+    world_bins = bins if executed is None else encode_actions(executed, action_tokenizer)
     # Sample weights carry α only for the reference loss; the split form applies α itself.
     image_weight = cfg.image_weight if cfg.loss_form == "reference" else 1.0
-    train_eps, val_eps = split_episodes(len(cache.episodes), cfg.val_fraction, cfg.split_seed)
     f = cfg.effective_world_fraction
+    is_demo = np.array([episode_kind(e) == "demo" for e in cache.episodes])
+    # Demonstrations and exploratory segments are held out separately, so the held-out
+    # demonstrations do not depend on how much exploration the data has.
+    train_eps, val_eps = [], []
+    for ids in (np.flatnonzero(is_demo), np.flatnonzero(~is_demo)):
+        if len(ids):
+            tr, va = split_episodes(len(ids), cfg.val_fraction, cfg.split_seed)
+            train_eps.append(ids[tr])
+            val_eps.append(ids[va])
+    train_eps, val_eps = np.concatenate(train_eps), np.concatenate(val_eps)
 
     def stream(episodes, seed: int) -> MixedStream:
-        args = (cache, episodes, layout, vocab, text_tokenizer, bins, image_weight)
+        # Only demonstrations teach the policy; exploratory segments feed the world model
+        # unless the config keeps it on demonstrations too.
+        demos = episodes[is_demo[episodes]]
+        world_eps = episodes if cfg.world_data == "all" else demos
+        common = (layout, vocab, text_tokenizer)
         return MixedStream(
-            ActionSamples(*args) if f < 1 else None, WorldSamples(*args) if f > 0 else None, f, seed
+            ActionSamples(cache, demos, *common, bins, image_weight) if f < 1 else None,
+            WorldSamples(cache, world_eps, *common, world_bins, image_weight) if f > 0 else None,
+            f,
+            seed,
         )
 
     train_stream = stream(train_eps, cfg.seed)
@@ -201,7 +222,8 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         image_tokenizer=cache_image_tokenizer(cache),
         train=train_stream,
         val=val_stream,
-        val_episodes=[str(episode_field(cache.episodes[int(e)], "key")) for e in val_eps],
+        # Held-out demonstrations only: evaluations start rollouts from them.
+        val_episodes=[str(episode_field(cache.episodes[int(e)], "key")) for e in val_eps if is_demo[e]],
         max_len=max_len,
     )
 

@@ -1,0 +1,323 @@
+"""Counterfactual world-model evaluation: does the imagined future follow the actions given?
+
+Rolling out held-out episodes with their own actions (:mod:`worldvla.eval.world_eval`)
+cannot tell an action world model from a video predictor that ignores its actions: with
+expert data the next frame is predictable from the frame alone (SPEC §7). Here the
+simulator is the ground truth for *any* action sequence. From the initial state of each
+held-out demonstration (its task and variation), every action sequence below is both
+executed in the simulator and imagined by the world model, and the imagined frames are
+scored against the simulator's frames of the *same* actions:
+
+- ``demonstration``: the episode's own actions (those really executed where the file
+  records them), replayed at the control rate;
+- ``zero``: all zeros — the arm should stay still;
+- ``negated``: the demonstration's actions with their sign flipped;
+- ``other-task``: the actions of a held-out demonstration of another task (zeros after
+  its end);
+- ``random``: uniform in ``[-1, 1]^D`` at every step;
+- ``noisy``: the demonstration's actions plus N(0, 0.3²), clipped.
+
+Sequences run to the demonstration's end (its number of actions, at most ``max_length``).
+
+**Pixels that move.** The static background is most of a frame and dominates whole-frame
+PSNR. The moving-pixel mask of an episode at step ``t`` is the union, over all its action
+sequences, of the pixels whose simulated frame ``t`` differs from the first frame by more
+than ``MOVING_THRESHOLD`` (of 255) in any channel: the same mask for every method and every
+sequence of that episode, so that an imagined arm moving where the real one stayed still
+is penalised as much as one that fails to move. Masked PSNR is computed per frame over the
+masked pixels (all three channels), frames with an empty mask are skipped.
+
+Rows, per sequence and rollout length (1, 10 and the episode end; the mean over the first
+``L`` imagined frames, as in :mod:`worldvla.eval.world_eval`):
+
+- ``worldvla``: the rollout with the sequence's actions vs. the simulator's frames for them;
+- ``action-blind``: the rollout with the *demonstration's* actions vs. the simulator's frames
+  for the sequence — what a model that ignores its actions would score;
+- ``repeat-last``: the first frame repeated.
+
+**Action fidelity** (one number per length, dB on moving pixels): for every episode and
+sequence ``k``, PSNR of the imagined frames for ``k`` against the simulator's frames for
+``k``, minus their mean PSNR against the simulator's frames of the *other* sequences of the
+same episode; averaged. A model that ignores its actions imagines the same video for
+every sequence and scores exactly 0; a model that follows them scores > 0 (the more the
+outcomes of different actions differ, the higher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from worldvla.eval.metrics.image import PSNR_CAP_DB
+
+KINDS = ("demonstration", "zero", "negated", "other-task", "random", "noisy")
+# uint8 levels: above the simulator's rendering noise (none), below the arm's edge contrast.
+MOVING_THRESHOLD = 12
+NOISE_STD = 0.3
+
+
+@dataclass(frozen=True)
+class StartState:
+    """A held-out demonstration to start from: where, and the actions it executed."""
+
+    key: str
+    task: str
+    variation: int
+    first_frame: np.ndarray  # uint8 (H, W, 3), the recorded frame 0
+    actions: np.ndarray  # float32 (T, D)
+
+
+def counterfactual_actions(
+    starts: Sequence[StartState], max_length: int, seed: int = 0
+) -> dict[str, list[np.ndarray]]:
+    """For each kind, one ``(T_n, D)`` sequence per start (``T_n`` = the demo's length, capped)."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in KINDS}
+    tasks = [s.task for s in starts]
+    for n, s in enumerate(starts):
+        a = np.asarray(s.actions[:max_length], np.float32)
+        t, d = a.shape
+        rng = np.random.default_rng([seed, n])
+        others = [j for j in range(len(starts)) if tasks[j] != s.task]
+        others = others or [j for j in range(len(starts)) if j != n]
+        other = np.zeros((t, d), np.float32)
+        if others:
+            src = np.asarray(starts[others[n % len(others)]].actions[:t], np.float32)
+            other[: len(src)] = src
+        out["demonstration"].append(a)
+        out["zero"].append(np.zeros_like(a))
+        out["negated"].append(-a)
+        out["other-task"].append(other)
+        out["random"].append(rng.uniform(-1.0, 1.0, size=(t, d)).astype(np.float32))
+        out["noisy"].append(np.clip(a + rng.normal(0.0, NOISE_STD, size=(t, d)), -1, 1).astype(np.float32))
+    return out
+
+
+def simulate(env: Any, start: StartState, actions: np.ndarray) -> np.ndarray:
+    """The frames the simulator renders after each action: uint8 ``(T, H, W, 3)``."""
+    env.reset(start.task, start.variation)
+    frames = []
+    for a in actions:
+        obs, _ = env.step(a)
+        frames.append(obs.images[env.camera])
+    return np.stack(frames)
+
+
+def reset_frame(env: Any, start: StartState) -> np.ndarray:
+    return env.reset(start.task, start.variation).images[env.camera]
+
+
+def moving_mask(
+    first: np.ndarray, outcomes: Sequence[np.ndarray], threshold: int = MOVING_THRESHOLD
+) -> np.ndarray:
+    """bool ``(T, H, W)``: pixels that differ from ``first`` in any outcome's frame ``t``.
+
+    ``outcomes``: simulated ``(T_k, H, W, 3)`` videos of one episode; shorter ones count
+    only where they exist.
+    """
+    length = max(len(o) for o in outcomes)
+    mask = np.zeros((length, *first.shape[:2]), bool)
+    ref = first.astype(np.int16)
+    for o in outcomes:
+        diff = np.abs(o.astype(np.int16) - ref[None]).max(axis=-1) > threshold  # (T_k, H, W)
+        mask[: len(o)] |= diff
+    return mask
+
+
+def masked_psnr(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR (dB) of uint8 ``(T, H, W, 3)`` over ``mask`` ``(T, H, W)``; NaN where empty."""
+    err = (pred.astype(np.float64) - real.astype(np.float64)) ** 2  # (T, H, W, 3)
+    count = mask.sum(axis=(1, 2)) * 3
+    sse = (err * mask[..., None]).sum(axis=(1, 2, 3))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mse = np.where(count > 0, sse / np.maximum(count, 1), np.nan)
+        psnr = 10 * np.log10(255.0**2 / mse)
+    return np.where(mse == 0, PSNR_CAP_DB, np.minimum(psnr, PSNR_CAP_DB))
+
+
+def whole_psnr(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
+    return masked_psnr(pred, real, np.ones(pred.shape[:3], bool))
+
+
+def _prefix_mean(per_frame: np.ndarray, length: int) -> float:
+    part = per_frame[:length]
+    return float(np.nanmean(part)) if np.isfinite(part).any() else float("nan")
+
+
+@dataclass
+class EpisodeOutcomes:
+    """Everything scored for one start: simulated and imagined videos per kind."""
+
+    start: StartState
+    sim: dict[str, np.ndarray]  # kind -> uint8 (T, H, W, 3)
+    pred: dict[str, np.ndarray]  # kind -> uint8 (T, H, W, 3)
+
+    @property
+    def length(self) -> int:
+        return len(self.sim["demonstration"])
+
+    def mask(self) -> np.ndarray:
+        return moving_mask(self.start.first_frame, list(self.sim.values()))
+
+
+def score_outcomes(
+    episodes: Sequence[EpisodeOutcomes], lengths: Sequence[int | str] = (1, 10, "end")
+) -> dict[str, Any]:
+    """The counterfactual table rows and the action-fidelity numbers (module docstring)."""
+    from worldvla.eval.world_eval import frame_metrics
+
+    per: dict[tuple[str, str, Any], list[dict[str, float]]] = {}
+    fidelity: dict[Any, list[float]] = {length: [] for length in lengths}
+    moving_share = []
+    for ep in episodes:
+        mask = ep.mask()
+        moving_share.append(float(mask.mean()))
+        first = ep.start.first_frame
+        blind = ep.pred["demonstration"]
+        # PSNR on moving pixels of every imagined video against every simulated one.
+        cross = {(k, j): masked_psnr(ep.pred[k], ep.sim[j], mask) for k in KINDS for j in KINDS}
+        for k in KINDS:
+            real = ep.sim[k]
+            repeat = np.repeat(first[None], len(real), axis=0)
+            methods = {"worldvla": ep.pred[k], "action-blind": blind, "repeat-last": repeat}
+            for method, pred in methods.items():
+                moving = cross[k, k] if method == "worldvla" else masked_psnr(pred, real, mask)
+                whole = whole_psnr(pred, real)
+                ssim = frame_metrics(pred, real)["ssim"]
+                for length in lengths:
+                    n = ep.length if length == "end" else min(int(length), ep.length)
+                    per.setdefault((k, method, length), []).append(
+                        {
+                            "psnr_moving": _prefix_mean(moving, n),
+                            "psnr": _prefix_mean(whole, n),
+                            "ssim": _prefix_mean(ssim, n),
+                        }
+                    )
+        for length in lengths:
+            n = ep.length if length == "end" else min(int(length), ep.length)
+            for k in KINDS:
+                own = _prefix_mean(cross[k, k], n)
+                rest = [_prefix_mean(cross[k, j], n) for j in KINDS if j != k]
+                if np.isfinite(own) and np.isfinite(rest).all():
+                    fidelity[length].append(own - float(np.mean(rest)))
+    rows = []
+    for (kind, method, length), vals in per.items():
+        rows.append(
+            {
+                "actions": kind,
+                "method": method,
+                "length": length,
+                "episodes": len(vals),
+                **{m: float(np.nanmean([v[m] for v in vals])) for m in ("psnr_moving", "psnr", "ssim")},
+            }
+        )
+    return {
+        "rows": rows,
+        "fidelity": {
+            str(length): {
+                "db": float(np.mean(v)) if v else float("nan"),
+                "ci95": _ci(v),
+                "pairs": len(v),
+            }
+            for length, v in fidelity.items()
+        },
+        "moving_share": float(np.mean(moving_share)) if moving_share else float("nan"),
+        "threshold": MOVING_THRESHOLD,
+    }
+
+
+def _ci(values: Sequence[float]) -> list[float]:
+    """95% t-interval of the mean (pairs of one episode are not independent: indicative)."""
+    from worldvla.eval.stats import mean_ci
+
+    if len(values) < 2:
+        return [float("nan"), float("nan")]
+    m, half = mean_ci(list(values))
+    return [float(m - half), float(m + half)]
+
+
+def row(doc: dict[str, Any], kind: str, method: str, length: int | str) -> dict[str, Any] | None:
+    for r in doc["rows"]:
+        if r["actions"] == kind and r["method"] == method and str(r["length"]) == str(length):
+            return r
+    return None
+
+
+def run_counterfactual(
+    world_model: Any,
+    env: Any,
+    starts: Sequence[StartState],
+    max_length: int = 60,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[EpisodeOutcomes]:
+    """Simulate and imagine every counterfactual sequence of every start.
+
+    The world model rolls out all (start, kind) pairs in batches, each padded with zero
+    actions to the longest sequence; only each sequence's own steps are kept.
+    """
+    from tqdm.auto import tqdm
+
+    from worldvla.errors import DataError
+
+    seqs = counterfactual_actions(starts, max_length, seed)
+    sims: list[dict[str, np.ndarray]] = []
+    for n, s in enumerate(starts):
+        first = reset_frame(env, s)
+        diff = np.abs(first.astype(np.int16) - s.first_frame.astype(np.int16)).mean()
+        if diff > 1.0:
+            raise DataError(
+                f"episode {s.key}: the simulator's first frame differs from the recorded one (mean "
+                f"|diff| {diff:.1f} levels): the suite renders differently from the data"
+            )
+        sims.append({k: simulate(env, s, seqs[k][n]) for k in KINDS})
+    pairs = [(n, k) for n in range(len(starts)) for k in KINDS]
+    horizon = max(len(seqs["demonstration"][n]) for n in range(len(starts)))
+    d = starts[0].actions.shape[1]
+    preds: dict[tuple[int, str], np.ndarray] = {}
+    bar = tqdm(total=len(pairs), desc="counterfactual rollouts", unit="video", disable=not progress)
+    for b in range(0, len(pairs), batch_size):
+        part = pairs[b : b + batch_size]
+        acts = np.zeros((len(part), horizon, d), np.float32)
+        for i, (n, k) in enumerate(part):
+            acts[i, : len(seqs[k][n])] = seqs[k][n]
+        first = np.stack([starts[n].first_frame for n, _ in part])
+        video = world_model.rollout(first, acts)  # (B, horizon, H, W, 3)
+        for i, (n, k) in enumerate(part):
+            preds[n, k] = video[i, : len(seqs[k][n])]
+        bar.update(len(part))
+    bar.close()
+    return [
+        EpisodeOutcomes(start=s, sim=sims[n], pred={k: preds[n, k] for k in KINDS})
+        for n, s in enumerate(starts)
+    ]
+
+
+def format_table(doc: dict[str, Any], metric: str = "psnr_moving") -> str:
+    """Markdown: one row per action sequence, PSNR at 1 / 10 / end for each method."""
+    lengths = (1, 10, "end")
+    title = {"psnr_moving": "PSNR on moving pixels (dB)", "psnr": "whole-frame PSNR (dB)", "ssim": "SSIM×100"}
+    methods = ("worldvla", "action-blind", "repeat-last")
+    lines = [
+        f"{title.get(metric, metric)}, at 1 / 10 / end frames",
+        "",
+        "| actions given | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for kind in KINDS:
+        cells = []
+        for method in methods:
+            vals = [row(doc, kind, method, length) for length in lengths]
+            cells.append(" / ".join(f"{v[metric]:.2f}" if v else "–" for v in vals))
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    fid = doc.get("fidelity", {})
+    parts = []
+    for length in lengths:
+        f = fid.get(str(length))
+        if f:
+            parts.append(f"{length}: {f['db']:+.2f} dB [{f['ci95'][0]:+.2f}, {f['ci95'][1]:+.2f}]")
+    lines += ["", "action fidelity (0 = ignores its actions): " + ", ".join(parts)]
+    return "\n".join(lines)
