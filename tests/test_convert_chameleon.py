@@ -283,3 +283,61 @@ def test_reference_action_grid_matches_the_reference_formulas():
     centres = (edges[:-1] + edges[1:]) / 2
     ref = (centres[np.clip(token - 1 - 10004 - 1, 0, 254)] + 1) / 2 * (hi - lo + 1e-8) + lo
     assert np.allclose(tok.decode(tok.encode(a)), ref, atol=1e-6)
+
+
+class _FakeLiberoEnv:
+    """The four calls of a LIBERO ``OffScreenRenderEnv`` that the reference protocol makes."""
+
+    def __init__(self, size: int) -> None:
+        self.rng, self.size, self.actions = np.random.default_rng(0), size, []
+
+    def _obs(self):
+        return {"agentview_image": self.rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)}
+
+    def reset(self):
+        return self._obs()
+
+    def set_init_state(self, state):
+        return self._obs()
+
+    def step(self, action):
+        self.actions.append(action)
+        return self._obs(), 0.0, False, {}
+
+
+def test_converted_checkpoint_served_to_the_libero_reference_protocol_client(tmp_path, vq_dir):
+    """Reference vocabulary, reference action grid and bounds, Chameleon VQGAN at 256²: the 7B path."""
+    from worldvla.eval.libero_protocol import NOOP_ACTION, chunk_actor, run_episode
+    from worldvla.policy import WorldVLAPolicy
+    from worldvla.serving.client import PolicyClient
+    from worldvla.serving.server import PolicyServer
+
+    ckpt = _convert(_save(_hf_model(seed=6), tmp_path / "hf"), tmp_path / "ours", vq_dir, image_size=256)
+    policy = WorldVLAPolicy.from_pretrained(ckpt)
+    assert policy.image_tokenizer.grid == (16, 16) and policy.vocab == V
+    server = PolicyServer(policy, host="127.0.0.1", port=0, metadata={"checkpoint": str(ckpt)})
+    thread = server.start_in_thread()
+    client = PolicyClient("127.0.0.1", server.port, connect_timeout=10, request_timeout=60)
+    try:
+        assert (client.metadata["image_size"], client.metadata["chunk_len"]) == (256, 5)
+        calls = []
+
+        def predict(obs):
+            calls.append(1)
+            return client.predict_action_chunk(obs)
+
+        act, clear = chunk_actor(predict)
+        env = _FakeLiberoEnv(256)
+        result = run_episode(env, None, act, "put the bowl on the plate", max_steps=7, reset_policy=clear)
+    finally:
+        client.close()
+        server.stop()
+        thread.join(timeout=10)
+    assert (result.steps, len(calls)) == (7, 2)  # 7 steps, chunks of K=5 executed open-loop
+    assert env.actions[:10] == [list(NOOP_ACTION)] * 10  # the protocol's wait steps
+    actions = np.array(env.actions[10:])
+    # Every action is a reference bin centre, de-normalized with the reference's bounds.
+    stats = REFERENCE_LIBERO_ACTION_STATS
+    tok = ActionTokenizer(stats, n_bins=256)
+    assert np.allclose(tok.decode(tok.encode(actions)), actions, atol=1e-6)
+    assert np.all(actions >= np.array(stats.low) - 1e-6) and np.all(actions <= np.array(stats.high) + 1e-6)
