@@ -213,7 +213,11 @@ def test_round_trip_to_hugging_face_loads_in_transformers_with_equal_logits(tmp_
 
 
 def test_bf16_load_on_a_chosen_device(tmp_path, vq_dir):
+    from worldvla.policy import WorldVLAPolicy
+
     ckpt = _convert(_save(_hf_model(seed=2), tmp_path / "hf"), tmp_path / "ours", vq_dir)
+    policy = WorldVLAPolicy.from_pretrained(ckpt, device="cpu", dtype=torch.bfloat16)
+    assert policy.model.tok_emb.weight.dtype == torch.bfloat16
     model, _ = load_for_inference(ckpt, device="cpu", dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert all(p.device.type == "cpu" for p in model.parameters())
