@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("ablate", "reproduce the paper's ablations"),
     "serve": ("serve", "serve a policy over websockets (msgpack)"),
     "ingest-libero": ("ingest_libero", "convert official LIBERO demonstrations"),
+    "convert": ("convert", "Hugging Face Chameleon checkpoints (WorldVLA releases) <-> project checkpoints"),
 }
 
 

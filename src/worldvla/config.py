@@ -14,7 +14,12 @@ from worldvla.utils.registry import lookup
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Decoder-only transformer in the Chameleon/Llama style (RMSNorm, RoPE, SwiGLU)."""
+    """Decoder-only transformer in the Chameleon/Llama style (RMSNorm, RoPE, SwiGLU).
+
+    The fields after ``init_std`` are the remaining options of Chameleon checkpoints
+    (docs/chameleon.md); their defaults are the behaviour every earlier checkpoint was
+    trained with, so a stored config without them loads unchanged.
+    """
 
     vocab_size: int = 1280
     d_model: int = 384
@@ -29,6 +34,14 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
+    # Chameleon's ``swin_norm`` option: normalize each sub-layer's *output* before the
+    # residual add, ``x + norm(attn(x))``, instead of its input, ``x + attn(norm(x))``.
+    swin_norm: bool = False
+    # Epsilon of the QK LayerNorm; None = ``norm_eps``. Chameleon fixes it at 1e-5 whatever
+    # its RMSNorm epsilon (transformers' ChameleonLayerNorm).
+    qk_norm_eps: float | None = None
+    attention_bias: bool = False  # biases on the q/k/v/o projections (Chameleon: none)
+    mlp_bias: bool = False  # biases on the SwiGLU projections (Chameleon: none)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -72,7 +85,11 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "mini": ModelConfig(d_model=192, n_layers=4, n_heads=3, ffn_hidden=512, max_seq_len=1024),
     # A wider, deeper CPU model (~12M parameters).
     "small": ModelConfig(d_model=384, n_layers=6, n_heads=6, ffn_hidden=1024, max_seq_len=1024),
-    # Shape of the reference model (Chameleon-7B); built on the meta device in tests.
+    # The reference model, Chameleon-7B: the values of its config.json (transformers'
+    # ChameleonConfig defaults: hidden 4096, 32 layers, 32 heads = 32 kv heads, SwiGLU 11008,
+    # vocab 65,536, RMSNorm eps 1e-5, RoPE theta 10,000, max 4,096 positions, QK-norm with
+    # eps 1e-5, no swin norm, no biases, untied head) plus the recipe's residual dropout.
+    # Built on the meta device in tests; `worldvla convert` reads the real checkpoints into it.
     "chameleon-7b": ModelConfig(
         vocab_size=65536,
         d_model=4096,
@@ -81,6 +98,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         ffn_hidden=11008,
         max_seq_len=4096,
         qk_norm=True,
+        qk_norm_eps=1e-5,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
         dropout=0.05,
     ),
 }

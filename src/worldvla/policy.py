@@ -90,10 +90,12 @@ class WorldVLAPolicy:
         config: PolicyConfig | None = None,
         num_envs: int = 1,
         device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
     ) -> WorldVLAPolicy:
+        """``dtype`` (e.g. ``torch.bfloat16``) loads the weights directly in it (7B checkpoints)."""
         from worldvla.train.checkpoint import load_for_inference
 
-        model, bundle = load_for_inference(path, device=device)
+        model, bundle = load_for_inference(path, device=device, dtype=dtype)
         return cls(model, bundle, config, num_envs=num_envs)
 
     @property

@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (0 = pick a free one and print it)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="weights dtype; bf16 loads a 7B checkpoint in ~14 GB (default fp32)",
+    )
+    p.add_argument(
         "--replan-every", type=int, default=None, help="re-plan every N steps (default: whole chunk)"
     )
     p.add_argument(
@@ -72,10 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = Path(a.checkpoint)
         if not ckpt.exists():
             raise ConfigError(f"checkpoint {ckpt} does not exist")
+        import torch
+
         from worldvla.policy import PolicyConfig, WorldVLAPolicy
 
+        dtype = None if a.dtype == "fp32" else {"bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
         policy = WorldVLAPolicy.from_pretrained(
-            ckpt, PolicyConfig(replan_every=a.replan_every, action_readout=a.readout), device=a.device
+            ckpt,
+            PolicyConfig(replan_every=a.replan_every, action_readout=a.readout),
+            device=a.device,
+            dtype=dtype,
         )
         meta = {"checkpoint": str(ckpt.resolve())}
     server = PolicyServer(policy, host=a.host, port=a.port, metadata=meta)

@@ -4,7 +4,10 @@ Pre-norm blocks: ``x + Dropout(Attn(RMSNorm(x)))`` then ``x + Dropout(SwiGLU(RMS
 rotary position embeddings on queries and keys (positions are passed in, so left-padded
 batches decode exactly like unpadded rows); optional per-head QK-norm as in Chameleon-7B
 (a LayerNorm over the head dimension with per-head weights, which stabilizes mixed-modal
-training); optional grouped-query attention. The query/key/value projections are one
+training); optional grouped-query attention; optionally Chameleon's ``swin_norm`` block
+(``x + Norm(Attn(x))``) and projection biases. With these options a Hugging Face Chameleon
+checkpoint maps onto this model tensor for tensor (:mod:`worldvla.convert.chameleon`,
+docs/chameleon.md). The query/key/value projections are one
 matmul and so are the SwiGLU gate and up projections: on CPU the fused matmuls of the
 ``small`` preset train about 1.4× faster than separate ones (fewer passes over the input
 in the backward pass, wider GEMMs).
@@ -99,7 +102,9 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[t
     """``(cos, signed_sin)``, each ``(B, 1, L, head_dim)`` fp32, for integer ``positions`` ``(B, L)``.
 
     Llama's half-split layout rotates the pairs ``(x[i], x[i + d/2])`` by the same angle, so
-    the angles are repeated over both halves; the sine carries the rotation's sign
+    the angles are repeated over both halves (transformers' ``rotate_half`` convention, the
+    one of Hugging Face Chameleon checkpoints, whose conversion permuted the rows of Meta's
+    interleaved-pair q/k weights into it); the sine carries the rotation's sign
     (``-sin`` on the first half) so that :func:`apply_rope` needs only one concatenation.
     """
     inv_freq = 1.0 / theta ** (
@@ -120,26 +125,41 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 
 
 class HeadNorm(nn.Module):
-    """LayerNorm over the head dimension with per-head affine weights (Chameleon's QK-norm)."""
+    """LayerNorm over the head dimension with per-head affine weights (Chameleon's QK-norm).
+
+    Statistics over each head's ``head_dim`` values, then head ``h``'s own scale and shift:
+    the parameters are ``(n_heads, head_dim)``, the shape of transformers'
+    ``ChameleonLayerNorm`` weights.
+    """
 
     def __init__(self, n_heads: int, head_dim: int, eps: float) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(n_heads, 1, head_dim))
-        self.bias = nn.Parameter(torch.zeros(n_heads, 1, head_dim))
+        self.weight = nn.Parameter(torch.ones(n_heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(n_heads, head_dim))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, L, Dh)
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight[:, None] + self.bias[:, None]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # Checkpoints written before the parameters took Chameleon's shape stored (H, 1, Dh).
+        for name in ("weight", "bias"):
+            t = state_dict.get(prefix + name)
+            if t is not None and t.dim() == 3 and t.shape[1] == 1:
+                state_dict[prefix + name] = t[:, 0]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
-        self.q_norm = HeadNorm(cfg.n_heads, cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = HeadNorm(cfg.kv_heads, cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        bias = cfg.attention_bias
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=bias)
+        eps = cfg.norm_eps if cfg.qk_norm_eps is None else cfg.qk_norm_eps
+        self.q_norm = HeadNorm(cfg.n_heads, cfg.head_dim, eps) if cfg.qk_norm else None
+        self.k_norm = HeadNorm(cfg.kv_heads, cfg.head_dim, eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -175,8 +195,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.w13 = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=False)
-        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+        self.w13 = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=cfg.mlp_bias)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)  # (B, L, ffn_hidden) each
@@ -193,6 +213,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         # Residual dropout (reference recipe 0.05, SPEC §5); Identity when off saves a call per step.
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.swin_norm = cfg.swin_norm
         self.activation_checkpointing = False  # switched on by the training code
 
     def _forward(
@@ -203,6 +224,9 @@ class Block(nn.Module):
         mask: torch.Tensor | None,
         cache: KVCache | None,
     ) -> torch.Tensor:
+        if self.swin_norm:  # Chameleon's swin_norm: the norms act on the sub-layer outputs
+            x = x + self.dropout(self.attn_norm(self.attn(x, cos, sin, mask, cache, self.layer)))
+            return x + self.dropout(self.ffn_norm(self.ffn(x)))
         x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache, self.layer))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
@@ -235,6 +259,8 @@ class Transformer(nn.Module):
         """GPT-2 style init: N(0, init_std), residual projections scaled by 1/sqrt(2·layers)."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
+            if name.endswith(".bias") and name.rsplit(".", 2)[-2] in ("wqkv", "wo", "w13", "w2"):
+                nn.init.zeros_(p)
             if p.dim() < 2:
                 continue
             residual = name.endswith(("wo.weight", "w2.weight"))

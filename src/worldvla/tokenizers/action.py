@@ -14,6 +14,13 @@ Contract (``n`` = number of bins, default 256; all arithmetic per dimension ``d`
 3. **Decode** returns the bin centre ``c_b = -1 + (b + 0.5) * w`` and de-normalizes it:
    ``a = (c_b + 1) / 2 * (high - low) + low``.
 
+The reference grid (``ActionStats.grid = "reference"``, what the released WorldVLA
+checkpoints were trained with) differs in two details, reproduced exactly for them:
+normalization divides by ``high - low + 1e-8``, and the bins are ``np.digitize`` against
+``np.linspace(-1, 1, n)``, i.e. ``n - 1`` intervals of width ``2 / (n - 1)``: bin ``b``
+covers ``[-1 + b*w, -1 + (b+1)*w)`` and the last bin ``n - 1`` holds only ``+1``. Decoding
+returns the centre of interval ``min(b, n - 2)``.
+
 So for an in-range value the round-trip error is at most half a bin: ``|x - c_b| <= w / 2 =
 1 / n`` in normalized units (1/256 with 256 bins; SPEC §2 quotes 1/255 for the reference's
 slightly different grid), i.e. ``(high - low) / (2 n)`` in action units. Out-of-range
@@ -37,7 +44,9 @@ from worldvla.errors import DataError
 from worldvla.utils.io import atomic_write_text
 
 StatsMode = Literal["minmax", "percentile"]
+Grid = Literal["uniform", "reference"]
 _MIN_SPAN = 1e-8
+_REFERENCE_EPS = 1e-8  # the reference adds it to every range (its item_processor.norm_action)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class ActionStats:
     high: tuple[float, ...]
     mode: StatsMode = "minmax"
     count: int = 0  # number of action vectors the bounds were computed from
+    grid: Grid = "uniform"  # bin grid (module docstring); "reference" for converted checkpoints
 
     def __post_init__(self) -> None:
         if len(self.low) != len(self.high) or not self.low:
@@ -62,6 +72,8 @@ class ActionStats:
             raise ValueError(f"ActionStats: high < low in dimensions {np.nonzero(hi < lo)[0].tolist()}")
         if self.mode not in ("minmax", "percentile"):
             raise ValueError(f"ActionStats: unknown mode {self.mode!r} (use 'minmax' or 'percentile')")
+        if self.grid not in ("uniform", "reference"):
+            raise ValueError(f"ActionStats: unknown grid {self.grid!r} (use 'uniform' or 'reference')")
 
     @property
     def dim(self) -> int:
@@ -84,7 +96,10 @@ class ActionStats:
         return cls(low=tuple(map(float, lo)), high=tuple(map(float, hi)), mode=mode, count=int(a.shape[0]))
 
     def to_dict(self) -> dict:
-        return {"low": list(self.low), "high": list(self.high), "mode": self.mode, "count": self.count}
+        d = {"low": list(self.low), "high": list(self.high), "mode": self.mode, "count": self.count}
+        if self.grid != "uniform":  # files of the default grid stay as they were
+            d["grid"] = self.grid
+        return d
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
@@ -104,6 +119,7 @@ class ActionStats:
                 high=tuple(d["high"]),
                 mode=d.get("mode", "minmax"),
                 count=int(d.get("count", 0)),
+                grid=d.get("grid", "uniform"),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: invalid action statistics: {e}") from e
@@ -119,6 +135,12 @@ class ActionTokenizer:
         self.n_bins = n_bins
         self._low = np.asarray(stats.low, dtype=np.float64)
         span = np.asarray(stats.high, dtype=np.float64) - self._low
+        self._reference = stats.grid == "reference"
+        if self._reference:  # the reference's formula, constant dimensions included
+            self._span, self._constant = span + _REFERENCE_EPS, np.zeros_like(span, dtype=bool)
+            self._edges = np.linspace(-1.0, 1.0, n_bins)
+            self._centres = (self._edges[:-1] + self._edges[1:]) / 2.0
+            return
         # A constant dimension has no range to normalize by; use 1 so it decodes to `low`.
         self._span = np.where(span < _MIN_SPAN, 1.0, span)
         self._constant = span < _MIN_SPAN
@@ -129,8 +151,8 @@ class ActionTokenizer:
 
     @property
     def bin_width(self) -> float:
-        """Width of one bin in normalized units (``2 / n_bins``)."""
-        return 2.0 / self.n_bins
+        """Width of one bin in normalized units (``2 / n_bins``; reference grid ``2 / (n_bins - 1)``)."""
+        return 2.0 / (self.n_bins - 1) if self._reference else 2.0 / self.n_bins
 
     def _check(self, actions: np.ndarray) -> np.ndarray:
         a = np.asarray(actions, dtype=np.float64)
@@ -156,6 +178,8 @@ class ActionTokenizer:
     def encode(self, actions: np.ndarray) -> np.ndarray:
         """``(..., D)`` float actions -> ``(..., D)`` int64 bins in ``[0, n_bins)``."""
         x = self.normalize(actions)
+        if self._reference:
+            return (np.digitize(x, self._edges) - 1).astype(np.int64)  # x in [-1, 1]: [0, n)
         b = np.floor((x + 1.0) / self.bin_width).astype(np.int64)
         return np.clip(b, 0, self.n_bins - 1)
 
@@ -166,5 +190,7 @@ class ActionTokenizer:
             raise DataError(f"expected bins with last dimension {self.action_dim}, got shape {b.shape}")
         if b.size and (b.min() < 0 or b.max() >= self.n_bins):
             raise DataError(f"bins must lie in [0, {self.n_bins}), got [{b.min()}, {b.max()}]")
+        if self._reference:
+            return self.denormalize(self._centres[np.minimum(b, self.n_bins - 2)])
         centres = -1.0 + (b.astype(np.float64) + 0.5) * self.bin_width
         return self.denormalize(centres)

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from worldvla.config import ModelConfig
@@ -286,8 +287,18 @@ def check_resumable(ckpt: Path, cfg: TrainConfig, layout: DataLayout, vocab: Voc
         )
 
 
-def load_model_state(ckpt: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(ckpt / "model.safetensors"))
+def load_model_state(
+    ckpt: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The weights, as stored or cast to ``dtype``, read tensor by tensor straight onto ``device``."""
+    if dtype is None and str(device) == "cpu":
+        return load_file(str(ckpt / "model.safetensors"))
+    state = {}
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt", device=str(device)) as f:
+        for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            t = f.get_tensor(k)
+            state[k] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return state
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
@@ -321,12 +332,19 @@ def load_bundle(path: str | Path) -> Bundle:
 
 
 def load_for_inference(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[torch.nn.Module, Bundle]:
-    """``(model in eval mode on device, bundle)`` from a checkpoint or run directory."""
+    """``(model in eval mode on device, bundle)`` from a checkpoint or run directory.
+
+    ``dtype`` (e.g. ``torch.bfloat16``) builds the model without allocating fp32 weights
+    first: on the meta device, then each stored tensor cast and placed on ``device`` once
+    (a 7B model in bf16 needs its ~14 GB, not 28 GB + 14 GB). None keeps the fp32 model.
+    """
     from worldvla.model.transformer import Transformer
 
     bundle = load_bundle(path)
+    if dtype is not None:
+        return _load_direct(bundle, Transformer, device, dtype), bundle
     model = Transformer(bundle.model_config)
     missing, unexpected = model.load_state_dict(load_model_state(bundle.path), strict=False)
     if missing or unexpected:
@@ -335,3 +353,22 @@ def load_for_inference(
             f"unexpected {unexpected[:5]}"
         )
     return model.to(device).eval(), bundle
+
+
+def _load_direct(
+    bundle: Bundle, cls: type, device: str | torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = cls(bundle.model_config)
+    state = load_model_state(bundle.path, dtype=dtype, device=device)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ConfigError(
+            f"{bundle.path}/model.safetensors does not fit the model in config.json: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(state, assign=True)
+    if bundle.model_config.tie_embeddings:  # assign=True replaced the shared tensor: tie again
+        model.output.weight = model.tok_emb.weight
+    return model.eval()

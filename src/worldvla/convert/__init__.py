@@ -1,0 +1,1 @@
+"""Checkpoint conversion between Hugging Face Chameleon folders and this project (``worldvla convert``)."""
