@@ -255,10 +255,34 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
             "![PSNR per rollout step](plots/psnr.png)",
             "",
         ]
-        gifs = sorted((run / "eval_world" / "gifs").glob("*.gif"))
+        gifs = sorted((run / "eval_world" / "gifs").glob("rollout_*.gif"))
         if gifs:
             md += ["Real (left) vs. imagined (right):", ""]
             md += [f"![{g.stem}](eval_world/gifs/{g.name})" for g in gifs] + [""]
+        cf = world.get("counterfactual")
+        if cf:
+            from worldvla.eval.counterfactual import KINDS, format_table
+
+            md += [
+                "## World model: counterfactual actions, scored against the simulator",
+                "",
+                f"From the first frame of {len(cf['episodes'])} held-out demonstrations, other action "
+                "sequences are executed in the simulator and imagined by the world model "
+                "(worldvla.eval.counterfactual). *action-blind*: the rollout with the demonstration's "
+                "actions scored against the outcome of the given ones. Moving pixels: "
+                f"{100 * cf['moving_share']:.1f}% of the frame (changed by > {cf['threshold']} levels "
+                "in any sequence's simulated frame).",
+                "",
+                format_table(cf),
+                "",
+                format_table(cf, "psnr"),
+                "",
+            ]
+            cf_gifs = sorted((run / "eval_world" / "gifs").glob("counterfactual_*.gif"))
+            if cf_gifs:
+                order = ", ".join(KINDS)
+                md += [f"Simulator (left) vs. imagined (right), one row per sequence: {order}.", ""]
+                md += [f"![{g.stem}](eval_world/gifs/{g.name})" for g in cf_gifs] + [""]
 
     text = "\n".join(md)
     atomic_write_text(run / "report.md", text + "\n")
