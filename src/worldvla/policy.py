@@ -115,6 +115,12 @@ class WorldVLAPolicy:
         model, bundle = load_for_inference(path, device=device)
         return cls(model, bundle, config, num_envs=num_envs)
 
+    def new_session(self) -> WorldVLAPolicy:
+        """A policy with its own history, action queue and RNG that shares this one's model and
+        tokenizers (read-only at inference): one per server connection, so clients never see
+        each other's state."""
+        return type(self)(self.model, self.bundle, self.config, num_envs=1)
+
     @property
     def chunk_len(self) -> int:
         return self.layout.chunk_len
