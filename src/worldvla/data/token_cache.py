@@ -357,8 +357,13 @@ def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any]
         start += len(a)
     if not index:
         raise DataError(f"{episodes_path}: the episode file holds no episodes")
+    # Checked per episode first, so a non-finite action or another action size names its episode.
+    try:
+        stats = ActionStats.from_episodes([(e["key"], a) for e, a in zip(index, actions)], mode=stats_mode)
+    except DataError as e:
+        raise DataError(f"{episodes_path}: {e}") from None
+    stats.save(out / STATS_FILE)
     all_actions = np.concatenate(actions)  # (N_frames, D)
-    ActionStats.from_actions(all_actions, mode=stats_mode).save(out / STATS_FILE)
     with atomic_path(out / ACTIONS_FILE) as tmp, open(tmp, "wb") as f:
         np.save(f, all_actions)
     _write_json(out / INDEX_FILE, index)
