@@ -59,7 +59,9 @@ def test_stats_modes_and_persistence(tmp_path):
     mm = ActionStats.from_actions(a, "minmax")
     pc = ActionStats.from_actions(a, "percentile")
     assert np.allclose(mm.low, a.min(0))
-    assert np.allclose(pc.high, np.percentile(a, 99, axis=0, method="lower"))  # a data value, never interpolated
+    assert np.allclose(
+        pc.high, np.percentile(a, 99, axis=0, method="lower")
+    )  # a data value, never interpolated
     assert all(p > m for p, m in zip(pc.low, mm.low))
     pc.save(tmp_path / "stats.json")
     assert ActionStats.load(tmp_path / "stats.json") == pc

@@ -352,7 +352,8 @@ class PolicyServer:
         log.info("client disconnected: %s", ws.remote_address)
 
     # ------------------------------------------------------------------ running
-    async def serve_async(self) -> None:
+    def warn_if_exposed(self) -> None:
+        """Log a warning when the server would be reachable from the network without a key."""
         if self.api_key is None and not is_loopback(self.host):
             log.warning(
                 "serving on %r without an API key: anyone who can reach this port can drive the policy; "
@@ -360,6 +361,9 @@ class PolicyServer:
                 self.host,
                 API_KEY_ENV,
             )
+
+    async def serve_async(self) -> None:
+        self.warn_if_exposed()
         self._loop = asyncio.get_running_loop()
         self._stop = self._loop.create_future()
         self._infer_lock = asyncio.Lock()  # FIFO: one model call at a time, in arrival order
