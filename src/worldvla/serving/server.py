@@ -88,7 +88,7 @@ class ServerLimits:
     """What a request and the server may hold; checked before any inference.
 
     ``max_message_bytes=None`` derives the limit from the served image size: room for four
-    uint8 frames plus 1 MiB for everything else (1.8 MiB at 256², 4.0 MiB at 512²), or
+    uint8 frames plus 1 MiB for everything else (1.75 MiB at 256², 4 MiB at 512²), or
     8 MiB when the policy does not say its image size. ``max_instruction_chars`` is a cheap
     first bound; the policy then checks the instruction's tokens against its ``max_seq_len``.
     """
