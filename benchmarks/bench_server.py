@@ -11,11 +11,15 @@ model call every K-th request as in LIBERO evaluation; ``infer``: a model call e
 with its own frame, as fast as replies come, for ``--seconds``.
 
 Phase ``clean``: the clients alone. Phase ``attacked``: the same clients while one more
-connection keeps sending bad requests — a message of ``--oversize-mb`` MB (over the
+connection, from its own process (so that its work does not hold the clients' GIL), keeps
+sending bad requests, one every ``--attack-interval`` seconds (paced, so that on a small
+machine the attacker's own CPU use, e.g. building and masking a 300 MB frame, does not
+crowd out the server) — a message of ``--oversize-mb`` MB (over the
 server's ``max_message_bytes``; the server closes that connection with code 1009 and the
 attacker reconnects), a 20 KB and a 100,000-character instruction (refused by the
 instruction limit), a frame of the wrong size. The tables give requests/s, latency
-percentiles and errors of the valid clients in each phase, the time each bad request took to
+percentiles (client side, and server side: waiting for the model + in it, from each reply's
+``server_timing``) and errors of the valid clients in each phase, the time each bad request took to
 be refused (client side: from the start of the send to the error), and the server's peak
 resident memory (``VmHWM`` from ``/proc``, Linux only) after loading and at the end.
 """
@@ -23,6 +27,7 @@ resident memory (``VmHWM`` from ``/proc``, Linux only) after loading and at the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -91,36 +96,49 @@ def peak_rss_mb(pid: int) -> float | None:
 def run_client(port: int, args: argparse.Namespace, seed: int, stop: threading.Event, out: dict) -> None:
     frame = np.random.default_rng(seed).integers(0, 256, (args.image_size,) * 2 + (3,), dtype=np.uint8)
     obs = {"image": frame, "instruction": "put the black bowl on the plate"}
-    lat, errors = [], 0
+    lat, server, errors = [], [], 0
     with PolicyClient("127.0.0.1", port, connect_timeout=30, request_timeout=120) as client:
         client.reset()
-        send = client.select_action if args.op == "act" else client.predict_action_chunk
         while not stop.is_set():
             t = time.perf_counter()
             try:
-                send(obs)
+                timing = client.request(args.op, obs)["server_timing"]
                 lat.append(time.perf_counter() - t)
+                server.append((timing["queue_ms"] + timing["infer_ms"]) / 1e3)
             except ServerError:
                 errors += 1
-    out[seed] = (lat, errors)
+    out[seed] = (lat, server, errors)
 
 
-def attack(port: int, args: argparse.Namespace, max_bytes: int, stop: threading.Event, out: dict) -> None:
-    """Keep sending bad requests; reconnect whenever the server closes the connection."""
+def attack(port: int, args: argparse.Namespace, stop: threading.Event, out: dict) -> None:
+    """Run the attacker in its own process, so that its work does not hold this process's GIL."""
+    cmd = [sys.executable, __file__, "--attack-port", str(port), "--image-size", str(args.image_size)]
+    cmd += ["--oversize-mb", str(args.oversize_mb), "--attack-interval", str(args.attack_interval)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    stop.wait()
+    out.update(json.loads(proc.communicate("stop\n", timeout=300)[0]))
+
+
+def attacker(port: int, args: argparse.Namespace) -> None:
+    """Keep sending bad requests until stdin says stop; reconnect whenever the server closes."""
     size = args.image_size
     good = np.zeros((size, size, 3), np.uint8)
+    big = f"{args.oversize_mb} MB message"
     cases = {
-        f"{args.oversize_mb} MB message": b"\0" * (args.oversize_mb << 20),
+        big: b"\0" * (args.oversize_mb << 20),
         "20 KB instruction": packb({"op": "act", "obs": {"image": good, "instruction": "x" * 20_000}}),
         "100k-char instruction": packb({"op": "act", "obs": {"image": good, "instruction": "x" * 100_000}}),
         "wrong frame size": packb(
             {"op": "act", "obs": {"image": np.zeros((size // 2, size // 2, 3), np.uint8), "instruction": "x"}}
         ),
     }
-    assert len(cases[f"{args.oversize_mb} MB message"]) > max_bytes, "--oversize-mb is under the limit"
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
     times: dict[str, list[float]] = {k: [] for k in cases}
     accepted: dict[str, int] = {k: 0 for k in cases}
     client = PolicyClient("127.0.0.1", port, connect_timeout=30, request_timeout=120)
+    if len(cases[big]) <= int(client.metadata["max_message_bytes"]):
+        raise SystemExit("--oversize-mb is under the server's max_message_bytes")
     while not stop.is_set():
         for name, frame in cases.items():
             t = time.perf_counter()
@@ -129,22 +147,22 @@ def attack(port: int, args: argparse.Namespace, max_bytes: int, stop: threading.
                 accepted[name] += 1
             except ServerError:
                 times[name].append(time.perf_counter() - t)
-                if name.endswith("MB message"):
+                if name == big:
                     client = PolicyClient("127.0.0.1", port, connect_timeout=30, request_timeout=120)
-            if stop.is_set():
+            if stop.wait(args.attack_interval):
                 break
     client.close()
-    out["times"], out["accepted"] = times, accepted
+    print(json.dumps({"times": times, "accepted": accepted}))
 
 
-def phase(port: int, args: argparse.Namespace, max_bytes: int, attacked: bool) -> tuple[dict, dict]:
+def phase(port: int, args: argparse.Namespace, attacked: bool) -> tuple[dict, dict]:
     stop, results, bad = threading.Event(), {}, {}
     threads = [
         threading.Thread(target=run_client, args=(port, args, seed, stop, results))
         for seed in range(args.clients)
     ]
     if attacked:
-        threads.append(threading.Thread(target=attack, args=(port, args, max_bytes, stop, bad)))
+        threads.append(threading.Thread(target=attack, args=(port, args, stop, bad)))
     for t in threads:
         t.start()
     time.sleep(args.seconds)
@@ -165,8 +183,15 @@ def main() -> None:
     ap.add_argument("--op", choices=("act", "infer"), default="act")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--oversize-mb", type=int, default=300, help="size of the oversized message")
+    ap.add_argument(
+        "--attack-interval", type=float, default=0.2, help="seconds between the attacker's bad requests"
+    )
     ap.add_argument("--server-threads", type=int, default=None, help="OMP_NUM_THREADS of the server")
+    ap.add_argument("--attack-port", type=int, default=None, help=argparse.SUPPRESS)  # the attacker process
     args = ap.parse_args()
+    if args.attack_port is not None:
+        attacker(args.attack_port, args)
+        return
     try:
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
@@ -184,26 +209,28 @@ def main() -> None:
             loaded = peak_rss_mb(proc.pid)
             rows, attack_out = [], {}
             for name, attacked in (("clean", False), ("attacked", True)):
-                results, bad = phase(port, args, max_bytes, attacked)
-                lat = np.array([x for lats, _ in results.values() for x in lats])
-                errors = sum(e for _, e in results.values())
-                rows.append((name, lat, errors))
+                results, bad = phase(port, args, attacked)
+                lat = np.array([x for lats, _, _ in results.values() for x in lats])
+                server = np.array([x for _, srv, _ in results.values() for x in srv])
+                errors = sum(e for _, _, e in results.values())
+                rows.append((name, lat, server, errors))
                 attack_out = bad or attack_out
             peak = peak_rss_mb(proc.pid)
         finally:
             stop_server(proc)
 
     print(f"\nValid clients (max_message_bytes={max_bytes:,}):\n")
-    print("| phase | clients | requests | req/s | p50 ms | p99 ms | max ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, lat, errors in rows:
+    print("| phase | clients | requests | req/s | p50 ms | p99 ms | max ms | server p50 / p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, lat, server, errors in rows:
         if len(lat) == 0:
-            print(f"| {name} | {args.clients} | 0 | 0 | - | - | - | {errors} |")
+            print(f"| {name} | {args.clients} | 0 | 0 | - | - | - | - | {errors} |")
             continue
         p50, p99 = np.percentile(lat, [50, 99])
+        s50, s99 = np.percentile(server, [50, 99])
         print(
             f"| {name} | {args.clients} | {len(lat):,} | {len(lat) / args.seconds:,.1f} | {ms(p50)} | "
-            f"{ms(p99)} | {ms(lat.max())} | {errors} |"
+            f"{ms(p99)} | {ms(lat.max())} | {ms(s50)} / {ms(s99)} | {errors} |"
         )
     print("\nBad requests during the attacked phase (time from send to refusal, client side):\n")
     print("| request | refused | accepted | median ms | max ms |")
