@@ -14,6 +14,17 @@ Observation format: ``{"image": uint8 (H, W, 3), "instruction": str}`` for one e
 list of such dicts (one per env). ``"images": {camera: array}`` is accepted too, in which
 case the checkpoint's camera is used, and so is what an ``Env`` returns
 (``worldvla.envs.base.Observation``, read the same way).
+
+Bounded inputs. Every observation of a call is validated before any state changes or any
+compute starts (:meth:`WorldVLAPolicy.check_observation`): the image must be uint8
+``(R, R, 3)`` at the checkpoint's resolution, the instruction a ``str``. An instruction is
+never truncated: if the action-model sequence it implies (prompt + M frames + K actions +
+SEP, the layout the model was trained on) would exceed the model's ``max_seq_len``, the
+call raises :class:`~worldvla.errors.DataError` naming the lengths, before the model runs.
+Why refuse rather than truncate: a cut instruction silently changes the task, and
+attention memory grows with the square of the sequence. The limit in text tokens is
+:attr:`WorldVLAPolicy.max_instruction_tokens` (with the default byte tokenizer, one token
+per UTF-8 byte).
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ import torch
 from worldvla.envs.base import Observation as EnvObservation
 from worldvla.errors import DataError
 from worldvla.model.generation import check_readout, generate_actions
-from worldvla.sequence import action_prompt_ids
+from worldvla.sequence import action_length, action_prompt_ids, frame_length
 from worldvla.tokenizers.action import ActionTokenizer
 
 Observation = dict[str, Any]
@@ -39,11 +50,19 @@ Observation = dict[str, Any]
 def _as_batch(obs: Observation | EnvObservation | Sequence) -> tuple[bool, list[Observation]]:
     """(single, one dict per env) for one observation or a list; Env observations become dicts."""
     single = isinstance(obs, dict | EnvObservation)
-    items = [obs] if single else list(obs)
-    return single, [
-        {"images": o.images, "instruction": o.instruction} if isinstance(o, EnvObservation) else o
-        for o in items
-    ]
+    if not single and not isinstance(obs, list | tuple):
+        raise DataError(
+            f"an observation must be a dict (or a list of dicts, one per env), got {type(obs).__name__}"
+        )
+    return single, [_as_dict(o) for o in ([obs] if single else obs)]
+
+
+def _as_dict(obs: Any) -> Observation:
+    if isinstance(obs, EnvObservation):
+        return {"images": obs.images, "instruction": obs.instruction}
+    if not isinstance(obs, dict):
+        raise DataError(f"an observation must be a dict, got {type(obs).__name__}")
+    return obs
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,12 @@ class WorldVLAPolicy:
         model, bundle = load_for_inference(path, device=device, dtype=dtype)
         return cls(model, bundle, config, num_envs=num_envs)
 
+    def new_session(self) -> WorldVLAPolicy:
+        """A policy with its own history, action queue and RNG that shares this one's model and
+        tokenizers (read-only at inference): one per server connection, so clients never see
+        each other's state."""
+        return type(self)(self.model, self.bundle, self.config, num_envs=1)
+
     @property
     def chunk_len(self) -> int:
         return self.layout.chunk_len
@@ -121,28 +146,86 @@ class WorldVLAPolicy:
             self._queue[i].clear()
             self._since_plan[i] = 0
 
+    # ------------------------------------------------------------------ limits
+    @property
+    def max_seq_len(self) -> int:
+        """The longest sequence the model was built for (its config's ``max_seq_len``)."""
+        return int(self.bundle.model_config.max_seq_len)
+
+    def sequence_length(self, instruction: str) -> int:
+        """Tokens of the action-model sequence ``instruction`` implies (sequence.py layouts):
+        ``BOS, prompt text, M frames, SEP`` then the K-action chunk and its ``SEP``."""
+        prompt = self.layout.prompts.action_prompt.format(instruction=instruction)
+        text = len(self.text_tokenizer.encode(prompt))
+        frames = self.layout.history * frame_length(*self.layout.grid)
+        return 1 + text + frames + 1 + self.chunk_len * action_length(self.action_dim) + 1
+
+    @property
+    def max_instruction_tokens(self) -> int:
+        """Most text tokens an instruction may have (exact for the byte tokenizer; module docstring)."""
+        return max(0, self.max_seq_len - self.sequence_length(""))
+
+    def _prompt_ids(self, instruction: str, frames: Sequence[np.ndarray]) -> np.ndarray:
+        return action_prompt_ids(self.vocab, self.text_tokenizer, instruction, frames, self.layout.prompts)
+
+    def check_instruction(self, instruction: Any) -> str:
+        """Return ``instruction`` if it is a string that fits the model; else raise :class:`DataError`."""
+        if not isinstance(instruction, str):
+            raise DataError(f"observation 'instruction' must be a str, got {type(instruction).__name__}")
+        try:
+            instruction.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"observation 'instruction' is not valid unicode: {e}") from None
+        n = self.sequence_length(instruction)
+        if n > self.max_seq_len:
+            raise DataError(
+                f"observation 'instruction' is too long: {len(instruction):,} characters make a "
+                f"{n:,}-token sequence with {self.layout.history} frames and a {self.chunk_len}-action "
+                f"chunk, over the model's max_seq_len of {self.max_seq_len:,} (instructions may have at most "
+                f"{self.max_instruction_tokens:,} text tokens); shorten it"
+            )
+        return instruction
+
     # ------------------------------------------------------------------ observations
     def _frame(self, obs: Observation) -> np.ndarray:
         if "image" in obs:
             img = obs["image"]
         elif "images" in obs:
             cam = self.layout.camera
+            if not isinstance(obs["images"], dict):
+                got = type(obs["images"]).__name__
+                raise DataError(f"observation 'images' must be a dict camera -> image, got {got}")
             if cam not in obs["images"]:
-                raise DataError(f"observation has cameras {sorted(obs['images'])}, the policy needs {cam!r}")
+                cams = sorted(map(str, obs["images"]))
+                raise DataError(f"observation has cameras {cams}, the policy needs {cam!r}")
             img = obs["images"][cam]
         else:
             raise DataError("observation needs an 'image' (H, W, 3) uint8 array or an 'images' dict")
-        img = np.asarray(img)
         size = self.image_tokenizer.image_size
-        if img.shape != (size, size, 3) or img.dtype != np.uint8:
-            raise DataError(
-                f"observation image must be uint8 ({size}, {size}, 3), got {img.dtype} {img.shape}"
-            )
+        if not isinstance(img, np.ndarray) or img.shape != (size, size, 3) or img.dtype != np.uint8:
+            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            raise DataError(f"observation image must be uint8 ({size}, {size}, 3), got {got}")
         return img
 
+    def check_observation(self, obs: Observation | EnvObservation) -> np.ndarray:
+        """Validate one observation without touching any state; return its frame.
+
+        Raises :class:`DataError` for a missing or mis-shaped image, a missing or non-string
+        instruction, or an instruction too long for the model (module docstring).
+        """
+        o = _as_dict(obs)
+        frame = self._frame(o)
+        if "instruction" not in o:
+            raise DataError("observation needs an 'instruction' string")
+        self.check_instruction(o["instruction"])
+        return frame
+
     def _observe(self, env_ids: Sequence[int], observations: Sequence[Observation]) -> None:
-        """Tokenize the new frames (one batched encoder call) and push them into the histories."""
-        frames = np.stack([self._frame(o) for o in observations])
+        """Tokenize the new frames (one batched encoder call) and push them into the histories.
+
+        Every observation is validated first, so a bad one leaves every history untouched.
+        """
+        frames = np.stack([self.check_observation(o) for o in observations])
         with torch.inference_mode():
             codes = self.image_tokenizer.encode(frames).cpu().numpy()  # (N, h, w)
         for i, c in zip(env_ids, codes):
@@ -161,7 +244,7 @@ class WorldVLAPolicy:
         """
         single, observations = _as_batch(obs)
         if not single and len(observations) != self.num_envs:
-            raise ValueError(f"got {len(observations)} observations for {self.num_envs} envs")
+            raise DataError(f"got {len(observations)} observations for {self.num_envs} envs")
         env_ids = list(range(len(observations)))
         self._observe(env_ids, observations)
         chunks = self._plan(env_ids, observations)
@@ -190,17 +273,15 @@ class WorldVLAPolicy:
     ) -> np.ndarray:
         """As :meth:`predict_chunks_from_frames`, from image codes ``(m, h, w)`` already encoded."""
         if len(codes) != len(instructions):
-            raise ValueError(f"got {len(codes)} histories for {len(instructions)} instructions")
+            raise DataError(f"got {len(codes)} histories for {len(instructions)} instructions")
+        for text in instructions:
+            self.check_instruction(text)
         m = self.layout.history
         prompts = []
         for text, c in zip(instructions, codes):
             c = list(c)[-m:]
             hist = [c[0]] * (m - len(c)) + c
-            prompts.append(
-                torch.from_numpy(
-                    action_prompt_ids(self.vocab, self.text_tokenizer, text, hist, self.layout.prompts)
-                )
-            )
+            prompts.append(torch.from_numpy(self._prompt_ids(text, hist)))
         bins = generate_actions(
             self.model,
             self.vocab,
@@ -234,7 +315,9 @@ class WorldVLAPolicy:
         single, observations = _as_batch(obs)
         ids = list(env_ids) if env_ids is not None else list(range(len(observations)))
         if len(ids) != len(observations) or (env_ids is None and not single and len(ids) != self.num_envs):
-            raise ValueError(f"got {len(observations)} observations for envs {ids} of {self.num_envs}")
+            raise DataError(f"got {len(observations)} observations for envs {ids} of {self.num_envs}")
+        if len(set(ids)) != len(ids) or not all(isinstance(i, int) and 0 <= i < self.num_envs for i in ids):
+            raise DataError(f"env_ids must be distinct ints in [0, {self.num_envs}), got {ids}")
         self._observe(ids, observations)
         k = self.config.replan_every
         need = [

@@ -5,6 +5,13 @@ writes ``IMG(t+1)``. The grid layout is known, so BOI, the grid tokens, row sepa
 EOI are forced and only image codes are sampled (SPEC §6). A rollout feeds each predicted
 frame back as the next prompt's frame (the model never sees the real frames after the
 first), batched over several episodes.
+
+Bounded inputs, as in :mod:`worldvla.policy`: frames must be uint8 ``(N, R, R, 3)`` at the
+checkpoint's resolution, codes ``(N, h, w)`` on the checkpoint's grid and in the codebook,
+actions ``(N, D)`` finite; anything else is a :class:`~worldvla.errors.DataError` before the
+model runs. The world-model sequence has no free text, so its length is fixed by the
+layout; a checkpoint whose world-model sequence would exceed the model's ``max_seq_len`` is
+refused when the world model is built.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldvla.errors import DataError
+from worldvla.errors import ConfigError, DataError
 from worldvla.model.generation import generate_frame
-from worldvla.sequence import world_prompt_ids
+from worldvla.sequence import action_length, frame_length, world_prompt_ids
 from worldvla.tokenizers.action import ActionTokenizer
 
 
@@ -43,6 +50,15 @@ class WorldModel:
         self.temperature = temperature
         self.top_k = top_k
         self._generator = torch.Generator().manual_seed(seed)
+        # BOS, world prompt, IMG(t), ACT(t), SEP, then IMG(t+1) and SEP (sequence.py layouts).
+        text = len(self.text_tokenizer.encode(self.layout.prompts.world_prompt))
+        n = 1 + text + 2 * frame_length(*self.layout.grid) + action_length(self.layout.action_dim) + 2
+        max_len = int(bundle.model_config.max_seq_len)
+        if n > max_len:
+            raise ConfigError(
+                f"{bundle.path}: a world-model sequence has {n:,} tokens, over the model's "
+                f"max_seq_len of {max_len:,}"
+            )
 
     @classmethod
     def from_pretrained(
@@ -66,10 +82,31 @@ class WorldModel:
         with torch.inference_mode():
             return self.image_tokenizer.decode(torch.as_tensor(np.asarray(codes), dtype=torch.long))
 
+    def _check_codes(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes)
+        grid = tuple(self.layout.grid)
+        if codes.ndim != 3 or codes.shape[1:] != grid or codes.dtype.kind not in "iu":
+            want = f"(N, {grid[0]}, {grid[1]})"
+            raise DataError(f"codes must be integer {want}, got {codes.dtype} {codes.shape}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.vocab.image_codes):
+            raise DataError(
+                f"codes must lie in [0, {self.vocab.image_codes}), got [{codes.min()}, {codes.max()}]"
+            )
+        return codes
+
+    def _check_actions(self, actions: np.ndarray, n: int) -> np.ndarray:
+        actions = np.asarray(actions)
+        d = self.layout.action_dim
+        if actions.shape != (n, d):
+            raise DataError(f"actions must be ({n}, {d}) for {n} frames, got shape {actions.shape}")
+        return actions
+
     @torch.inference_mode()
     def next_codes(self, codes: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """``(N, h, w)`` codes of frame t and ``(N, D)`` actions -> ``(N, h, w)`` codes of frame t+1."""
-        bins = self.action_tokenizer.encode(np.asarray(actions))  # validates D and finiteness
+        codes = self._check_codes(codes)
+        actions = self._check_actions(actions, len(codes))
+        bins = self.action_tokenizer.encode(actions)  # validates finiteness
         prompts = [
             torch.from_numpy(world_prompt_ids(self.vocab, self.text_tokenizer, c, b, self.layout.prompts))
             for c, b in zip(codes, bins)
@@ -93,7 +130,8 @@ class WorldModel:
         """
         single = np.asarray(frames).ndim == 3
         frames = np.asarray(frames)[None] if single else np.asarray(frames)
-        actions = np.asarray(actions, dtype=np.float32).reshape(len(frames), -1)
+        actions = np.asarray(actions)
+        actions = actions[None] if single and actions.ndim == 1 else actions
         out = self.decode(self.next_codes(self.encode(frames), actions))
         return out[0] if single else out
 
@@ -106,10 +144,12 @@ class WorldModel:
         ``actions[:, t]`` (the first real frame is not included).
         """
         first = np.asarray(first_frames)
-        actions = np.asarray(actions, dtype=np.float32)
-        if actions.ndim != 3 or actions.shape[0] != first.shape[0]:
-            raise DataError(f"actions must be (N, T, D) with N={first.shape[0]}, got {actions.shape}")
+        actions = np.asarray(actions)
         codes = self.encode(first)
+        d = self.layout.action_dim
+        if actions.ndim != 3 or actions.shape[0] != first.shape[0] or actions.shape[2] != d:
+            raise DataError(f"actions must be (N, T, {d}) with N={first.shape[0]}, got {actions.shape}")
+        self.action_tokenizer.encode(actions)  # all T steps finite before the first model call
         all_codes: list[np.ndarray] = []
         for t in range(actions.shape[1]):
             codes = self.next_codes(codes, actions[:, t])

@@ -5,16 +5,22 @@ Simulators that cannot share the model's Python environment (LIBERO) connect wit
 model-free policy with the same interface; ``--random-init DIR`` first writes a tiny,
 randomly initialized checkpoint into ``DIR`` (:mod:`worldvla.serving.random_checkpoint`) and
 serves it like a trained one (plumbing checks of the real inference path, ``make test-libero``).
+
+Each connection gets its own policy state; requests are bounded (message size, instruction
+length, image size) and answered with an error reply when they break a limit; with
+``--api-key`` (or ``WORLDVLA_API_KEY``) clients must send ``Authorization: Api-Key <key>``.
+See :mod:`worldvla.serving.server` and docs/libero.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from worldvla.errors import ConfigError
-from worldvla.serving.server import PolicyServer, StandInPolicy
+from worldvla.serving.server import API_KEY_ENV, PolicyServer, ServerLimits, StandInPolicy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,11 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-dim", type=int, default=7, help="stand-in / random-init: action dimension")
     p.add_argument("--history", type=int, default=2, help="random-init: history frames (M)")
     p.add_argument("--seed", type=int, default=0, help="random-init: weight seed")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Api-Key KEY' from clients (default: ${API_KEY_ENV} if set; "
+        "prefer the variable, a command line is visible to other users)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=None,
+        help="largest request accepted (default: 4 frames at the image size + 1 MiB)",
+    )
+    p.add_argument("--max-instruction-chars", type=int, default=1000, help="longest instruction accepted")
+    p.add_argument("--max-clients", type=int, default=8, help="most clients connected at once")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    # Built first, so that bad limits fail before a checkpoint is loaded.
+    limits = ServerLimits(
+        max_message_bytes=a.max_message_bytes,
+        max_instruction_chars=a.max_instruction_chars,
+        max_clients=a.max_clients,
+    )
+    api_key = a.api_key if a.api_key is not None else os.environ.get(API_KEY_ENV) or None
     logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
     if sum(map(bool, (a.checkpoint, a.stand_in, a.random_init))) > 1:
         raise ConfigError("give one of a checkpoint, --stand-in or --random-init DIR")
@@ -90,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=dtype,
         )
         meta = {"checkpoint": str(ckpt.resolve())}
-    server = PolicyServer(policy, host=a.host, port=a.port, metadata=meta)
+    server = PolicyServer(policy, host=a.host, port=a.port, metadata=meta, limits=limits, api_key=api_key)
     server.on_ready = lambda: print(f"[serve] serving on ws://{server.host}:{server.port}", flush=True)
     try:
         server.serve_forever()

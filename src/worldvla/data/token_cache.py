@@ -385,11 +385,17 @@ def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any]
         raise DataError(f"{episodes_path}: the episode file holds no episodes")
     if not any(e["kind"] == DEMO for e in index):
         raise DataError(f"{episodes_path}: the episode file holds no demonstrations (only exploration)")
-    all_actions = np.concatenate(actions)  # (N_frames, D)
     # The action tokenizer's bounds describe what the policy must output: demonstrations only
-    # (exploratory actions span the whole box; they are clipped into these bounds).
-    demo_rows = np.concatenate([np.full(e["length"], e["kind"] == DEMO) for e in index])
-    ActionStats.from_actions(all_actions[demo_rows], mode=stats_mode).save(out / STATS_FILE)
+    # (exploratory actions span the whole box; they are clipped into these bounds). Checked
+    # per episode first, so a non-finite action or another action size names its episode.
+    try:
+        stats = ActionStats.from_episodes(
+            [(e["key"], a) for e, a in zip(index, actions) if e["kind"] == DEMO], mode=stats_mode
+        )
+    except DataError as e:
+        raise DataError(f"{episodes_path}: {e}") from None
+    stats.save(out / STATS_FILE)
+    all_actions = np.concatenate(actions)  # (N_frames, D)
     with atomic_path(out / ACTIONS_FILE) as tmp, open(tmp, "wb") as f:
         np.save(f, all_actions)
     all_executed = np.concatenate(executed)

@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("act", "chunk"), default="act")
     p.add_argument("--out", default="runs/libero_eval.json")
     p.add_argument("--connect-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--api-key", default=None, help="the server's API key (default: $WORLDVLA_API_KEY, if set)"
+    )
     p.add_argument("--write-config", metavar="DIR", help="write LIBERO's config.yaml into DIR and exit")
     p.add_argument("--versions", action="store_true", help="print the simulator stack's versions and exit")
     a = p.parse_args(argv)
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.versions:
         print(" ".join(f"{k}={v}" for k, v in versions().items()))
         return 0
-    with PolicyClient(a.host, a.port, connect_timeout=a.connect_timeout) as client:
+    with PolicyClient(a.host, a.port, connect_timeout=a.connect_timeout, api_key=a.api_key) as client:
         suites = tuple(s.strip() for s in a.suites.split(","))
         res = a.resolution or int(client.metadata.get("image_size", 256))
         max_steps = dict(MAX_STEPS) if a.max_steps is None else {s: a.max_steps for s in MAX_STEPS}

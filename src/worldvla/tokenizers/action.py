@@ -5,7 +5,8 @@ Contract (``n`` = number of bins, default 256; all arithmetic per dimension ``d`
 1. **Normalize** with statistics computed from training data (:class:`ActionStats`):
    ``x = 2 * (a - low[d]) / (high[d] - low[d]) - 1``, then clip to ``[-1, 1]``.
    ``low``/``high`` are the min/max (``mode="minmax"``) or the 1st/99th percentiles
-   (``mode="percentile"``) of the training actions. A dimension whose range is (near) zero
+   (``mode="percentile"``; the nearest data values inside those ranks) of the training
+   actions. A dimension whose range is (near) zero
    (e.g. a gripper that never moves) normalizes to ``-1`` and decodes back to ``low``
    exactly.
 2. **Bin**: the interval ``[-1, 1]`` is cut into ``n`` equal bins of width ``w = 2 / n``.
@@ -26,6 +27,21 @@ So for an in-range value the round-trip error is at most half a bin: ``|x - c_b|
 slightly different grid), i.e. ``(high - low) / (2 n)`` in action units. Out-of-range
 values are clipped first, so they decode to the centre of the first/last bin.
 
+**Statistics** (:meth:`ActionStats.from_episodes`). The default is ``minmax``: the robot
+action spaces this project trains on (LIBERO, Meta-World) are bounded boxes, so min/max
+gives every bin to actions that occur, while the 1st/99th percentiles (``percentile``,
+openpi's choice) clip the largest 1% of the motions in every dimension; the checkpoints and
+the numbers in the docs were made with ``minmax``. Min/max has one weakness: a single bad
+value stretches the range, e.g. one ``1e30`` puts every real action into one bin. So the
+statistics are checked: a non-finite action is refused (:class:`DataError` naming the
+episode and step), and in ``minmax`` mode a value that lies more than
+:data:`OUTLIER_FACTOR` robust ranges (``p99 - p1``, at least :data:`_MIN_ROBUST_SPAN`)
+outside ``[p1, p99]`` raises an :class:`ActionOutlierWarning` (data sets of at least
+:data:`_MIN_CHECKED` actions) that names the dimension, the
+episode and the step, how many bins the central 98% of the actions keep, and the fix (clean
+the episode, or ``--stats-mode percentile``). Saved statistics keep their meaning: a stats
+file is read as written, whatever the default.
+
 Token ids are *not* produced here: bins are in ``[0, n)`` and :meth:`Vocab.action_ids`
 maps them to ids. The statistics are an asset saved next to every checkpoint
 (``action_stats.json``), never constants in code (STYLE §8).
@@ -34,6 +50,8 @@ maps them to ids. The statistics are an asset saved next to every checkpoint
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,6 +65,16 @@ StatsMode = Literal["minmax", "percentile"]
 Grid = Literal["uniform", "reference"]
 _MIN_SPAN = 1e-8
 _REFERENCE_EPS = 1e-8  # the reference adds it to every range (its item_processor.norm_action)
+# A minmax value this many robust ranges (p99 - p1) beyond [p1, p99] leaves the central 98%
+# of the actions at most 1/5 of the bins (51 of 256); the extremes of 100k Laplace samples, a
+# heavy-tailed but genuine distribution, lie about 0.9 robust ranges beyond.
+OUTLIER_FACTOR = 4.0
+_MIN_ROBUST_SPAN = 1e-3  # action units: the robust range of a dimension that barely moves
+_MIN_CHECKED = 20  # fewer actions cannot tell an outlier from the data
+
+
+class ActionOutlierWarning(UserWarning):
+    """Min/max action statistics stretched by values far outside the bulk of the data."""
 
 
 @dataclass(frozen=True)
@@ -81,18 +109,50 @@ class ActionStats:
 
     @classmethod
     def from_actions(cls, actions: np.ndarray, mode: StatsMode = "minmax") -> ActionStats:
-        """Bounds from an ``(N, D)`` array of training actions."""
+        """Bounds from an ``(N, D)`` array of training actions (rows named by index in messages)."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[0] == 0:
             raise DataError(f"action statistics need a non-empty (N, D) array, got shape {a.shape}")
-        if not np.isfinite(a).all():
-            raise DataError("action statistics: the actions contain NaN or inf")
-        if mode == "minmax":
-            lo, hi = a.min(axis=0), a.max(axis=0)
-        elif mode == "percentile":
-            lo, hi = np.percentile(a, 1, axis=0), np.percentile(a, 99, axis=0)
-        else:
+        return cls.from_episodes([(None, a)], mode=mode)
+
+    @classmethod
+    def from_episodes(
+        cls, episodes: Sequence[tuple[str | None, np.ndarray]], mode: StatsMode = "minmax"
+    ) -> ActionStats:
+        """Bounds from ``(episode key, (T, D) actions)`` pairs; see the module docstring.
+
+        Refuses non-finite actions and mismatched dimensions (:class:`DataError` naming the
+        episode); in ``minmax`` mode warns (:class:`ActionOutlierWarning`) about outliers.
+        """
+        if mode not in ("minmax", "percentile"):
             raise ValueError(f"unknown statistics mode {mode!r} (use 'minmax' or 'percentile')")
+        parts, dim = [], None
+        for key, acts in episodes:
+            x = np.asarray(acts, dtype=np.float64)
+            if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+                want = f"(T, {dim})" if dim is not None else "(T, D)"
+                raise DataError(f"{_where(key)}: actions must be {want}, got shape {x.shape}")
+            dim = x.shape[1]
+            bad = ~np.isfinite(x)
+            if bad.any():
+                t, d = np.argwhere(bad)[0]
+                raise DataError(
+                    f"{_where(key, t)}: action dimension {d} is {x[t, d]}, not finite; "
+                    "fix or drop it before computing action statistics"
+                )
+            parts.append(x)
+        a = np.concatenate(parts) if parts else np.zeros((0, 0))
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise DataError(f"action statistics need at least one action, got shape {a.shape}")
+        # Inner order statistics, never interpolated toward an extreme value: with fewer than
+        # ~100 actions a linearly interpolated p99 would move with a single outlier.
+        p1 = np.percentile(a, 1, axis=0, method="higher")
+        p99 = np.percentile(a, 99, axis=0, method="lower")
+        if mode == "percentile":
+            lo, hi = p1, p99
+        else:
+            lo, hi = a.min(axis=0), a.max(axis=0)
+            _warn_outliers(a, [k for k, _ in episodes], [len(x) for x in parts], lo, hi, p1, p99)
         return cls(low=tuple(map(float, lo)), high=tuple(map(float, hi)), mode=mode, count=int(a.shape[0]))
 
     def to_dict(self) -> dict:
@@ -123,6 +183,45 @@ class ActionStats:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: invalid action statistics: {e}") from e
+
+
+def _where(key: str | None, step: int | None = None) -> str:
+    if key is None:
+        return "actions" if step is None else f"action row {step}"
+    return f"episode {key!r}" if step is None else f"episode {key!r} at step {step}"
+
+
+def _warn_outliers(
+    a: np.ndarray,
+    keys: Sequence[str],
+    lengths: Sequence[int],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    p1: np.ndarray,
+    p99: np.ndarray,
+) -> None:
+    """Warn, per dimension, about values far outside ``[p1, p99]`` (module docstring)."""
+    if len(a) < _MIN_CHECKED:
+        return
+    span = np.maximum(p99 - p1, _MIN_ROBUST_SPAN)
+    far = (a < p1 - OUTLIER_FACTOR * span) | (a > p99 + OUTLIER_FACTOR * span)  # (N, D)
+    if not far.any():
+        return
+    starts = np.cumsum([0, *lengths])
+    for d in np.nonzero(far.any(axis=0))[0]:
+        rows = np.nonzero(far[:, d])[0]
+        worst = rows[np.argmax(np.abs(a[rows, d] - (p1[d] + p99[d]) / 2))]
+        ep = int(np.searchsorted(starts, worst, side="right")) - 1
+        share = 100 * (p99[d] - p1[d]) / max(hi[d] - lo[d], _MIN_SPAN)
+        where = _where(keys[ep], int(worst - starts[ep]))
+        warnings.warn(
+            f"action dimension {d}: {len(rows)} value(s) lie far outside the central 98% of the data "
+            f"[{p1[d]:.4g}, {p99[d]:.4g}], e.g. {a[worst, d]:.4g} ({where}); min/max bounds "
+            f"[{lo[d]:.4g}, {hi[d]:.4g}] squeeze that 98% into {share:.2g}% of the bins. "
+            "Fix or drop the episode, or use --stats-mode percentile",
+            ActionOutlierWarning,
+            stacklevel=3,
+        )
 
 
 class ActionTokenizer:
