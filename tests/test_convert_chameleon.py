@@ -62,7 +62,7 @@ def _hf_model(seed: int = 0, **kw):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=kw.pop("num_key_value_heads", 4),
-        max_position_embeddings=256,
+        max_position_embeddings=kw.pop("max_position_embeddings", 256),
         rms_norm_eps=1e-6,  # not the QK-norm's 1e-5: the two epsilons must not be confused
         vocabulary_map={},  # no "IMGIMG" names: transformers masks no image logits
         vq_config={
@@ -316,7 +316,9 @@ def test_converted_checkpoint_served_to_the_libero_reference_protocol_client(tmp
     from worldvla.serving.client import PolicyClient
     from worldvla.serving.server import PolicyServer
 
-    ckpt = _convert(_save(_hf_model(seed=6), tmp_path / "hf"), tmp_path / "ours", vq_dir, image_size=256)
+    # Two 16x16-code frames and a 7-D chunk of 5 need ~700 positions (the real model has 4,096).
+    hf = _hf_model(seed=6, max_position_embeddings=1024)
+    ckpt = _convert(_save(hf, tmp_path / "hf"), tmp_path / "ours", vq_dir, image_size=256)
     policy = WorldVLAPolicy.from_pretrained(ckpt)
     assert policy.image_tokenizer.grid == (16, 16) and policy.vocab == V
     server = PolicyServer(policy, host="127.0.0.1", port=0, metadata={"checkpoint": str(ckpt)})
