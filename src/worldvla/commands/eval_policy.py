@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from worldvla.envs.suites import suite_preset
     from worldvla.eval.policy_eval import evaluate_policy
+    from worldvla.utils.paths import check_output_dir, require_input
 
+    require_input(args.checkpoint, "checkpoint")  # before any folder is made next to it
+    if args.episodes:
+        require_input(args.episodes, "episode file")
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_policy"
+    check_output_dir(out, "output folder")
     suite = suite_preset(args.suite)
     if args.variations:
         suite = replace(suite, test_variations=parse_variations(args.variations))

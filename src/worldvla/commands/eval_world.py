@@ -20,10 +20,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
+    from worldvla.commands.eval_actions import check_inputs
+    from worldvla.errors import ConfigError
     from worldvla.eval.world_eval import evaluate_world
+    from worldvla.utils.paths import check_output_dir
 
+    check_inputs(args.checkpoint, args.episodes)  # before any folder is made next to them
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_world"
-    lengths = [int(x) for x in args.lengths.split(",") if x]
+    check_output_dir(out, "output folder")
+    try:
+        lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--lengths: expected comma-separated integers, got {args.lengths!r}") from None
     doc = evaluate_world(args.checkpoint, args.episodes, out, args.num, lengths, args.gifs)
     for r in doc["rows"]:
         print(f"{r['method']:12s} {r['length']:3d} frames  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:5.1f}")
