@@ -244,7 +244,7 @@ def run_pipeline(
 
         minutes = None
         if cap is not None:  # what is left of the cap after earlier, interrupted attempts
-            minutes = max(0.1, cap - st.get("seconds", 0.0) / 60)
+            minutes = max(1e-6, cap - st.get("seconds", 0.0) / 60)  # spent: one step, then stop
         resume = latest_checkpoint(train_dir) is not None
         result = train(train_cfg, cache_dir, train_dir, resume=resume, minutes=minutes, progress=progress)
         stopped = None

@@ -197,9 +197,6 @@ def train_vq(
     step = 0
     stopped = None
     while step < cfg.steps:
-        if cap is not None and time.monotonic() - t0 >= cap:
-            stopped = "time cap"
-            break
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
         idx = rng.integers(0, len(train_frames), cfg.batch_size)
@@ -244,6 +241,9 @@ def train_vq(
         if out is not None and time.monotonic() - last_save > cfg.save_every_s:
             tok.save(out)
             last_save = time.monotonic()
+        if cap is not None and step < cfg.steps and time.monotonic() - t0 >= cap:
+            stopped = "time cap"  # after the current step, as training's cap does
+            break
     bar.close()
     seconds = time.monotonic() - t0
     model.eval()
