@@ -309,3 +309,138 @@ def test_an_unexpected_error_is_one_line_and_verbose_shows_the_traceback(tmp_pat
     monkeypatch.setenv("WORLDVLA_VERBOSE", "1")
     assert cli(argv) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- budgets
+def _synthetic_run(run: Path) -> None:
+    """A debug-preset run directory whose collect and evaluation stages count as done, over
+    synthetic 64×64 episodes: the quickstart then runs only the tokenizer, the token cache,
+    training and the report — no simulator."""
+    from worldvla.envs.suites import suite_preset
+    from worldvla.pipeline import RunState
+    from worldvla.presets import experiment_preset
+
+    exp = experiment_preset("debug")
+    suite = suite_preset(exp.suite)
+    run.mkdir()
+    episodes = _episodes(4, size=suite.resolution, n=6, length=12)
+    write_episodes(run / "data" / "episodes.hdf5", episodes)
+    state = RunState(run, exp, json.loads(json.dumps(suite.to_dict())))
+    for name in ("collect", "eval_policy", "eval_world"):
+        state.stage(name)["done"] = True
+    state.save()
+
+
+@pytest.fixture()
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_a_capped_run_is_marked_cut_short_everywhere(tmp_path, capsys, one_thread):
+    run = tmp_path / "qs"
+    _synthetic_run(run)
+    argv = ["quickstart", "--preset", "debug", "--out", str(run), "--no-progress"]
+    # The cap was asked for: loud, but exit 0.
+    assert cli([*argv, "--max-minutes-per-stage", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: training stopped at step 1/6 (time cap) — results are not comparable" in out
+    assert "WARNING: image tokenizer stopped at step 1/20 (time cap)" in out
+    stages = json.loads((run / "stages.json").read_text())["stages"]
+    assert (stages["tokenizer"]["step"], stages["tokenizer"]["total_steps"]) == (1, 20)
+    assert (stages["train"]["step"], stages["train"]["total_steps"]) == (1, 6)
+    assert stages["tokenizer"]["stopped"] == stages["train"]["stopped"] == "time cap"
+    md = (run / "report.md").read_text()
+    assert "| train | " in md and "stopped at 1/6 steps (time cap) |" in md
+    assert "stopped at 1/20 steps (time cap)" in md
+    assert md.rstrip().splitlines()[-1].startswith("**Not comparable with the README's results:**")
+    assert "stopped at 1/6 steps (time cap)" in (run / "report.html").read_text()
+    # Run again without the cap: the cut stages are kept as they are, and the exit says so.
+    assert cli(argv) == 3
+    captured = capsys.readouterr()
+    assert "cut short by an earlier command" in captured.out and "exit status 3" in captured.err
+    assert json.loads((run / "stages.json").read_text())["stages"]["train"]["step"] == 1
+
+
+def test_the_debug_preset_runs_its_full_step_budget(tmp_path, capsys, one_thread):
+    run = tmp_path / "qs"
+    _synthetic_run(run)
+    assert cli(["quickstart", "--preset", "debug", "--out", str(run), "--no-progress"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    stages = json.loads((run / "stages.json").read_text())["stages"]
+    assert stages["tokenizer"]["step"] == stages["tokenizer"]["total_steps"] == 20
+    assert stages["train"]["step"] == stages["train"]["total_steps"] == 6
+    assert stages["tokenizer"]["stopped"] is None and stages["train"]["stopped"] is None
+    tok = json.loads((run / "tokenizer" / "metrics.json").read_text())
+    assert tok["steps"] == 20 and tok["train_config"]["minutes"] is None
+    md = (run / "report.md").read_text()
+    assert "done, 6/6 steps" in md and "done, 20/20 steps" in md
+    assert md.rstrip().splitlines()[-1] == "Every stage ran its full step budget."
+
+
+# ---------------------------------------------------------------------------- stored runs
+def _legacy_run(run: Path, **experiment) -> dict:
+    """stages.json of a debug run as versions that budgeted in minutes wrote it."""
+    from worldvla.envs.suites import suite_preset
+    from worldvla.presets import experiment_preset
+
+    exp = json.loads(json.dumps(experiment_preset("debug").to_dict()))
+    exp.update(experiment)
+    doc = {
+        "preset": "debug",
+        "experiment": exp,
+        "seed": 0,
+        "suite": json.loads(json.dumps(suite_preset("debug").to_dict())),
+        "stages": {
+            "collect": {"done": True, "seconds": 60.0},
+            "tokenizer": {"done": True, "seconds": 300.0, "val_psnr": 25.0},
+            "tokenize": {"done": True, "seconds": 30.0},
+            "train": {"done": True, "seconds": 840.0, "step": 1233, "stopped_by_budget": True},
+        },
+    }
+    run.mkdir()
+    (run / "stages.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def test_runs_stored_with_minute_budgets_are_still_reused_and_reported(tmp_path):
+    from worldvla.errors import ConfigError
+    from worldvla.eval.report import write_report
+    from worldvla.pipeline import DATA_STAGES, RunState, run_pipeline, stopped_stages
+    from worldvla.presets import experiment_preset
+
+    exp = experiment_preset("debug")
+    # A step-budgeted tokenizer (tokenizer_steps ruled over tokenizer_minutes): the same recipe.
+    steps_ruled = tmp_path / "steps"
+    _legacy_run(steps_ruled, tokenizer_minutes=0.2, tokenizer_steps=20, train_minutes=None)
+    state = RunState(steps_ruled, exp)
+    assert "time_budget_minutes" not in state.doc["stages"]["tokenizer"]
+    # A time-budgeted tokenizer and a capped training: reused as they are (the ablation reads
+    # such data stages without rewriting anything) and reported for what they were.
+    timed = tmp_path / "timed"
+    _legacy_run(timed, tokenizer_minutes=5.0, tokenizer_steps=None, train_minutes=14.0)
+    before = (timed / "stages.json").read_bytes()
+    run_pipeline(exp, timed, progress=False, log=lambda _: None, stages=DATA_STAGES)
+    assert (timed / "stages.json").read_bytes() == before
+    assert RunState(timed, exp).doc["stages"]["tokenizer"]["time_budget_minutes"] == 5.0
+    (timed / "tokenizer").mkdir()
+    (timed / "tokenizer" / "metrics.json").write_text(json.dumps({"steps": 411, "val_psnr": 25.0}))
+    ckpt = timed / "train" / "checkpoints" / "step_00001233"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text(json.dumps({"train": {"steps": 1500}}))
+    (timed / "train" / "checkpoints" / "latest").write_text("step_00001233\n")
+    assert stopped_stages(timed) == {"train": "stopped at 1,233/1,500 steps (time cap)"}
+    write_report(timed)
+    md = (timed / "report.md").read_text()
+    assert "| tokenizer | 5.0 | 411 steps in a 5-min time budget (made before budgets were steps) |" in md
+    assert "| train | 14.0 | stopped at 1,233/1,500 steps (time cap) |" in md
+    assert "Not comparable with the README's results" in md
+    # Another recipe is still refused, legacy fields or not.
+    other = tmp_path / "other"
+    _legacy_run(other, tokenizer_minutes=5.0, tokenizer_steps=None, train_minutes=14.0, train="mw-quick")
+    with pytest.raises(ConfigError, match="another configuration"):
+        RunState(other, exp)

@@ -226,6 +226,16 @@ def _time_budget_minutes(st: dict[str, Any], stages: dict[str, Any]) -> float | 
     return None
 
 
+def _steps_of(tok: dict[str, Any]) -> str:
+    """'2,000 steps', or '411 of 2,000 steps (time cap)' for a tokenizer stopped early."""
+    steps, total = tok.get("steps"), tok.get("total_steps")
+    if not isinstance(steps, int):
+        return "? steps"
+    if tok.get("stopped") and total:
+        return f"{steps:,} of {total:,} steps, stopped early ({tok['stopped']})"
+    return f"{steps:,} steps"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -287,7 +297,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
             "",
             f"Held-out PSNR **{tok.get('val_psnr', float('nan')):.2f} dB**, codebook usage "
             f"**{100 * tok.get('val_codebook_usage', 0):.0f}%** of {tok.get('codebook_size')} codes "
-            f"({tok.get('steps')} steps, {tok.get('seconds', 0):.0f} s).",
+            f"({_steps_of(tok)}, {tok.get('seconds', 0):.0f} s).",
             "",
         ]
         if (run / "tokenizer" / "reconstructions.png").exists():
