@@ -157,6 +157,18 @@ CASES = [
         "trained on 4-D actions",
     ),
     Case(
+        "eval-policy-7d-replay-episodes",
+        lambda i, s, u: [
+            "eval-policy",
+            str(i / "run"),
+            "--suite",
+            "debug",
+            "--episodes",
+            str(i / "eps7.hdf5"),
+        ],
+        "holds 7-D actions",
+    ),
+    Case(
         "eval-policy-unwritable-out",
         lambda i, s, u: ["eval-policy", str(i / "run"), "--suite", "debug", "--out", str(u / "ev")],
         "not writable",

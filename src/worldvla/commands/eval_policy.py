@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     require_input(args.checkpoint, "checkpoint")  # before any folder is made next to it
     if args.episodes:
-        require_input(args.episodes, "episode file")
+        from worldvla.commands.eval_actions import check_inputs
+
+        check_inputs(args.checkpoint, args.episodes)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_policy"
     check_output_dir(out, "output folder")
     suite = suite_preset(args.suite)
