@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from worldvla.errors import ConfigError
-from worldvla.eval.report import NOT_COMPARABLE, cut_short, stage_shortfall
+from worldvla.eval.report import NOT_COMPARABLE, STAGE_NAMES, cut_short, cut_summary, stage_shortfall
 from worldvla.presets import ExperimentConfig, upgrade_stored_experiment
 from worldvla.utils.io import atomic_write_text
 from worldvla.utils.paths import check_output_dir
@@ -106,14 +106,11 @@ def _read_stages(path: Path) -> dict[str, Any]:
     return doc
 
 
-_WHAT = {"tokenizer": "image tokenizer", "train": "training"}
-
-
 def _cut_warning(name: str, st: dict[str, Any], run: Path) -> str:
     """One loud line: 'WARNING: training stopped at step 277/1,500 (time cap) — results ...'."""
     step, total, reason = stage_shortfall(name, st, run) or (None, None, "")
     at = f" at step {step:,}/{total:,}" if step is not None and total else ""
-    return f"WARNING: {_WHAT.get(name, f'stage {name}')} stopped{at} ({reason}) — {NOT_COMPARABLE}"
+    return f"WARNING: {STAGE_NAMES.get(name, f'stage {name}')} stopped{at} ({reason}) — {NOT_COMPARABLE}"
 
 
 def _run_stage(
@@ -316,6 +313,5 @@ def run_pipeline(
         _run_stage(state, name, fns[name], log, run)
     short = cut_short(state.doc, run)
     if short:
-        parts = "; ".join(f"{_WHAT.get(k, k)} {v}" for k, v in short.items())
-        log(f"WARNING: this run was cut short ({parts}) — {NOT_COMPARABLE}")
+        log(f"WARNING: this run was cut short ({cut_summary(short)}) — {NOT_COMPARABLE}")
     return run / "report.html"

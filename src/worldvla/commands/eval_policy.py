@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from worldvla.eval.policy_eval import evaluate_policy
     from worldvla.utils.paths import check_output_dir, require_input
 
+    suite = suite_preset(args.suite)
+    if args.variations:
+        suite = replace(suite, test_variations=parse_variations(args.variations))
     require_input(args.checkpoint, "checkpoint")  # before any folder is made next to it
     if args.episodes:
         from worldvla.commands.eval_actions import check_inputs
@@ -56,9 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(args.checkpoint, args.episodes)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_policy"
     check_output_dir(out, "output folder")
-    suite = suite_preset(args.suite)
-    if args.variations:
-        suite = replace(suite, test_variations=parse_variations(args.variations))
     doc = evaluate_policy(
         args.checkpoint,
         suite,

@@ -22,6 +22,7 @@ from worldvla.errors import DataError
 from worldvla.utils.io import atomic_write_text
 
 NOT_COMPARABLE = "results are not comparable with the README's"
+STAGE_NAMES = {"tokenizer": "image tokenizer", "train": "training"}  # in sentences about a stage
 # Files a run directory may hold; a folder with none of them has nothing to report.
 RESULT_FILES = (
     "stages.json",
@@ -227,7 +228,7 @@ def _time_budget_minutes(st: dict[str, Any], stages: dict[str, Any]) -> float | 
 
 
 def _steps_of(tok: dict[str, Any]) -> str:
-    """'2,000 steps', or '411 of 2,000 steps (time cap)' for a tokenizer stopped early."""
+    """'2,000 steps', or '411 of 2,000 steps, stopped early (time cap)'."""
     steps, total = tok.get("steps"), tok.get("total_steps")
     if not isinstance(steps, int):
         return "? steps"
@@ -270,7 +271,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
         title = f"WorldVLA quickstart ({stages['preset']})"  # a pipeline's run directory
     md: list[str] = [f"# {title or 'WorldVLA run'}: `{run.name}`", ""]
     if short:
-        md += [f"**Cut short: {_cut_summary(short)} — {NOT_COMPARABLE}.**", ""]
+        md += [f"**Cut short: {cut_summary(short)} — {NOT_COMPARABLE}.**", ""]
     if stages:
         mach = stages.get("machine", {})
         md += [
@@ -387,9 +388,9 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     return run / "report.html"
 
 
-def _cut_summary(short: dict[str, str]) -> str:
-    names = {"tokenizer": "image tokenizer", "train": "training"}
-    return "; ".join(f"{names.get(k, k)} {v}" for k, v in short.items())
+def cut_summary(short: dict[str, str]) -> str:
+    """'image tokenizer stopped at 411/2,000 steps (time cap); training ...' of :func:`cut_short`."""
+    return "; ".join(f"{STAGE_NAMES.get(k, k)} {v}" for k, v in short.items())
 
 
 def _summary(stages: dict[str, Any], short: dict[str, str], run: Path) -> str:
@@ -397,23 +398,21 @@ def _summary(stages: dict[str, Any], short: dict[str, str], run: Path) -> str:
     pending = [k for k, v in stages.get("stages", {}).items() if not v.get("done") and k != "report"]
     if short:
         return (
-            f"**Not comparable with the README's results:** {_cut_summary(short)}. A stage cut short "
+            f"**Not comparable with the README's results:** {cut_summary(short)}. A stage cut short "
             "has not finished its learning-rate schedule; run without a time cap, in a new run folder, "
             "for results that are."
         )
-    lines = []
     if pending:
-        lines.append(f"Stages not finished yet: {', '.join(pending)}.")
-    else:
-        lines.append("Every stage ran its full step budget.")
+        return f"Stages not finished yet: {', '.join(pending)}."
     tok = stages.get("stages", {}).get("tokenizer")
     minutes = _time_budget_minutes(tok, stages) if isinstance(tok, dict) and tok.get("done") else None
     if minutes is not None:
-        lines.append(
-            f"The image tokenizer was trained for {minutes:g} minutes of wall time (this run was made "
-            "before budgets were steps), so its quality depends on the machine's speed at the time."
+        return (
+            f"Every stage finished. The image tokenizer was trained for {minutes:g} minutes of wall time "
+            "(this run was made before budgets were steps), so its quality depends on the machine's "
+            "speed at the time."
         )
-    return " ".join(lines)
+    return "Every stage ran its full step budget."
 
 
 def _to_html(markdown: str, title: str) -> str:
