@@ -206,11 +206,30 @@ def test_train_tokenizer_command(tmp_path):
     )
 
 
-def test_train_vq_time_budget():
+def test_train_vq_time_cap_stops_early_and_says_so():
     frames = smooth_images(20)
     cfg = replace(VQTrainConfig(preset="tiny"), steps=10**6, minutes=0.02, eval_every=10**6)
     _, m = train_vq(cfg, frames[:16], frames[16:], progress=False)
     assert 0 < m["steps"] < 10**6 and m["seconds"] < 10
+    assert m["stopped"] == "time cap" and m["total_steps"] == 10**6
+    _, full = train_vq(replace(cfg, steps=3, minutes=None), frames[:16], frames[16:], progress=False)
+    assert full["steps"] == full["total_steps"] == 3 and full["stopped"] is None
+
+
+def test_train_vq_schedule_depends_on_steps_not_on_the_clock(monkeypatch):
+    """A cap that does not bite changes nothing, however slow the machine: the same weights."""
+    import worldvla.tokenizers.vq_train as vq_train
+
+    frames = smooth_images(20)
+    cfg = replace(VQTrainConfig(preset="tiny"), steps=6, warmup_steps=2, eval_every=10**6)
+    fast, _ = train_vq(cfg, frames[:16], frames[16:], progress=False)
+    # A slow machine: right after the start, 99% of a 10-minute cap is spent (and stays so).
+    reads = iter([0.0])
+    monkeypatch.setattr(vq_train.time, "monotonic", lambda: next(reads, 0.99 * 600))
+    slow, m = train_vq(replace(cfg, minutes=10), frames[:16], frames[16:], progress=False)
+    assert m["steps"] == 6 and m.get("stopped") is None
+    for (k, a), b in zip(fast.model.state_dict().items(), slow.model.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_train_vq_bf16_autocast_learns():

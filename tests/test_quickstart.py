@@ -27,6 +27,9 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
     assert "report:" in r.stdout
     stages = json.loads((run / "stages.json").read_text())
     assert all(s["done"] for s in stages["stages"].values())
+    for name, steps in (("tokenizer", 20), ("train", 6)):  # the full step budgets, whatever the machine
+        st = stages["stages"][name]
+        assert st["step"] == st["total_steps"] == steps and st["stopped"] is None, st
     pol = json.loads((run / "eval_policy" / "results.json").read_text())
     assert set(pol["summary"]) == {"worldvla", "random", "replay"}  # baselines in the same table
     assert pol["meta"]["commit"] is not None or pol["meta"]["machine"]["cpus"] > 0

@@ -6,6 +6,13 @@ command again skips completed stages and resumes the interrupted one: collection
 tokenizer restart (minutes), the token cache and training resume from where they were
 killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
 
+Budgets are steps (``ExperimentConfig.tokenizer_steps``, the training preset's ``steps``),
+so the same preset gives the same model on any machine. ``max_minutes_per_stage`` caps the
+wall time of the two training stages (image tokenizer, model); a stage it cuts short is
+recorded with ``step``, ``total_steps`` and ``stopped`` (the reason), announced by a
+``WARNING`` line, marked in the report, and kept as it is when the command runs again
+(a full run needs a new run directory).
+
     RUN/data/episodes.hdf5     demonstrations (training variations only)
     RUN/tokenizer/             image tokenizer + metrics.json + reconstructions.png
     RUN/cache/                 token cache
@@ -18,13 +25,17 @@ killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worldvla.presets import ExperimentConfig
+from worldvla.errors import ConfigError
+from worldvla.eval.report import NOT_COMPARABLE, STAGE_NAMES, cut_short, cut_summary, stage_shortfall
+from worldvla.presets import ExperimentConfig, upgrade_stored_experiment
 from worldvla.utils.io import atomic_write_text
+from worldvla.utils.paths import check_output_dir
 from worldvla.utils.provenance import provenance
 from worldvla.utils.stored import with_defaults
 
@@ -40,16 +51,17 @@ class RunState:
         from another definition of the same suite name (or from before definitions were
         recorded) is refused rather than silently reused."""
         self.path = run_dir / "stages.json"
-        existing = json.loads(self.path.read_text()) if self.path.exists() else {}
+        existing = _read_stages(self.path)
         wanted = json.loads(json.dumps(exp.to_dict()))  # tuples -> lists, as stored
         from worldvla.envs.suites import SuiteConfig
 
         stored_suite = with_defaults(existing.get("suite"), SuiteConfig)
-        stored_exp = with_defaults(existing.get("experiment"), ExperimentConfig)
+        stored_exp, legacy = existing.get("experiment"), {}
+        if isinstance(stored_exp, dict):  # made by a version that budgeted stages in minutes?
+            stored_exp, legacy = upgrade_stored_experiment(stored_exp, wanted)
+        stored_exp = with_defaults(stored_exp, ExperimentConfig)
         stale_suite = suite is not None and existing.get("stages") and stored_suite != suite
         if existing and existing.get("experiment") and (stored_exp != wanted or stale_suite):
-            from worldvla.errors import ConfigError
-
             if stored_exp == wanted:
                 what = f"data of another definition of suite {exp.suite!r}"
             else:
@@ -63,6 +75,10 @@ class RunState:
         }
         self.exp = exp
         self.doc["experiment"] = exp.to_dict()
+        tok = self.doc["stages"].get("tokenizer", {})
+        if legacy.get("tokenizer_minutes") is not None and tok.get("done"):
+            # Reused as made: keep the record of its time budget once the legacy fields are gone.
+            tok.setdefault("time_budget_minutes", legacy["tokenizer_minutes"])
         if suite is not None:
             self.doc["suite"] = suite
 
@@ -78,12 +94,39 @@ class RunState:
         atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
 
 
+def _read_stages(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable stages file ({e}); use another --out directory") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages", {}), dict):
+        raise ConfigError(f"{path}: not a stages file of a run; use another --out directory")
+    return doc
+
+
+def _cut_warning(name: str, st: dict[str, Any], run: Path) -> str:
+    """One loud line: 'WARNING: training stopped at step 277/1,500 (time cap) — results ...'."""
+    step, total, reason = stage_shortfall(name, st, run) or (None, None, "")
+    at = f" at step {step:,}/{total:,}" if step is not None and total else ""
+    return f"WARNING: {STAGE_NAMES.get(name, f'stage {name}')} stopped{at} ({reason}) — {NOT_COMPARABLE}"
+
+
 def _run_stage(
-    state: RunState, name: str, fn: Callable[[dict[str, Any]], Any], log: Callable[[str], None]
+    state: RunState,
+    name: str,
+    fn: Callable[[dict[str, Any]], Any],
+    log: Callable[[str], None],
+    run: Path,
 ) -> None:
     st = state.stage(name)
     if st["done"]:
-        log(f"[{name}] done earlier ({st['seconds'] / 60:.1f} min), skipped")
+        if stage_shortfall(name, st, run):
+            log(f"[{name}] cut short by an earlier command, kept as it is; a full run needs a new --out")
+            log(_cut_warning(name, st, run))
+        else:
+            log(f"[{name}] done earlier ({st['seconds'] / 60:.1f} min), skipped")
         return
     log(f"[{name}] ...")
     t0 = time.perf_counter()
@@ -95,6 +138,14 @@ def _run_stage(
     st["done"] = True
     state.save()
     log(f"[{name}] finished in {st['seconds'] / 60:.1f} min")
+    if stage_shortfall(name, st, run):
+        log(_cut_warning(name, st, run))
+
+
+def stopped_stages(run_dir: str | Path) -> dict[str, str]:
+    """Stages of ``run_dir`` that ended before their step budget: name -> what happened."""
+    path = Path(run_dir) / "stages.json"
+    return cut_short(_read_stages(path), Path(run_dir)) if path.exists() else {}
 
 
 def run_pipeline(
@@ -103,28 +154,38 @@ def run_pipeline(
     progress: bool = True,
     log: Callable[[str], None] = print,
     stages: tuple[str, ...] = STAGES,
+    max_minutes_per_stage: float | None = None,
 ) -> Path:
     """Run (or resume) the ``stages`` of ``exp`` in ``run_dir``; returns the HTML report's path.
 
     ``stages=DATA_STAGES`` prepares only the data (episodes, tokenizer, token cache), as
-    the ablation driver does for the runs that share it.
+    the ablation driver does for the runs that share it. ``max_minutes_per_stage`` is an
+    optional wall-clock cap on the image tokenizer and on training (for training it counts
+    the stage's time over all invocations); what it cuts short is reported loudly, and
+    :func:`stopped_stages` lists it afterwards.
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown pipeline stages {unknown}; known: {STAGES}")
+    cap = max_minutes_per_stage
+    if cap is not None and not 0 < cap < math.inf:
+        raise ConfigError(f"the wall-clock cap per stage must be a positive number of minutes, got {cap}")
     from worldvla.envs.suites import suite_preset
     from worldvla.tokenizers.vq import vq_preset
     from worldvla.train.config import apply_overrides, train_preset
 
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"{run}: the run folder is a file, not a folder")
     suite = suite_preset(exp.suite)
     vq_preset(exp.tokenizer)
     train_cfg = apply_overrides(train_preset(exp.train), list(exp.train_overrides))
     state = RunState(run, exp, json.loads(json.dumps(suite.to_dict())))
     if "report" in stages or not all(state.stage(n)["done"] for n in stages):
-        # Reusing finished stages (e.g. the ablation reading a quickstart's data) leaves the
-        # run's provenance to the command that made it.
+        # Reusing finished stages (e.g. the ablation reading a quickstart's data) only reads
+        # the folder and leaves the run's provenance to the command that made it.
+        check_output_dir(run, "run folder")  # before any stage starts
+        run.mkdir(parents=True, exist_ok=True)
         state.claim()
     episodes = run / "data" / "episodes.hdf5"
     tok_dir, cache_dir, train_dir = run / "tokenizer", run / "cache", run / "train"
@@ -141,6 +202,7 @@ def run_pipeline(
             exp.workers,
             progress,
             exploration=exp.exploration_config(),
+            overwrite=True,  # this stage's own file, left by an unrecorded earlier attempt
         )
         st.update(kept=report.kept, dropped=report.dropped, steps=report.steps)
         log(report.summary())
@@ -148,14 +210,16 @@ def run_pipeline(
     def tokenizer_stage(st: dict[str, Any]) -> None:
         from worldvla.tokenizers.vq_train import VQTrainConfig, train_tokenizer
 
-        cfg = VQTrainConfig(
-            preset=exp.tokenizer,
-            seed=exp.seed,
-            steps=exp.tokenizer_steps or 10**9,
-            minutes=None if exp.tokenizer_steps else exp.tokenizer_minutes,
-        )
+        # The tokenizer restarts from scratch when resumed, so the cap applies per attempt.
+        cfg = VQTrainConfig(preset=exp.tokenizer, seed=exp.seed, steps=exp.tokenizer_steps, minutes=cap)
         m = train_tokenizer(episodes, tok_dir, cfg, camera=suite.camera, progress=progress)
-        st.update(val_psnr=m["val_psnr"], val_codebook_usage=m["val_codebook_usage"])
+        st.update(
+            val_psnr=m["val_psnr"],
+            val_codebook_usage=m["val_codebook_usage"],
+            step=m["steps"],
+            total_steps=cfg.steps,
+            stopped=m["stopped"],
+        )
         log(f"tokenizer: held-out PSNR {m['val_psnr']:.2f} dB, codebook usage {m['val_codebook_usage']:.0%}")
 
     def tokenize_stage(st: dict[str, Any]) -> None:
@@ -177,15 +241,21 @@ def run_pipeline(
         from worldvla.train.loop import train
 
         minutes = None
-        if exp.train_minutes is not None:
-            minutes = max(0.1, exp.train_minutes - st.get("seconds", 0.0) / 60)
+        if cap is not None:  # what is left of the cap after earlier, interrupted attempts
+            minutes = max(1e-6, cap - st.get("seconds", 0.0) / 60)  # spent: one step, then stop
         resume = latest_checkpoint(train_dir) is not None
         result = train(train_cfg, cache_dir, train_dir, resume=resume, minutes=minutes, progress=progress)
+        stopped = None
+        if result.stopped_by_budget:
+            stopped = "time cap"
+        elif result.step < train_cfg.steps:
+            stopped = "ended early"
         st.update(
             step=result.step,
+            total_steps=train_cfg.steps,
+            stopped=stopped,
             checkpoint=str(result.checkpoint),
             tokens_per_s=result.tokens_per_s,
-            stopped_by_budget=result.stopped_by_budget,
             last_val=result.last_val,
         )
 
@@ -243,5 +313,8 @@ def run_pipeline(
             continue
         if name == "report":
             state.stage("report")["done"] = False  # always rebuilt: it summarizes everything above
-        _run_stage(state, name, fns[name], log)
+        _run_stage(state, name, fns[name], log, run)
+    short = cut_short(state.doc, run)
+    if short:
+        log(f"WARNING: this run was cut short ({cut_summary(short)}) — {NOT_COMPARABLE}")
     return run / "report.html"

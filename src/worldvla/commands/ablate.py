@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from worldvla.ablation.aggregate import aggregate
     from worldvla.ablation.runner import run_ablation
+    from worldvla.utils.paths import check_output_dir
 
     if args.aggregate_only:
         if not out.is_dir():
             p.error(f"--aggregate-only: {out} does not exist")
         table = aggregate(out, cfg)
     else:
+        check_output_dir(out, "ablation folder")  # before the data stages start
         table = run_ablation(cfg, out, args.data, progress=not args.no_progress)
     if args.results:
         aggregate(out, cfg, out_dir=args.results)

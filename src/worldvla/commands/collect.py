@@ -22,14 +22,21 @@ def main(argv: list[str] | None = None) -> int:
         help="σ of Gaussian noise on the executed actions; the stored label stays the expert's (DART)",
     )
     p.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (the new file is written in full before the old one goes)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
     from worldvla.data.collect import collect
     from worldvla.envs.suites import suite_preset
+    from worldvla.utils.paths import check_output_file
 
     suite = suite_preset(args.preset)
     out = args.out or f"data/{suite.name}.hdf5"
+    check_output_file(out, args.overwrite, what="episode file")  # before any simulator starts
     report = collect(
         suite,
         out,
@@ -38,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         action_noise=args.action_noise,
         workers=args.workers,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(report.summary())
     return 0

@@ -8,6 +8,26 @@ from __future__ import annotations
 import argparse
 
 
+def check_inputs(checkpoint: str, episodes: str) -> None:
+    """Both inputs exist, and the episodes' actions have the checkpoint's dimension."""
+    from worldvla.data.episodes import EpisodeReader
+    from worldvla.errors import DataError
+    from worldvla.train.checkpoint import read_config, resolve_checkpoint
+    from worldvla.utils.paths import require_input
+
+    require_input(checkpoint, "checkpoint")
+    require_input(episodes, "episode file")
+    ckpt = resolve_checkpoint(checkpoint)
+    want = read_config(ckpt).get("layout", {}).get("action_dim")
+    with EpisodeReader(episodes) as reader:
+        have = int(reader.actions(0).shape[-1]) if len(reader) else None
+    if want is not None and have is not None and int(want) != have:
+        raise DataError(
+            f"{episodes} holds {have}-D actions but the checkpoint {ckpt} was trained on {want}-D "
+            "actions; give the episode file it was trained on"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="worldvla eval-actions", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="checkpoint or run directory")
@@ -21,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from worldvla.eval.offline_actions import evaluate_offline_actions
+    from worldvla.utils.paths import check_output_dir
 
+    check_inputs(args.checkpoint, args.episodes)  # before any folder is made next to them
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_actions"
+    check_output_dir(out, "output folder")
     doc = evaluate_offline_actions(
         args.checkpoint,
         args.episodes,

@@ -47,11 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from worldvla.envs.suites import suite_preset
     from worldvla.eval.policy_eval import evaluate_policy
+    from worldvla.utils.paths import check_output_dir, require_input
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_policy"
     suite = suite_preset(args.suite)
     if args.variations:
         suite = replace(suite, test_variations=parse_variations(args.variations))
+    require_input(args.checkpoint, "checkpoint")  # before any folder is made next to it
+    if args.episodes:
+        from worldvla.commands.eval_actions import check_inputs
+
+        check_inputs(args.checkpoint, args.episodes)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_policy"
+    check_output_dir(out, "output folder")
     doc = evaluate_policy(
         args.checkpoint,
         suite,

@@ -32,10 +32,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
+    from worldvla.commands.eval_actions import check_inputs
+    from worldvla.errors import ConfigError
     from worldvla.eval.world_eval import evaluate_world
+    from worldvla.utils.paths import check_output_dir
 
+    check_inputs(args.checkpoint, args.episodes)  # before any folder is made next to them
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_world"
-    lengths = [int(x) for x in args.lengths.split(",") if x]
+    check_output_dir(out, "output folder")
+    try:
+        lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--lengths: expected comma-separated integers, got {args.lengths!r}") from None
     suite = None
     if args.suite:
         from worldvla.envs.suites import suite_preset

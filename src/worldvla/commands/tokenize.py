@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from worldvla.data.token_cache import build_token_cache
     from worldvla.tokenizers.image import load_image_tokenizer
+    from worldvla.utils.paths import check_output_dir, require_input
 
+    require_input(args.episodes, "episode file")
+    require_input(args.tokenizer, "image tokenizer")
+    check_output_dir(args.out, "token cache folder")
     tok = load_image_tokenizer(args.tokenizer, device=args.device)
     cache = build_token_cache(
         args.episodes,

@@ -11,7 +11,9 @@ number of processes). ``--set`` overrides any field of the training config.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 from pathlib import Path
 
 from worldvla.train.config import TRAIN_PRESETS, TrainConfig, apply_overrides, train_preset
@@ -23,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="token cache directory (from 'worldvla tokenize')")
     p.add_argument("--out", help="run directory: checkpoints/, metrics.jsonl, tb/")
     p.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the run directory's latest checkpoint (an error if it has none)",
     )
     p.add_argument(
         "--set",
@@ -37,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         "--minutes",
         type=float,
         default=None,
-        help="wall-clock budget: stop and checkpoint when spent (the LR schedule keeps --steps)",
+        help="optional wall-clock cap: stop and checkpoint when spent, with a warning; the LR "
+        "schedule keeps the preset's steps, so a capped run is not comparable with a full one "
+        "(default: no cap, the budget is the preset's steps)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the local GPU if any)")
     p.add_argument(
@@ -64,6 +70,25 @@ def _libero_config(name: str, cache_dir: str) -> TrainConfig | None:
     return preset.train_config(n_samples, num_gpus=int(os.environ.get("WORLD_SIZE", "1")))
 
 
+def check_cache_codes(cache_dir: str | Path) -> None:
+    """Refuse a token cache whose image codes fall outside its codebook (a corrupt or foreign
+    cache): they would be read as ids of other token kinds."""
+    from worldvla.errors import DataError
+    from worldvla.train.loop import open_cache
+
+    cache = open_cache(cache_dir)
+    size = getattr(cache, "codebook_size", None)
+    codes = getattr(cache, "codes", None)
+    if size is None or codes is None or not len(codes):
+        return
+    top = int(codes.max())
+    if top >= int(size):
+        raise DataError(
+            f"{cache_dir}: image codes reach {top} but the cache's codebook has {size} codes "
+            f"(0-{int(size) - 1}); rebuild it with 'worldvla tokenize --overwrite'"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list_presets:
@@ -71,12 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.cache or not args.out:
         _parser().error("--cache and --out are required")
-    if not Path(args.cache).exists():
-        from worldvla.errors import DataError
+    from worldvla.errors import ConfigError, DataError
 
+    if args.minutes is not None and not 0 < args.minutes < math.inf:
+        raise ConfigError(f"--minutes (a time cap) must be a positive number, got {args.minutes:g}")
+    if not Path(args.cache).exists():
         raise DataError(f"{args.cache}: token cache not found (create it with 'worldvla tokenize')")
+    from worldvla.utils.paths import check_output_dir
+
+    check_output_dir(args.out, "run folder")
     cfg = _libero_config(args.preset, args.cache) or train_preset(args.preset)
     cfg = apply_overrides(cfg, args.overrides)
+    check_cache_codes(args.cache)
 
     from worldvla.train.loop import train
 
@@ -90,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        how = " (time budget spent)" if result.stopped_by_budget else ""
-        print(f"stopped at step {result.step}/{cfg.steps}{how}")
+        if result.step < cfg.steps:
+            why = f"time cap of {args.minutes:g} min" if result.stopped_by_budget else "ended early"
+            print(
+                f"WARNING: training stopped at step {result.step:,}/{cfg.steps:,} ({why}) — the learning "
+                "rate has not annealed, results are not comparable with a full run; --resume continues it",
+                file=sys.stderr,
+            )
+        print(f"stopped at step {result.step}/{cfg.steps}")
         print(f"checkpoint: {result.checkpoint}")
         print(
             f"metrics:    {Path(args.out) / 'metrics.jsonl'}  (tensorboard --logdir {Path(args.out) / 'tb'})"

@@ -37,6 +37,7 @@ from worldvla.data.episodes import Episode, write_episodes
 from worldvla.data.exploration import DEMO, EXPLORE, ActionProcess, ExplorationConfig, segment_rng
 from worldvla.envs.suites import SuiteConfig
 from worldvla.errors import DataError
+from worldvla.utils.paths import check_output_file
 
 _ENV = None  # one simulator per worker process
 
@@ -171,8 +172,12 @@ def collect(
     workers: int = 2,
     progress: bool = True,
     exploration: ExplorationConfig | None = None,
+    overwrite: bool = False,
 ) -> CollectReport:
     """Run the experts and write the successful episodes to ``out`` (HDF5, atomically).
+
+    An existing ``out`` is refused unless ``overwrite`` (then replaced only once the new
+    file is complete); a folder or an unwritable location is refused before any simulator starts.
 
     ``episodes_per_task`` defaults to the suite's; episode ``i`` of a task runs on training
     variation ``train_variations[i % len]``. ``workers`` > 1 runs that many simulator
@@ -181,6 +186,7 @@ def collect(
     the same training variations (segment ``i`` on ``train_variations[i % len]``).
     Raises :class:`DataError` if no episode succeeds.
     """
+    check_output_file(out, overwrite, what="episode file")
     n = episodes_per_task or suite.episodes_per_task
     jobs = [
         Job(

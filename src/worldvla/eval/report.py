@@ -18,7 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from worldvla.errors import DataError
 from worldvla.utils.io import atomic_write_text
+
+NOT_COMPARABLE = "results are not comparable with the README's"
+STAGE_NAMES = {"tokenizer": "image tokenizer", "train": "training"}  # in sentences about a stage
+# Files a run directory may hold; a folder with none of them has nothing to report.
+RESULT_FILES = (
+    "stages.json",
+    "tokenizer/metrics.json",
+    "train/metrics.jsonl",
+    "eval_policy/results.json",
+    "eval_world/results.json",
+)
 
 
 def _load(path: Path) -> Any:
@@ -137,6 +149,94 @@ def _plot_psnr(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _checkpoint_steps(train_dir: Path) -> int | None:
+    """The step budget recorded by the latest checkpoint of ``train_dir`` (older stage records lack it)."""
+    latest = train_dir / "checkpoints" / "latest"
+    try:
+        name = latest.read_text().strip()
+        return int(_load(train_dir / "checkpoints" / name / "config.json")["train"]["steps"])
+    except (OSError, TypeError, KeyError, ValueError):
+        return None
+
+
+def stage_shortfall(
+    name: str, st: dict[str, Any], run: Path | None = None
+) -> tuple[int | None, int | None, str] | None:
+    """``(step, total_steps, reason)`` when a finished stage ended before its step budget, else None.
+
+    Stage records of ``stages.json`` (``worldvla.pipeline``): ``step``, ``total_steps`` and
+    ``stopped`` (the reason, e.g. "time cap"); records written before budgets were steps
+    have ``stopped_by_budget`` instead, and no ``total_steps``.
+    """
+    if not st.get("done"):
+        return None
+    reason = st.get("stopped")
+    if not reason and st.get("stopped_by_budget"):
+        reason = "time cap"
+    if not reason:
+        return None
+    total = st.get("total_steps")
+    if total is None and name == "train" and run is not None:
+        total = _checkpoint_steps(run / "train")
+    return st.get("step"), total, str(reason)
+
+
+def _shortfall_text(short: tuple[int | None, int | None, str]) -> str:
+    step, total, reason = short
+    if step is None:
+        return f"stopped early ({reason})"
+    if not total:
+        return f"stopped at step {step:,} ({reason})"
+    return f"stopped at {step:,}/{total:,} steps ({reason})"
+
+
+def cut_short(stages: dict[str, Any], run: Path | None = None) -> dict[str, str]:
+    """Stages of a ``stages.json`` document that ended early, e.g. train -> 'stopped at 277/1,500
+    steps (time cap)'."""
+    out = {}
+    for name, st in (stages.get("stages") or {}).items():
+        short = stage_shortfall(name, st, run) if isinstance(st, dict) else None
+        if short:
+            out[name] = _shortfall_text(short)
+    return out
+
+
+def _stage_status(name: str, st: dict[str, Any], stages: dict[str, Any], run: Path) -> str:
+    if not st.get("done"):
+        return "not done"
+    short = stage_shortfall(name, st, run)
+    if short:
+        return _shortfall_text(short)
+    minutes = _time_budget_minutes(st, stages) if name == "tokenizer" else None
+    if minutes is not None:
+        steps = (_load(run / "tokenizer" / "metrics.json") or {}).get("steps")
+        done = f"{steps:,} steps" if isinstance(steps, int) else "done"
+        return f"{done} in a {minutes:g}-min time budget (made before budgets were steps)"
+    if isinstance(st.get("step"), int) and st.get("total_steps"):
+        return f"done, {st['step']:,}/{st['total_steps']:,} steps"
+    return "done"
+
+
+def _time_budget_minutes(st: dict[str, Any], stages: dict[str, Any]) -> float | None:
+    """The time budget of a tokenizer stage made before budgets were steps (None: a step budget)."""
+    if "time_budget_minutes" in st:
+        return st["time_budget_minutes"]
+    exp = stages.get("experiment") or {}
+    if "tokenizer_minutes" in exp and exp.get("tokenizer_steps") is None:
+        return exp["tokenizer_minutes"]
+    return None
+
+
+def _steps_of(tok: dict[str, Any]) -> str:
+    """'2,000 steps', or '411 of 2,000 steps, stopped early (time cap)'."""
+    steps, total = tok.get("steps"), tok.get("total_steps")
+    if not isinstance(steps, int):
+        return "? steps"
+    if tok.get("stopped") and total:
+        return f"{steps:,} of {total:,} steps, stopped early ({tok['stopped']})"
+    return f"{steps:,} steps"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -144,14 +244,34 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(run_dir: str | Path, title: str | None = None) -> Path:
-    """Build ``report.md`` and ``report.html`` in ``run_dir``; returns the path of the HTML report."""
+    """Build ``report.md`` and ``report.html`` in ``run_dir``; returns the path of the HTML report.
+
+    A missing folder, or one without any of :data:`RESULT_FILES`, is a :class:`DataError`
+    (nothing is written). A stage cut short is marked in the stage table and in the summary.
+    """
     run = Path(run_dir)
+    if not run.is_dir():
+        what = "is not a folder" if run.exists() else "does not exist"
+        raise DataError(f"{run}: the run folder {what}")
+    if not any((run / f).is_file() for f in RESULT_FILES):
+        raise DataError(
+            f"{run}: no run results to report (none of {', '.join(RESULT_FILES)}); "
+            "give the folder of a quickstart or a training run"
+        )
+    from worldvla.utils.paths import check_output_dir
+
+    check_output_dir(run, "run folder")
     plots = run / "plots"
     plots.mkdir(exist_ok=True)
     stages = _load(run / "stages.json")
+    if not isinstance(stages, dict):
+        stages = None
+    short = cut_short(stages, run) if stages else {}
     if title is None and stages and stages.get("preset"):
         title = f"WorldVLA quickstart ({stages['preset']})"  # a pipeline's run directory
     md: list[str] = [f"# {title or 'WorldVLA run'}: `{run.name}`", ""]
+    if short:
+        md += [f"**Cut short: {cut_summary(short)} — {NOT_COMPARABLE}.**", ""]
     if stages:
         mach = stages.get("machine", {})
         md += [
@@ -164,7 +284,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
             "",
         ]
         rows = [
-            [k, f"{v.get('seconds', 0) / 60:.1f}", "done" if v.get("done") else "not done"]
+            [k, f"{v.get('seconds', 0) / 60:.1f}", _stage_status(k, v, stages, run)]
             for k, v in stages.get("stages", {}).items()
         ]
         total = sum(v.get("seconds", 0) for v in stages.get("stages", {}).values())
@@ -178,7 +298,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
             "",
             f"Held-out PSNR **{tok.get('val_psnr', float('nan')):.2f} dB**, codebook usage "
             f"**{100 * tok.get('val_codebook_usage', 0):.0f}%** of {tok.get('codebook_size')} codes "
-            f"({tok.get('steps')} steps, {tok.get('seconds', 0):.0f} s).",
+            f"({_steps_of(tok)}, {tok.get('seconds', 0):.0f} s).",
             "",
         ]
         if (run / "tokenizer" / "reconstructions.png").exists():
@@ -284,10 +404,39 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
                 md += [f"Simulator (left) vs. imagined (right), one row per sequence: {order}.", ""]
                 md += [f"![{g.stem}](eval_world/gifs/{g.name})" for g in cf_gifs] + [""]
 
+    if stages:
+        md += ["## Summary", "", _summary(stages, short, run), ""]
     text = "\n".join(md)
     atomic_write_text(run / "report.md", text + "\n")
     atomic_write_text(run / "report.html", _to_html(text, title or run.name))
     return run / "report.html"
+
+
+def cut_summary(short: dict[str, str]) -> str:
+    """'image tokenizer stopped at 411/2,000 steps (time cap); training ...' of :func:`cut_short`."""
+    return "; ".join(f"{STAGE_NAMES.get(k, k)} {v}" for k, v in short.items())
+
+
+def _summary(stages: dict[str, Any], short: dict[str, str], run: Path) -> str:
+    """The report's last line: was every stage run to its full budget?"""
+    pending = [k for k, v in stages.get("stages", {}).items() if not v.get("done") and k != "report"]
+    if short:
+        return (
+            f"**Not comparable with the README's results:** {cut_summary(short)}. A stage cut short "
+            "has not finished its learning-rate schedule; run without a time cap, in a new run folder, "
+            "for results that are."
+        )
+    if pending:
+        return f"Stages not finished yet: {', '.join(pending)}."
+    tok = stages.get("stages", {}).get("tokenizer")
+    minutes = _time_budget_minutes(tok, stages) if isinstance(tok, dict) and tok.get("done") else None
+    if minutes is not None:
+        return (
+            f"Every stage finished. The image tokenizer was trained for {minutes:g} minutes of wall time "
+            "(this run was made before budgets were steps), so its quality depends on the machine's "
+            "speed at the time."
+        )
+    return "Every stage ran its full step budget."
 
 
 def _to_html(markdown: str, title: str) -> str:

@@ -13,12 +13,16 @@ Precision: float32 by default; ``bf16=True`` runs the training forward pass unde
 autocast (weights, optimizer and losses stay float32; evaluation and the saved tokenizer
 are float32). The speed and quality effect is measured in ``docs/image_tokenizer.md``.
 
-Schedule: linear warm-up, then cosine decay to 10 %, driven by the *progress* =
-max(step / steps, elapsed / budget), so a wall-clock budget (``minutes``) still ends on a
-low learning rate. Outputs in ``out``: the tokenizer (``config.json`` + ``model.safetensors``,
-written atomically at every save), ``metrics.json`` (held-out PSNR, codebook usage and
-perplexity), ``reconstructions.png`` (held-out originals above their reconstructions) and
-TensorBoard logs in ``tb/``.
+Budget: ``steps`` optimizer steps; the schedule (linear warm-up, then cosine decay to 10 %)
+is a function of the step alone, so the same config gives the same tokenizer on a fast or
+a slow machine. ``minutes`` is an optional wall-clock cap: when it is spent, training stops
+after the current step, says so (``stopped`` in the metrics; the callers print it loudly),
+and the schedule is *not* compressed — a capped tokenizer has not annealed.
+
+Outputs in ``out``: the tokenizer (``config.json`` + ``model.safetensors``, written
+atomically at every save), ``metrics.json`` (held-out PSNR, codebook usage and
+perplexity, steps run of the budget), ``reconstructions.png`` (held-out originals above
+their reconstructions) and TensorBoard logs in ``tb/``.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ from worldvla.utils.io import atomic_path, atomic_write_text
 @dataclass(frozen=True)
 class VQTrainConfig:
     preset: str = "mw64"
-    steps: int = 20_000  # upper bound; ``minutes`` usually ends training first
-    minutes: float | None = None
+    steps: int = 2_000  # the budget; the learning-rate schedule follows it
+    minutes: float | None = None  # optional wall-clock cap (stops early, loudly)
     batch_size: int = 16  # more steps beat bigger batches under a CPU time budget (docs)
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -65,8 +69,8 @@ class VQTrainConfig:
             raise ConfigError(f"recon_loss must be 'mse' or 'l1', got {self.recon_loss!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps and batch_size must be positive")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ConfigError(f"minutes must be positive, got {self.minutes}")
+        if self.minutes is not None and not 0 < self.minutes < math.inf:
+            raise ConfigError(f"minutes (a wall-clock cap) must be a positive number, got {self.minutes}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -143,10 +147,11 @@ def save_grid(path: Path, originals: np.ndarray, recon: np.ndarray, scale: int =
         Image.fromarray(grid).save(tmp, format="PNG")
 
 
-def _lr(cfg: VQTrainConfig, step: int, progress: float) -> float:
+def _lr(cfg: VQTrainConfig, step: int) -> float:
+    """Learning rate of ``step``: a function of the step alone (never of the elapsed time)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / cfg.steps, 1.0))))
 
 
 # ---------------------------------------------------------------------------- training
@@ -185,19 +190,15 @@ def train_vq(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
-    budget = cfg.minutes * 60 if cfg.minutes else None
+    cap = cfg.minutes * 60 if cfg.minutes else None
     t0 = last_save = time.monotonic()
     history: list[dict[str, float]] = []
-    total = None if budget is not None and cfg.steps >= 10**8 else cfg.steps  # time-bound: no step total
-    bar = tqdm(total=total, desc="train-tokenizer", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, desc="train-tokenizer", unit="step", disable=not progress)  # ETA
     step = 0
+    stopped = None
     while step < cfg.steps:
-        elapsed = time.monotonic() - t0
-        if budget is not None and elapsed >= budget:
-            break
-        frac = max(step / cfg.steps, elapsed / budget if budget else 0.0)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step, frac)
+            g["lr"] = _lr(cfg, step)
         idx = rng.integers(0, len(train_frames), cfg.batch_size)
         x = torch.from_numpy(train_frames[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, S, S)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -240,6 +241,9 @@ def train_vq(
         if out is not None and time.monotonic() - last_save > cfg.save_every_s:
             tok.save(out)
             last_save = time.monotonic()
+        if cap is not None and step < cfg.steps and time.monotonic() - t0 >= cap:
+            stopped = "time cap"  # after the current step, as training's cap does
+            break
     bar.close()
     seconds = time.monotonic() - t0
     model.eval()
@@ -251,6 +255,8 @@ def train_vq(
         "val_frames": len(val_frames),
         "train_frames": len(train_frames),
         "steps": step,
+        "total_steps": cfg.steps,
+        "stopped": stopped,  # None: the full budget ran; else why it ended early ("time cap")
         "seconds": seconds,
         "threads": torch.get_num_threads(),
         "codebook_size": tok.codebook_size,

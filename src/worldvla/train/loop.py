@@ -521,11 +521,19 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a run; returns where it ended. See the module docstring.
 
-    ``minutes`` is a wall-clock budget: when it is spent the run stops after the current
-    step and writes a checkpoint; the LR schedule stays that of ``cfg.steps``.
-    ``stop_after`` ends this call after that many optimizer steps (tests and tools), also
-    with a checkpoint, as if the process had been stopped there.
+    ``minutes`` is an optional wall-clock cap (a positive number): when it is spent the run
+    stops after the current step, writes a checkpoint and sets ``stopped_by_budget``; the LR
+    schedule stays that of ``cfg.steps``. ``resume=True`` continues from the run directory's
+    latest checkpoint and is refused when there is none (a mistyped run directory must not
+    start a new run unnoticed). ``stop_after`` ends this call after that many optimizer steps
+    (tests and tools), also with a checkpoint, as if the process had been stopped there.
     """
+    if minutes is not None and not 0 < minutes < math.inf:
+        raise ConfigError(f"the time cap must be a positive number of minutes, got {minutes}")
+    if resume and ckpt.latest_checkpoint(run_dir) is None:
+        raise ConfigError(
+            f"{run_dir}: nothing to resume (no checkpoint); run without --resume to start a new run"
+        )
     info = init_distributed(device)
     try:
         return _train(cfg, cache, Path(run_dir), resume, minutes, info, progress, stop_after)
