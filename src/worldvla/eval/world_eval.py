@@ -162,8 +162,8 @@ def evaluate_world(
     from worldvla.world_model import WorldModel
 
     out = Path(out_dir)
+    wm = WorldModel.from_pretrained(checkpoint)  # first: a bad checkpoint must not clear old GIFs
     fresh_gif_dir(out / "gifs")
-    wm = WorldModel.from_pretrained(checkpoint)
     camera = wm.layout.camera
     keys = list(wm.bundle.val_episodes)
     if not keys:

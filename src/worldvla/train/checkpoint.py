@@ -433,10 +433,12 @@ def check_resumable(
     image_tokenizer: ImageTokenizerRef | None = None,
     episodes: dict[str, Any] | None = None,
     action_stats: ActionStats | None = None,
+    model_cfg: ModelConfig | None = None,
 ) -> None:
     """Refuse to resume from a checkpoint trained with a different config (ConfigError naming the
-    fields) or on another token cache (DataError with both identities): image tokenizer, episode
-    file, action statistics. An identity one side does not record is not compared."""
+    fields: training config, data layout, vocabulary, model) or on another token cache (DataError
+    with both identities: image tokenizer, episode file, action statistics). An identity one
+    side does not record is not compared."""
     verify_files(ckpt, BUNDLE_FILES)
     d = read_config(ckpt)
     try:
@@ -455,6 +457,11 @@ def check_resumable(
             diffs.append(f"layout.{k}: checkpoint {saved_layout.get(k)!r} != data {v!r}")
     if d.get("vocab_fingerprint") != vocab.fingerprint():
         diffs.append(f"vocab: checkpoint {d.get('vocab_fingerprint')} != data {vocab.fingerprint()}")
+    saved_model = with_defaults(d.get("model"), ModelConfig)
+    if model_cfg is not None and isinstance(saved_model, dict):
+        for k, v in model_cfg.__dict__.items():
+            if saved_model.get(k) != v:
+                diffs.append(f"model.{k}: checkpoint {saved_model.get(k)!r} != requested {v!r}")
     if diffs:
         raise ConfigError(
             f"cannot resume from {ckpt}: it was trained with a different configuration ("
@@ -534,7 +541,8 @@ def expected_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_weights(state: dict[str, torch.Tensor], model_cfg: ModelConfig, ckpt: Path) -> None:
-    """ConfigError unless the weights have exactly the names and shapes ``config.json`` implies."""
+    """Unless the weights have exactly the names and shapes the model config implies, the
+    checkpoint contradicts itself: CorruptCheckpointError."""
     want = expected_shapes(model_cfg)
     problems = [f"missing {k}" for k in sorted(set(want) - set(state))[:3]]
     problems += [f"unexpected {k}" for k in sorted(set(state) - set(want))[:3]]
@@ -545,7 +553,7 @@ def check_weights(state: dict[str, torch.Tensor], model_cfg: ModelConfig, ckpt: 
     ][:3]
     if problems:
         c = model_cfg
-        raise ConfigError(
+        raise CorruptCheckpointError(
             f"{ckpt / MODEL_FILE} does not fit the model in {ckpt / CONFIG_FILE} (d_model={c.d_model}, "
             f"n_layers={c.n_layers}, vocab_size={c.vocab_size}): " + "; ".join(problems)
         )

@@ -377,7 +377,14 @@ class Trainer:
 
         data = self.data
         ckpt.check_resumable(
-            path, self.cfg, data.layout, self.vocab, data.image_tokenizer, data.episodes, data.action_stats
+            path,
+            self.cfg,
+            data.layout,
+            self.vocab,
+            data.image_tokenizer,
+            data.episodes,
+            data.action_stats,
+            self.model_cfg,
         )
         # Read and verify everything before changing anything: a corrupt file leaves the trainer
         # as it was, so :meth:`resume` can try an older checkpoint.
