@@ -303,9 +303,11 @@ def test_inference_loading_reports_the_file_or_loads(fault, run):
                 load(target)
             assert "\n" not in str(e.value)
             assert str(target) in str(e.value)
-        # Through the run directory, too (what `serve RUN` and `eval-world RUN` get).
-        with pytest.raises(WorldVLAError, match=fault.load_error):
+        # Through the run directory, too (what `serve RUN` and `eval-world RUN` get): no silent
+        # fallback, but the older checkpoint is named.
+        with pytest.raises(WorldVLAError, match=fault.load_error) as e:
             WorldVLAPolicy.from_pretrained(run)
+        assert str(e.value).endswith(f"an older checkpoint of the run: {run / 'checkpoints' / OLDER}")
     assert _tree(run) == before
 
 

@@ -577,10 +577,10 @@ def load_bundle(path: str | Path) -> Bundle:
     d = read_config(ckpt)
     vocab = _parse(ckpt, VOCAB_FILE, Vocab.load)
     if vocab.fingerprint() != d.get("vocab_fingerprint"):
-        raise ConfigError(f"{ckpt}: vocab.json does not match the fingerprint in config.json")
+        raise CorruptCheckpointError(f"{ckpt}: vocab.json does not match the fingerprint in config.json")
     train_cfg, model_cfg, layout = _bundle_from_config(ckpt, d)
-    if model_cfg.vocab_size != vocab.size:
-        raise ConfigError(
+    if model_cfg.vocab_size != vocab.size:  # the checkpoint contradicts itself
+        raise CorruptCheckpointError(
             f"{ckpt / CONFIG_FILE}: the model has vocab_size={model_cfg.vocab_size}, vocab.json "
             f"{vocab.size} ids"
         )
@@ -604,9 +604,18 @@ def load_for_inference(
     """``(model in eval mode on device, bundle)`` from a checkpoint or run directory."""
     from worldvla.model.transformer import Transformer
 
-    bundle = load_bundle(path)
-    state = load_model_state(bundle.path)
-    check_weights(state, bundle.model_config, bundle.path)  # before allocating the model
+    try:
+        bundle = load_bundle(path)
+        state = load_model_state(bundle.path)
+        check_weights(state, bundle.model_config, bundle.path)  # before allocating the model
+    except CorruptCheckpointError as e:
+        # Inference never falls back silently (the numbers would belong to another step), but
+        # it points at the alternative.
+        bad = resolve_checkpoint(path)
+        older = [p for p in list_checkpoints(bad.parent.parent) if p.name < bad.name]
+        if not older:
+            raise
+        raise CorruptCheckpointError(f"{e}; an older checkpoint of the run: {older[-1]}") from e
     model = Transformer(bundle.model_config)
     model.load_state_dict(state)
     return model.to(device).eval(), bundle
