@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -453,34 +452,47 @@ def test_the_same_weights_give_the_same_file_bytes(world, tmp_path):
 
 
 # ---------------------------------------------------------------------------- SIGKILL
+def _logged_step(run: Path, since_ns: int) -> int:
+    """The last step in metrics.jsonl once a process started at ``since_ns`` wrote it; else -1."""
+    path = run / "metrics.jsonl"
+    try:
+        if path.stat().st_mtime_ns < since_ns:
+            return -1
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return -1
+    steps = [0]
+    for line in lines:
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line being written
+    return max(steps)
+
+
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(world, tmp_path):
-    """Three SIGKILLs at seeded random moments of a CLI run (during steps, checkpoint writes,
-    pruning); each time resume; the final weights file equals an uninterrupted run's."""
+    """Three SIGKILLs at seeded random moments of a CLI run (a random step of each third of the
+    run, then a random delay: inside a step, a checkpoint write or pruning); each time resume;
+    the final weights file equals an uninterrupted run's, byte for byte."""
     steps = 10
     args = ["--preset", "debug", "--cache", str(world.caches[0]), "--no-progress"]
     args += ["--set", f"steps={steps}", "--set", "ckpt_every=1", "--set", "val_every=0"]
     run = tmp_path / "killed"
     rng = random.Random(17)
     kills = 0
-    for _ in range(3):
+    for low, high in ((1, 3), (4, 6), (7, 8)):
+        target, delay = rng.randint(low, high), rng.uniform(0.0, 0.25)
         resume = ["--resume"] if ckpt.latest_checkpoint(run) is not None else []
+        launched = time.time_ns()
         child = subprocess.Popen(
             [sys.executable, "-m", "worldvla.cli", "train", *args, "--out", str(run), *resume],
-            env={**os.environ},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        # Wait for training to start (metrics appear), then kill after a random delay.
-        deadline = time.monotonic() + 120
-        start = (
-            len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
-        )
-        while time.monotonic() < deadline and child.poll() is None:
-            metrics = run / "metrics.jsonl"
-            if metrics.exists() and len(metrics.read_text().splitlines()) > start:
-                break
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.5))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and child.poll() is None and _logged_step(run, launched) < target:
+            time.sleep(0.005)
+        time.sleep(delay)
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
             kills += 1
@@ -489,7 +501,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(world
         latest = ckpt.latest_checkpoint(run)
         if latest is not None:
             ckpt.load_trainer_state(latest)  # what is left verifies
-    assert kills >= 2, "the run finished before the kills: make it longer"
+    assert kills == 3, "the run finished before a kill: make it longer"
     resume = ["--resume"] if ckpt.latest_checkpoint(run) is not None else []
     done = subprocess.run(
         [sys.executable, "-m", "worldvla.cli", "train", *args, "--out", str(run), *resume],
