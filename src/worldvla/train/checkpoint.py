@@ -5,7 +5,7 @@ Layout of a run directory::
     RUN_DIR/checkpoints/step_00000200/
         model.safetensors      fp32 weights (full, unsharded, unwrapped names)
         config.json            {"format", "model", "train", "layout", "vocab_fingerprint",
-                                "val_episodes", "step"}
+                                "val_episodes", "step", "episodes" (the episode file's identity)}
         vocab.json             the token id layout (worldvla.vocab)
         action_stats.json      action normalization bounds (STYLE §8: stats are assets)
         image_tokenizer.json   {"path", "fingerprint", "relative"} of the tokenizer that made the cache
@@ -25,7 +25,8 @@ the checkpoint was written, is a one-line :class:`CorruptCheckpointError` naming
 for training, serving, evaluation and ``from_pretrained`` alike. Checkpoints written before
 manifests still load with what their formats allow to check: the safetensors header against
 the file size, the CRC-32 of every record of ``trainer_state.pt`` (a zip archive; torch
-itself does not check them), and the weights' shapes against ``config.json``. Resuming
+itself does not check them); for every checkpoint, the weights' names and shapes are
+checked against the model ``config.json`` describes. Resuming
 takes the newest checkpoint that verifies (:meth:`worldvla.train.loop.Trainer.resume`) and
 sets the newer, corrupt ones aside under ``step_<n>.corrupt`` (never deleted); resuming also
 refuses a token cache other than the one the run was trained on (:func:`check_resumable`).
