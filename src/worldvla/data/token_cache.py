@@ -35,7 +35,6 @@ without it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from worldvla.data.exploration import DEMO, KINDS
 from worldvla.envs.view import suite_view
 from worldvla.errors import DataError
 from worldvla.tokenizers.action import ActionStats
-from worldvla.utils.io import atomic_path, atomic_write_text
+from worldvla.utils.io import atomic_path, atomic_write_text, file_sha256
 
 FORMAT_VERSION = 1
 CODES_FILE = "codes.u16"
@@ -63,14 +62,6 @@ PROGRESS_FILE = "progress.json"
 
 
 # ---------------------------------------------------------------------------- identity
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_identity(path: str | Path) -> dict[str, Any]:
     """``{"name", "size", "mtime_ns", "sha256"}`` of an episode file."""
     p = Path(path)
@@ -86,11 +77,14 @@ def check_file_identity(recorded: dict[str, Any], path: str | Path, where: Path)
     st = p.stat()
     if st.st_size == recorded.get("size") and st.st_mtime_ns == recorded.get("mtime_ns"):
         return
-    if st.st_size != recorded.get("size") or file_sha256(p) != recorded.get("sha256"):
+    now = file_sha256(p) if st.st_size == recorded.get("size") else None
+    if now is None or now != recorded.get("sha256"):
+        now_desc = f"sha256 {now[:12]}…" if now else "not hashed"
         raise DataError(
             f"{where}: the token cache was built from a different episode file than {p} "
             f"(recorded size {recorded.get('size')}, sha256 {str(recorded.get('sha256'))[:12]}…; "
-            f"now size {st.st_size}). Rebuild it with 'worldvla tokenize --overwrite'."
+            f"now size {st.st_size}, {now_desc}): it changed since tokenizing, or is another file. "
+            "Rebuild the cache with 'worldvla tokenize --overwrite'."
         )
 
 
@@ -156,8 +150,14 @@ class TokenCache:
         path: str | Path,
         tokenizer_fingerprint: str | None = None,
         episodes_path: str | Path | None = None,
+        verify_source: bool = False,
     ) -> TokenCache:
-        """Open a complete cache; verify the tokenizer fingerprint and the episode file when given."""
+        """Open a complete cache; verify the tokenizer fingerprint and the episode file when given.
+
+        With ``verify_source`` and no ``episodes_path``, the episode file at the path the cache
+        recorded is verified if it is still there (a cache copied without its episode file is
+        self-contained and opens unverified; a file changed in place since tokenizing is refused).
+        """
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"{path}: token cache directory not found")
@@ -173,8 +173,12 @@ class TokenCache:
                 "with the same arguments to resume it"
             )
         _check_tokenizer(meta, tokenizer_fingerprint, path)
+        recorded = meta.get("episodes") or {}
+        source = recorded.get("path")
+        if episodes_path is None and verify_source and source and Path(source).is_file():
+            episodes_path = source
         if episodes_path is not None:
-            check_file_identity(meta["episodes"], episodes_path, path)
+            check_file_identity(recorded, episodes_path, path)
         n, (h, w), d = int(meta["n_frames"]), meta["grid"], int(meta["action_dim"])
         codes_file = path / CODES_FILE
         if not codes_file.exists() or codes_file.stat().st_size != n * h * w * 2:

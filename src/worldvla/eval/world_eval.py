@@ -174,7 +174,7 @@ def evaluate_world(
     from worldvla.world_model import WorldModel
 
     out = Path(out_dir)
-    wm = WorldModel.from_pretrained(checkpoint)
+    wm = WorldModel.from_pretrained(checkpoint)  # first: a bad checkpoint must not clear old GIFs
     camera = wm.layout.camera
     keys = list(wm.bundle.val_episodes)
     if not keys:

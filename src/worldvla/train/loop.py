@@ -78,6 +78,7 @@ class TrainData:
     text_tokenizer: TextTokenizer
     action_stats: ActionStats
     image_tokenizer: ckpt.ImageTokenizerRef
+    episodes: dict[str, Any] | None  # identity of the episode file the cache was built from
     train: MixedStream
     val: MixedStream | None
     val_episodes: list[str]
@@ -89,7 +90,9 @@ def open_cache(cache: str | Path | CacheLike) -> CacheLike:
         return cache
     from worldvla.data.token_cache import TokenCache
 
-    return TokenCache.open(cache)
+    # The episode file the cache was built from, if it is still where it was: a file changed
+    # since tokenizing means a stale cache.
+    return TokenCache.open(cache, verify_source=True)
 
 
 def _meta(cache: CacheLike) -> dict[str, Any]:
@@ -131,6 +134,14 @@ def cache_image_tokenizer(cache: CacheLike) -> ckpt.ImageTokenizerRef:
     if isinstance(info, str):
         info = {"path": info}
     return ckpt.ImageTokenizerRef(path=info.get("path"), fingerprint=info.get("fingerprint"))
+
+
+def cache_episodes(cache: CacheLike) -> dict[str, Any] | None:
+    """``{"name", "size", "sha256"}`` of the episode file the cache records, if any."""
+    info = _meta(cache).get("episodes")
+    if not isinstance(info, dict) or not info.get("sha256"):
+        return None
+    return {k: info.get(k) for k in ("name", "size", "sha256")}
 
 
 def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainData:
@@ -220,6 +231,7 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         text_tokenizer=text_tokenizer,
         action_stats=stats,
         image_tokenizer=cache_image_tokenizer(cache),
+        episodes=cache_episodes(cache),
         train=train_stream,
         val=val_stream,
         # Held-out demonstrations only: evaluations start rollouts from them.
@@ -373,6 +385,7 @@ class Trainer:
                 self.data.image_tokenizer,
                 self.data.val_episodes,
                 self.cfg.keep_last,
+                episodes=self.data.episodes,
             )
         barrier(self.info)
         return path if path is not None else ckpt.latest_checkpoint(self.run_dir)
@@ -384,17 +397,55 @@ class Trainer:
             set_optimizer_state_dict,
         )
 
-        ckpt.check_resumable(path, self.cfg, self.data.layout, self.vocab)
+        data = self.data
+        ckpt.check_resumable(
+            path,
+            self.cfg,
+            data.layout,
+            self.vocab,
+            data.image_tokenizer,
+            data.episodes,
+            data.action_stats,
+            self.model_cfg,
+        )
+        # Read and verify everything before changing anything: a corrupt file leaves the trainer
+        # as it was, so :meth:`resume` can try an older checkpoint.
         state = ckpt.load_trainer_state(path)
+        weights = ckpt.load_model_state(path)
+        ckpt.check_weights(weights, self.model_cfg, path)
+        step = int(state["step"])
+        if int(state["data_pos"]) != step * self.cfg.batch_size:
+            raise ckpt.CorruptCheckpointError(
+                f"{path / ckpt.TRAINER_FILE}: data position {state['data_pos']} does not match step {step}"
+            )
         opts = StateDictOptions(full_state_dict=True) if self.fsdp else StateDictOptions()
-        set_model_state_dict(self.model, ckpt.load_model_state(path), options=opts)
+        set_model_state_dict(self.model, weights, options=opts)
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
-        self.step = int(state["step"])
+        self.step = step
         self.tokens_seen = int(state["tokens_seen"])
-        if int(state["data_pos"]) != self.step * self.cfg.batch_size:
-            raise ConfigError(f"{path}: data position {state['data_pos']} does not match step {self.step}")
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+
+    def resume(self) -> tuple[Path, list[tuple[Path, str]]]:
+        """Restore the newest checkpoint of the run that verifies.
+
+        Returns it and the newer checkpoints skipped, each with the reason. A checkpoint from
+        another configuration or token cache is refused, not skipped: an older one of the same
+        run would be refused for the same reason.
+        """
+        skipped: list[tuple[Path, str]] = []
+        for path in reversed(ckpt.list_checkpoints(self.run_dir)):
+            try:
+                self.restore(path)
+            except ckpt.CorruptCheckpointError as e:
+                skipped.append((path, str(e)))
+                continue
+            return path, skipped
+        raise ckpt.CorruptCheckpointError(
+            f"{self.run_dir}: no checkpoint to resume from verifies ("
+            + "; ".join(why for _, why in skipped)
+            + "); nothing was changed"
+        )
 
     # ------------------------------------------------------------------ batches
     def micro_batches(self, stream: MixedStream, step: int) -> list[Batch]:
@@ -558,11 +609,16 @@ def _train(
         raise ConfigError(
             f"{run_dir} already holds checkpoints; pass --resume to continue, or use a new --out"
         )
+    skipped: list[tuple[Path, str]] = []
     if resume and existing is not None:
-        trainer.restore(existing)
+        existing, skipped = trainer.resume()
     if info.is_main:
         ckpt.remove_partial(run_dir)
     log = RunLogger(run_dir, trainer.step, cfg.steps, progress and info.is_main, enabled=info.is_main)
+    for path, why in skipped:
+        # Kept for inspection under another name; pruning and later resumes pass it by.
+        aside = ckpt.set_aside(path) if info.is_main else path
+        log.message(f"skipped checkpoint {path.name}, it does not verify: {why}; moved to {aside.name}")
     if resume and existing is not None:
         log.message(f"resumed from {existing} at step {trainer.step}")
     result = TrainResult(run_dir=run_dir, step=trainer.step, checkpoint=existing)
