@@ -74,10 +74,11 @@ def _run(job: Job) -> tuple[Job, Episode | None, int]:
     env = _ENV
     rng = np.random.default_rng([job.seed, job.task_index, job.index])
     obs = env.reset(job.task, job.variation)
-    frames, actions = [], []
+    frames, actions, states = [], [], []
     success = False
     for _ in range(env.max_steps):
         frames.append(obs.images[env.camera])
+        states.append(obs.state)  # proprioception beside the frame (None if the env has none)
         noise = rng.normal(0.0, job.action_noise, env.action_dim) if job.action_noise > 0 else None
         obs, success, label = env.expert_step(noise, rate=job.expert_rate)
         actions.append(label)
@@ -90,6 +91,7 @@ def _run(job: Job) -> tuple[Job, Episode | None, int]:
         key=f"{job.task}/{job.index}",
         actions=np.stack(actions).astype(np.float32),
         frames={env.camera: np.stack(frames)},
+        state=None if states[0] is None else np.stack(states).astype(np.float32),
         instruction=obs.instruction,
         task=job.task,
         attrs={

@@ -270,15 +270,18 @@ def fresh_gif_dir(path: Path) -> Path:
 def check_rendering(layout: Any, suite: Any, checkpoint: str | Path) -> None:
     """Refuse a suite whose frames differ from the training data's (camera, size, view).
 
-    Fields the checkpoint did not record (older checkpoints) are not compared.
+    Fields the checkpoint did not record (older checkpoints) are not compared; view fields
+    added since it was written count at their defaults (``suite_view``).
     """
+    from worldvla.envs.view import suite_view
+
     problems = []
     if layout.camera is not None and layout.camera != suite.camera:
         problems.append(f"camera {layout.camera!r}, the suite's {suite.camera!r}")
     if layout.image_size is not None and layout.image_size != suite.resolution:
         problems.append(f"{layout.image_size}x{layout.image_size} frames, the suite's {suite.resolution}")
-    if layout.view is not None and layout.view != suite.view():
-        problems.append(f"view {layout.view}, the suite's {suite.view()}")
+    if layout.view is not None and suite_view(layout.view) != suite.view():
+        problems.append(f"view {suite_view(layout.view)}, the suite's {suite.view()}")
     if problems:
         raise ConfigError(
             f"{checkpoint}: trained on frames rendered differently from suite {suite.name!r} ("
