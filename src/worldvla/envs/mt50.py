@@ -29,9 +29,7 @@ from worldvla.envs.metaworld import MetaWorldEnv
 from worldvla.errors import ConfigError
 
 # Where the protocol was read (repository, files, commit).
-LEROBOT_SOURCE = (
-    "huggingface/lerobot src/lerobot/envs/metaworld.py + metaworld_config.json, commit 7427f318"
-)
+LEROBOT_SOURCE = "huggingface/lerobot src/lerobot/envs/metaworld.py + metaworld_config.json, commit 7427f318"
 LEROBOT_METAWORLD_PIN = "3.0.0"  # lerobot[metaworld] pins metaworld==3.0.0 (pyproject.toml)
 
 MT1_SEED = 42  # metaworld.MT1(task, seed=42): fixes the task's train_tasks[0]
