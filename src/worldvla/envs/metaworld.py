@@ -28,6 +28,7 @@ Images: the corner cameras of Meta-World's scenes render upside down (their ``xy
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from ctypes.util import find_library
 
@@ -121,6 +122,14 @@ def _point_camera(model, camera: str, aim: tuple[float, float, float] | None, zo
     model.cam_fovy[cid] = np.rad2deg(2 * np.arctan(np.tan(half) / zoom))
 
 
+@functools.cache
+def _mt1(task: str, seed: int):  # noqa: ANN202
+    """``metaworld.MT1(task, seed=seed)``, built once per process: it samples its 50 tasks
+    through a whole env (seconds), and every env of an evaluation asks for the same ones.
+    Read only here (``train_classes`` and ``train_tasks``), so sharing it is safe."""
+    return _import_metaworld().MT1(task, seed=seed)
+
+
 class MetaWorldEnv(Env):
     """One Meta-World scene at a time; switches task on :meth:`reset` (envs are cached per task).
 
@@ -181,9 +190,8 @@ class MetaWorldEnv(Env):
     def _benchmark(self, task: str, block: int = 0):  # noqa: ANN202
         """``MT1(task)`` drawn with seed ``benchmark_seed + block`` (variations of that block)."""
         if (task, block) not in self._benchmarks:
-            metaworld = _import_metaworld()
             lookup(METAWORLD_INSTRUCTIONS, task, "Meta-World task")  # "did you mean" on a typo
-            self._benchmarks[task, block] = metaworld.MT1(task, seed=self.benchmark_seed + block)
+            self._benchmarks[task, block] = _mt1(task, self.benchmark_seed + block)
         return self._benchmarks[task, block]
 
     def _env(self, task: str):  # noqa: ANN202

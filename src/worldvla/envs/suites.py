@@ -209,7 +209,7 @@ SUITES: dict[str, SuiteConfig] = {
     "mt50-debug": replace(
         _MT50,
         name="mt50-debug",
-        tasks=("reach-v3", "hand-insert-v3"),
+        tasks=("reach-v3", "sweep-into-v3"),
         train_variations=(100_000, 100_001),
         episodes_per_task=2,
     ),
