@@ -78,6 +78,7 @@ def _lerobot_reference(task: str, seed: int):
     return env, obs
 
 
+@pytest.mark.sim
 @pytest.mark.parametrize("task", ["reach-v3", "pick-place-v3"])
 def test_lerobot_env_reproduces_lerobots_scenes_and_frames(task):
     env = suite_preset("mt50").make_env()
@@ -111,6 +112,7 @@ def test_lerobot_env_reproduces_lerobots_scenes_and_frames(task):
         env.close()
 
 
+@pytest.mark.sim
 def test_expert_solves_reach_within_the_step_limit_state_only():
     env = suite_preset("mt50").make_env(cameras=())
     try:
@@ -170,6 +172,7 @@ def debug_demos(tmp_path_factory):
     return path, report
 
 
+@pytest.mark.sim
 def test_collect_mt50_debug_records_the_state_beside_the_frames(debug_demos):
     from worldvla.data.episodes import EpisodeReader
 
@@ -187,6 +190,8 @@ def test_collect_mt50_debug_records_the_state_beside_the_frames(debug_demos):
         assert json.loads(r.file_attrs["suite"])["protocol"] == "lerobot"
 
 
+@pytest.mark.sim
+@pytest.mark.slow
 def test_eval_policy_lerobot_protocol_end_to_end(debug_demos, tmp_path):
     from worldvla.commands.eval_policy import main
     from worldvla.serving.random_checkpoint import write_random_checkpoint
@@ -217,3 +222,5 @@ def test_eval_policy_lerobot_protocol_end_to_end(debug_demos, tmp_path):
     # The protocol needs a LeRobot-protocol suite.
     with pytest.raises(ConfigError, match="not a LeRobot-protocol suite"):
         main([str(ckpt), "--protocol", "lerobot-mt50", "--suite", "debug"])
+    with pytest.raises(ConfigError, match="--episodes DEMOS.hdf5"):
+        main([str(ckpt), "--protocol", "lerobot-mt50"])

@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     suite = suite_preset(args.suite or ("mt50" if args.protocol else "mw-quick"))
     if args.protocol and suite.protocol != "lerobot":
         raise ConfigError(f"--protocol {args.protocol}: suite {suite.name!r} is not a LeRobot-protocol suite")
+    if args.protocol and args.episodes is None and not args.no_baselines:
+        raise ConfigError(
+            f"--protocol {args.protocol} runs the replay baseline: give the training demonstrations "
+            "(--episodes DEMOS.hdf5), or --no-baselines"
+        )
     if args.variations:
         suite = replace(suite, test_variations=parse_variations(args.variations))
     if args.max_steps is not None:
