@@ -3,6 +3,7 @@
     python benchmarks/bench_collect.py --render              # ms per frame: EGL vs OSMesa, fast vs full
     python benchmarks/bench_collect.py --repeat-sweep        # expert success vs action_repeat (no rendering)
     python benchmarks/bench_collect.py [--suite mw-quick] [--tasks a,b]  # expert, label jitter, replay
+    python benchmarks/bench_collect.py --suite mt50 --episodes 20 --state-only   # the same, no frames
     python benchmarks/bench_collect.py --collect [--workers 2] [--episodes-per-task 50]
     python benchmarks/bench_collect.py --sample-frames docs/images   # the README/docs frames
 
@@ -94,18 +95,23 @@ def bench_repeat_sweep(tasks: tuple[str, ...], variations: int, physics_steps: i
         print(f"| {task} | " + " | ".join(cells) + " |")
 
 
-def bench_suite(suite_name: str, episodes: int, tasks: tuple[str, ...] | None = None) -> None:
+def bench_suite(
+    suite_name: str, episodes: int, tasks: tuple[str, ...] | None = None, state_only: bool = False
+) -> None:
     """Per task: expert success and length, label jitter, open-loop replay on held-out variations.
 
     Jitter is the mean |change| of the xyz label between consecutive steps (actions in
     [-1, 1]): an expert that switches between targets makes labels a policy cannot read off
-    the image. ``tasks`` screens candidates with the suite's rates and splits.
+    the image. ``tasks`` screens candidates with the suite's rates and splits. ``state_only``
+    renders no frame (the experts and the replay read only the simulator state), so ms/step
+    is then the simulator's alone.
     """
     suite = suite_preset(suite_name)
-    env = suite.make_env()
+    env = suite.make_env(cameras=()) if state_only else suite.make_env()
     print(
-        f"suite={suite.name} camera={suite.camera} {suite.resolution}px action_repeat={suite.action_repeat} "
-        f"max_steps={suite.max_steps} expert_rate={suite.expert_rate}"
+        f"suite={suite.name} protocol={suite.protocol} camera={suite.camera} {suite.resolution}px "
+        f"action_repeat={suite.action_repeat} max_steps={suite.max_steps} expert_rate={suite.expert_rate} "
+        f"episodes={episodes}{' state-only' if state_only else ''}"
     )
     print(
         "| task | expert success (train vars) | mean / max length | label jitter | "
@@ -182,6 +188,7 @@ def main() -> None:
     ap.add_argument("--suite", default="mw-quick")
     ap.add_argument("--episodes", type=int, default=10, help="episodes per task for the suite table")
     ap.add_argument("--tasks", default=None, help="tasks for the suite table, comma-separated")
+    ap.add_argument("--state-only", action="store_true", help="suite table without rendering frames")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--repeat-sweep", action="store_true")
     ap.add_argument("--variations", type=int, default=20, help="for --repeat-sweep")
@@ -202,7 +209,8 @@ def main() -> None:
     elif args.collect:
         bench_collect(args.suite, args.workers, args.episodes_per_task, args.action_noise)
     else:
-        bench_suite(args.suite, args.episodes, tuple(args.tasks.split(",")) if args.tasks else None)
+        tasks = tuple(args.tasks.split(",")) if args.tasks else None
+        bench_suite(args.suite, args.episodes, tasks, state_only=args.state_only)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training throughput through the real loop (data + mask + forward/backward + AdamW).
 
     python benchmarks/bench_train.py [--preset mw-quick] [--steps 12] [--precision fp32 bf16]
+                                     [--model mini,compact]
 
 Builds a synthetic token cache shaped like the embedded Meta-World set (8x8 code grids,
 4-D actions, 512 codes), trains ``--steps`` steps of the preset with :func:`worldvla.train.
@@ -59,12 +60,21 @@ def flops_per_token(trainer: Trainer, mean_len: float, target_fraction: float) -
     return 6 * n_blocks + head + attention
 
 
-def run(preset: str, steps: int, precision: str, device: str | None, batch_size: int | None) -> dict:
+def run(
+    preset: str,
+    steps: int,
+    precision: str,
+    device: str | None,
+    batch_size: int | None,
+    model: str | None = None,
+) -> dict:
     cache = InMemoryCache.synthetic(n_episodes=24, length=60, grid=(8, 8), action_dim=4, codebook_size=512)
     cfg = replace(train_preset(preset), steps=steps, precision=precision, log_every=1, val_every=0,
                   ckpt_every=10**6, warmup_steps=1)  # fmt: skip
     if batch_size:
         cfg = replace(cfg, batch_size=batch_size)
+    if model:
+        cfg = replace(cfg, model=model)
     info = DistInfo(device=pick_device(device))
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, cache, Path(tmp) / "run", device=device, progress=False)
@@ -88,6 +98,7 @@ def run(preset: str, steps: int, precision: str, device: str | None, batch_size:
     achieved = tok_s * flops_per_token(trainer, mean_len, targets / padded)
     return {
         "preset": preset,
+        "model": cfg.model,
         "precision": precision,
         "device": str(dev),
         "params_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
@@ -109,13 +120,18 @@ def main() -> None:
     p.add_argument("--preset", default="mw-quick")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--model", default=None, help="model presets (comma-separated) instead of the preset's")
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [run(args.preset, args.steps, prec, args.device, args.batch_size) for prec in args.precision]
+    rows = [
+        run(args.preset, args.steps, prec, args.device, args.batch_size, model)
+        for model in (args.model.split(",") if args.model else [None])
+        for prec in args.precision
+    ]
     keys = list(rows[0])
     print(" | ".join(keys))
     for r in rows:

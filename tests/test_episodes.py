@@ -219,3 +219,32 @@ def test_unknown_demo_key_is_a_data_error(store):
     path, _ = store
     with EpisodeReader(path) as r, pytest.raises(DataError, match="no demo 'demo_99'"):
         r["demo_99"]
+
+
+def test_state_round_trip_and_files_without_state_still_load(store, tmp_path):
+    from dataclasses import replace
+
+    # Files written before the state existed (the store fixture has none) read with state None.
+    with EpisodeReader(store[0]) as r:
+        assert r.state_dim is None and r.state(0) is None and r[0].state is None
+    rng = np.random.default_rng(0)
+    eps = [replace(_episode(i), state=rng.normal(size=(5, 4)).astype(np.float32)) for i in range(3)]
+    path = tmp_path / "state.hdf5"
+    write_episodes(path, eps)
+    with EpisodeReader(path) as r:
+        assert r.state_dim == 4
+        np.testing.assert_array_equal(r[2].state, eps[2].state)
+    # A file where only some demos carry a state gives none (never a state in some episodes only).
+    mixed = tmp_path / "mixed.hdf5"
+    write_episodes(mixed, [eps[0], _episode(1)])
+    with EpisodeReader(mixed) as r:
+        assert r.state_dim is None and r[0].state is None
+    # Bad states are refused by the writer (nothing written) and by the reader (demo named).
+    with pytest.raises(DataError, match="state must be a finite"):
+        write_episodes(tmp_path / "bad.hdf5", [replace(eps[0], state=np.zeros((4, 4)))])
+    assert not (tmp_path / "bad.hdf5").exists()
+    with h5py.File(path, "a") as f:
+        del f["data/demo_1/obs/state"]
+        f["data/demo_1/obs"].create_dataset("state", data=np.zeros((3, 4), np.float32))
+    with pytest.raises(DataError, match="demo_1: obs/state must be a floating"):
+        EpisodeReader(path)

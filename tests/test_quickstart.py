@@ -53,7 +53,7 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
 
     layout = load_bundle(latest_checkpoint(run / "train")).layout
     suite = suite_preset("debug")
-    assert layout.view == suite.view() == {"camera_aim": None, "camera_zoom": 1.0}
+    assert layout.view == suite.view() == {"camera_aim": None, "camera_zoom": 1.0, "protocol": "worldvla"}
     check_rendering(layout, suite, "ckpt")
     for other, needle in (
         (replace(suite, camera_zoom=1.5), "view"),

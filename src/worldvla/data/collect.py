@@ -95,10 +95,11 @@ def _demonstrate(job: Job) -> tuple[Job, Episode | None, int]:
     env = _ENV
     rng = np.random.default_rng([job.seed, job.task_index, job.index])
     obs = env.reset(job.task, job.variation)
-    frames, actions, executed = [], [], []
+    frames, actions, executed, states = [], [], [], []
     success = False
     for _ in range(env.max_steps):
         frames.append(obs.images[env.camera])
+        states.append(obs.state)  # proprioception beside the frame (None if the env has none)
         noise = rng.normal(0.0, job.action_noise, env.action_dim) if job.action_noise > 0 else None
         obs, success, label = env.expert_step(noise, rate=job.expert_rate)
         actions.append(label)
@@ -112,6 +113,7 @@ def _demonstrate(job: Job) -> tuple[Job, Episode | None, int]:
         key=f"{job.task}/{job.index}",
         actions=np.stack(actions).astype(np.float32),
         frames={env.camera: np.stack(frames)},
+        state=None if states[0] is None else np.stack(states).astype(np.float32),
         instruction=obs.instruction,
         task=job.task,
         attrs={
@@ -137,9 +139,10 @@ def _explore(job: Job) -> tuple[Job, Episode | None, int]:
     for _ in range(t0):  # reach a state that demonstrations visit
         obs, _, _ = env.expert_step(None, rate=job.expert_rate)
     process = ActionProcess(cfg, rng, env.action_dim)
-    frames, actions, modes = [], [], []
+    frames, actions, modes, states = [], [], [], []
     for _ in range(cfg.steps):
         frames.append(obs.images[env.camera])
+        states.append(obs.state)
         action, mode = process(env.expert_action())
         obs, _ = env.step(action)
         actions.append(env.last_executed)
@@ -148,6 +151,7 @@ def _explore(job: Job) -> tuple[Job, Episode | None, int]:
         key=f"{job.task}/explore/{job.index}",
         actions=np.stack(actions).astype(np.float32),
         frames={env.camera: np.stack(frames)},
+        state=None if states[0] is None else np.stack(states).astype(np.float32),
         instruction=obs.instruction,
         task=job.task,
         attrs={

@@ -9,11 +9,14 @@ code unchanged)::
         executed_actions          float (T, D)        optional: what was really executed when
                                                       ``actions`` are clean expert labels (DART noise)
         obs/<camera>_rgb          uint8 (T, H, W, 3)  one dataset per camera
+        obs/state                 float32 (T, S)      optional proprioceptive state at obs[t]
+                                                      (Meta-World: hand xyz + gripper opening)
 
 Official LIBERO files store the instruction in ``data.attrs["problem_info"]`` (JSON key
 ``language_instruction``) rather than per demo, store float64 actions and carry extra
 datasets (``dones``, ``rewards``, ``states``, ``robot_states``, ``obs/joint_states``, …);
-the reader uses what it needs and ignores the rest.
+the reader uses what it needs and ignores the rest. ``obs/state`` is optional: files
+written before it existed, and LIBERO's, load with ``Episode.state = None``.
 
 Files are written to a temporary name and renamed when complete (a kill never leaves a
 half-written store under the final name). The reader validates structure on open and
@@ -39,6 +42,7 @@ from worldvla.utils.io import atomic_path
 
 _DEMO_RE = re.compile(r"^demo_(\d+)$")
 _RGB_SUFFIX = "_rgb"
+_STATE = "state"  # obs/state
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Episode:
     # differ from them (demonstrations collected with injected noise); world-model samples
     # use these, policy samples the labels.
     executed_actions: np.ndarray | None = None
+    state: np.ndarray | None = None  # float32 (T, S): proprioception observed with frames[t]
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -137,6 +142,14 @@ def write_episodes(
                     f"{cam}{_RGB_SUFFIX}", data=frames, chunks=(1, *frames.shape[1:]), compression="lzf"
                 )
                 cameras.add(cam)
+            if ep.state is not None:
+                state = np.asarray(ep.state, dtype=np.float32)
+                if state.ndim != 2 or len(state) != len(actions) or not np.isfinite(state).all():
+                    raise DataError(
+                        f"{path}: episode {ep.key}: state must be a finite (T={len(actions)}, S) array, "
+                        f"got shape {state.shape}"
+                    )
+                obs.create_dataset("state", data=state)
             g.attrs["instruction"] = ep.instruction
             g.attrs["task"] = ep.task
             g.attrs["num_samples"] = len(actions)
@@ -197,7 +210,7 @@ class EpisodeReader:
             except (json.JSONDecodeError, AttributeError):
                 self._problem_instruction = None
         # Structure of every demo: actions and per-camera frames with consistent shapes.
-        dims, cams_per_demo, shapes = set(), [], set()
+        dims, cams_per_demo, shapes, state_dims = set(), [], set(), set()
         for k in self.keys:
             g = data[k]
             if "actions" not in g:
@@ -225,9 +238,24 @@ class EpisodeReader:
                         f"{a.shape[0]} actions"
                     )
                 shapes.add(ds.shape[1:])
+            if obs is not None and _STATE in obs:
+                st = obs[_STATE]
+                if st.ndim != 2 or st.shape[0] != a.shape[0] or not np.issubdtype(st.dtype, np.floating):
+                    raise DataError(
+                        f"{self.path}: {k}: obs/{_STATE} must be a floating (T={a.shape[0]}, S) array, "
+                        f"got {st.dtype} {st.shape}"
+                    )
+                state_dims.add(st.shape[1])
+            else:
+                state_dims.add(None)
         if len(dims) != 1:
             raise DataError(f"{self.path}: demos disagree on the action dimension: {sorted(dims)}")
         self.action_dim: int = dims.pop()
+        # The state's dimension when every demo records one of the same size, else None
+        # (then no demo's state is read: a policy must not see it in some episodes only).
+        if len(state_dims) > 1 and None not in state_dims:
+            raise DataError(f"{self.path}: demos disagree on the state dimension: {sorted(state_dims)}")
+        self.state_dim: int | None = state_dims.pop() if len(state_dims) == 1 else None
         common = set.intersection(*cams_per_demo)
         if cameras is None:
             self.cameras: list[str] = sorted(common)
@@ -306,6 +334,18 @@ class EpisodeReader:
             key, f"obs/{camera}_rgb", lambda: self._f["data"][key]["obs"][f"{camera}{_RGB_SUFFIX}"][()]
         )
 
+    def state(self, i: int | str) -> np.ndarray | None:
+        """The episode's proprioceptive state, float32 (T, S); None if the file has none in every demo."""
+        if self.state_dim is None:
+            return None
+        key = self._key(i)
+        s = self._read(key, f"obs/{_STATE}", lambda: self._f["data"][key]["obs"][_STATE][()])
+        s = np.asarray(s, dtype=np.float32)
+        if not np.isfinite(s).all():
+            t = int(np.argwhere(~np.isfinite(s))[0][0])
+            raise DataError(f"{self.path}: {key}: obs/{_STATE} contains NaN or inf (first at step {t})")
+        return s
+
     def attrs(self, i: int | str) -> dict[str, Any]:
         key = self._key(i)
         return self._read(
@@ -325,6 +365,7 @@ class EpisodeReader:
             task=str(task),
             attrs=attrs,
             executed_actions=self.executed_actions(key),
+            state=self.state(key),
         )
 
     def __iter__(self) -> Iterator[Episode]:

@@ -16,6 +16,9 @@ import numpy as np
 class Observation:
     images: dict[str, np.ndarray]  # camera -> uint8 (H, W, 3), upright
     instruction: str
+    # Proprioceptive state, float32 (S,) (Meta-World: hand xyz + gripper opening); None
+    # where the adapter does not provide one.
+    state: np.ndarray | None = None
 
 
 class Env(ABC):

@@ -28,6 +28,7 @@ Images: the corner cameras of Meta-World's scenes render upside down (their ``xy
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from ctypes.util import find_library
 
@@ -121,10 +122,25 @@ def _point_camera(model, camera: str, aim: tuple[float, float, float] | None, zo
     model.cam_fovy[cid] = np.rad2deg(2 * np.arctan(np.tan(half) / zoom))
 
 
+@functools.cache
+def _mt1(task: str, seed: int):  # noqa: ANN202
+    """``metaworld.MT1(task, seed=seed)``, built once per process: it samples its 50 tasks
+    through a whole env (seconds), and every env of an evaluation asks for the same ones.
+    Read only here (``train_classes`` and ``train_tasks``), so sharing it is safe."""
+    return _import_metaworld().MT1(task, seed=seed)
+
+
 class MetaWorldEnv(Env):
-    """One Meta-World scene at a time; switches task on :meth:`reset` (envs are cached per task)."""
+    """One Meta-World scene at a time; switches task on :meth:`reset` (envs are cached per task).
+
+    Observations carry the proprioceptive state beside the frames: Meta-World's ``obs[:4]``
+    (hand x, y, z in metres and the gripper opening, the fingers' distance / 0.1 m clipped to
+    [0, 1]), the ``agent_pos`` / ``observation.state`` of LeRobot's Meta-World environment.
+    """
 
     action_dim = 4  # Δx, Δy, Δz, gripper effort, each in [-1, 1]
+    state_dim = 4  # hand xyz + gripper opening (Meta-World obs[:4])
+    instructions: dict[str, str] = METAWORLD_INSTRUCTIONS  # the prompt of every task
 
     def __init__(
         self,
@@ -177,9 +193,8 @@ class MetaWorldEnv(Env):
     def _benchmark(self, task: str, block: int = 0):  # noqa: ANN202
         """``MT1(task)`` drawn with seed ``benchmark_seed + block`` (variations of that block)."""
         if (task, block) not in self._benchmarks:
-            metaworld = _import_metaworld()
             lookup(METAWORLD_INSTRUCTIONS, task, "Meta-World task")  # "did you mean" on a typo
-            self._benchmarks[task, block] = metaworld.MT1(task, seed=self.benchmark_seed + block)
+            self._benchmarks[task, block] = _mt1(task, self.benchmark_seed + block)
         return self._benchmarks[task, block]
 
     def _env(self, task: str):  # noqa: ANN202
@@ -195,11 +210,24 @@ class MetaWorldEnv(Env):
                 # Read when the render context is created (first render): no shadow map, no MSAA.
                 env.model.vis.quality.shadowsize = 0
                 env.model.vis.quality.offsamples = 0
-            env.max_path_length = 10**9  # the adapter enforces the step limit itself
             if self.camera_aim is not None or self.camera_zoom != 1.0:
                 _point_camera(env.model, self.camera, self.camera_aim, self.camera_zoom)
+            self._configure(env, task)
             self._envs[task] = env
         return self._envs[task]
+
+    def _configure(self, env, task: str) -> None:  # noqa: ANN001
+        """Set up a freshly built task env (a protocol's hook)."""
+        env.max_path_length = 10**9  # the adapter enforces the step limit itself
+
+    def _place(self, env, task: str, variation: int) -> None:  # noqa: ANN001
+        """Fix the scene of ``variation`` before ``env.reset()``: placement v % 50 of block v // 50."""
+        block, index = divmod(variation, VARIATIONS_PER_TASK)
+        env.set_task(self._benchmark(task, block).train_tasks[index])
+
+    def _upright(self, img: np.ndarray, camera: str) -> np.ndarray:
+        """The rendered frame turned upright (the corner cameras render upside down)."""
+        return img[::-1] if camera in UPSIDE_DOWN_CAMERAS else img
 
     # ------------------------------------------------------------------ rendering
     def _viewer(self, env):  # noqa: ANN001, ANN202
@@ -230,14 +258,15 @@ class MetaWorldEnv(Env):
         img = renderer.render("rgb_array")
         if camera != self.camera:
             renderer.camera_id = env.model.camera(self.camera).id
-        img = np.ascontiguousarray(img[::-1] if camera in UPSIDE_DOWN_CAMERAS else img)
+        img = np.ascontiguousarray(self._upright(img, camera))
         return img.astype(np.uint8, copy=False)
 
     def _observe(self) -> Observation:
         env = self._envs[self._task]
         return Observation(
             images={c: self._render(env, c) for c in self.cameras},
-            instruction=METAWORLD_INSTRUCTIONS[self._task],
+            instruction=self.instructions[self._task],
+            state=np.asarray(self._state[: self.state_dim], dtype=np.float32),
         )
 
     # ------------------------------------------------------------------ Env API
@@ -245,8 +274,7 @@ class MetaWorldEnv(Env):
         if variation < 0:
             raise ConfigError(f"variation must be >= 0, got {variation}")
         env = self._env(task)
-        block, index = divmod(variation, VARIATIONS_PER_TASK)
-        env.set_task(self._benchmark(task, block).train_tasks[index])
+        self._place(env, task, variation)
         self._task = task
         self._state, _ = env.reset()
         self._t = 0

@@ -6,6 +6,12 @@ task's seeded Meta-World variations (``MetaWorldEnv``: 0-49 are the MT1 benchmar
 placements, later blocks of 50 further seeded ones): demonstrations are collected only on
 ``train_variations``; evaluation uses only ``test_variations``, so success rates measure
 generalization to object/goal placements never seen in training.
+
+A suite runs under a *protocol*: ``"worldvla"`` (the project's own: variations are MT1
+placements, ``action_repeat`` physics-step pairs per action, corner cameras flipped by rows)
+or ``"lerobot"`` (LeRobot's Meta-World evaluation, ``worldvla.envs.mt50``: variations are
+reset seeds, one ``env.step`` per action, at most 500 steps, the moved ``corner2`` camera
+turned 180°, LeRobot's task descriptions as instructions).
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ from dataclasses import asdict, dataclass, replace
 from worldvla.envs.base import Env
 from worldvla.envs.instructions import METAWORLD_INSTRUCTIONS
 from worldvla.envs.metaworld import MetaWorldEnv
+from worldvla.envs.mt50 import CAMERA as LEROBOT_CAMERA
+from worldvla.envs.mt50 import MAX_STEPS as LEROBOT_MAX_STEPS
+from worldvla.envs.mt50 import MT50_TASKS, LeRobotMetaWorldEnv, eval_seeds
 from worldvla.envs.view import suite_view
 from worldvla.errors import ConfigError
 from worldvla.utils.registry import lookup
 
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+PROTOCOLS = ("worldvla", "lerobot")
 MT10 = (
     "reach-v3",
     "push-v3",
@@ -55,6 +65,9 @@ class SuiteConfig:
     expert_rate: str = "control"
     fast_render: bool = True
     benchmark_seed: int = 0  # seed of Meta-World's MT1 goal sampling (defines the variations)
+    # How the env is set up and what a variation means (module docstring); "lerobot" fixes
+    # camera corner2, action_repeat 1, <= 500 steps, and ignores benchmark_seed (MT1 seed 42).
+    protocol: str = "worldvla"
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -85,8 +98,29 @@ class SuiteConfig:
             )
         if self.episodes_per_task < 1:
             raise ConfigError(f"suite {self.name!r}: episodes_per_task must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            lookup(dict.fromkeys(PROTOCOLS), self.protocol, f"protocol in suite {self.name!r}")
+        if self.protocol == "lerobot" and (
+            self.camera != LEROBOT_CAMERA
+            or self.action_repeat != 1
+            or self.max_steps > LEROBOT_MAX_STEPS
+            or self.camera_aim is not None
+            or self.camera_zoom != 1.0
+        ):
+            raise ConfigError(
+                f"suite {self.name!r}: the lerobot protocol needs camera {LEROBOT_CAMERA!r} (not re-aimed "
+                f"or zoomed), action_repeat 1 and max_steps <= {LEROBOT_MAX_STEPS}"
+            )
 
-    def make_env(self) -> MetaWorldEnv:
+    def make_env(self, cameras: tuple[str, ...] | None = None) -> MetaWorldEnv:
+        """The simulator of this suite; ``cameras=()`` renders nothing (state-only expert runs)."""
+        if self.protocol == "lerobot":
+            return LeRobotMetaWorldEnv(
+                resolution=self.resolution,
+                max_steps=self.max_steps,
+                fast_render=self.fast_render,
+                cameras=cameras,
+            )
         return MetaWorldEnv(
             camera=self.camera,
             camera_aim=self.camera_aim,
@@ -96,6 +130,7 @@ class SuiteConfig:
             max_steps=self.max_steps,
             fast_render=self.fast_render,
             benchmark_seed=self.benchmark_seed,
+            cameras=cameras,
         )
 
     def to_dict(self) -> dict:
@@ -125,6 +160,27 @@ _MW_QUICK_V1 = replace(
     episodes_per_task=100,
 )
 
+# Meta-World MT50 under LeRobot's evaluation protocol (worldvla.envs.mt50). Evaluation on
+# the protocol's seeds 1000-1009 (10 episodes per task); demonstrations on the 1,000 seeds
+# 100000-100999, far from any seed an evaluation is likely to pick (eval-policy refuses a
+# training seed). The experts act once per env.step (action_repeat 1: "physics" and
+# "control" are the same). Frames at 64x64 (LeRobot: 480x480), rendered fast. 70 episodes
+# per task: the weakest expert (peg-insert-side) succeeded in 16 of 20 tries, so 70 keep
+# ~56 >= 50 (failed demonstrations are dropped; docs/metaworld.md).
+_MT50 = SuiteConfig(
+    name="mt50",
+    tasks=MT50_TASKS,
+    train_variations=tuple(range(100_000, 101_000)),
+    test_variations=eval_seeds(),
+    episodes_per_task=70,
+    camera=LEROBOT_CAMERA,
+    resolution=64,
+    action_repeat=1,
+    max_steps=LEROBOT_MAX_STEPS,
+    expert_rate="control",
+    protocol="lerobot",
+)
+
 SUITES: dict[str, SuiteConfig] = {
     # Four short tasks whose objects are clearly visible at 64x64 from the corner camera, whose
     # scripted experts succeed on every tried variation, and whose object placement varies
@@ -150,6 +206,15 @@ SUITES: dict[str, SuiteConfig] = {
     # (results/), kept so that `worldvla ablate` re-runs them on the same demonstrations.
     "mw-quick-control": replace(_MW_QUICK_V1, name="mw-quick-control", expert_rate="control"),
     "mw-10": SuiteConfig(name="mw-10", tasks=MT10, max_steps=200),
+    "mt50": _MT50,
+    # Tests: two tasks of different difficulty groups whose experts finish in few steps.
+    "mt50-debug": replace(
+        _MT50,
+        name="mt50-debug",
+        tasks=("reach-v3", "sweep-into-v3"),
+        train_variations=(100_000, 100_001),
+        episodes_per_task=2,
+    ),
     # Tests and laptops: one task, a few short episodes.
     "debug": SuiteConfig(
         name="debug",

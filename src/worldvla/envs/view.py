@@ -9,13 +9,16 @@ from typing import Any
 
 # Meta-World suite fields that change the picture, with the value a suite (or a data file
 # written before the field existed) has when it does not set them.
-VIEW_DEFAULTS: dict[str, Any] = {"camera_aim": None, "camera_zoom": 1.0}
+# ``protocol`` changes the picture too: "lerobot" moves corner2 and turns it 180° (envs/mt50.py).
+VIEW_DEFAULTS: dict[str, Any] = {"camera_aim": None, "camera_zoom": 1.0, "protocol": "worldvla"}
 
 
 def suite_view(suite: Mapping[str, Any]) -> dict[str, Any]:
-    """The view fields of a suite's ``to_dict()`` (or a data file's recorded suite), normalized."""
+    """The view fields of a suite's ``to_dict()`` (or a data file's recorded suite, or a view
+    stored before a field existed), normalized: missing fields at their defaults."""
     aim = suite.get("camera_aim", VIEW_DEFAULTS["camera_aim"])
     return {
         "camera_aim": None if aim is None else [float(x) for x in aim],
         "camera_zoom": float(suite.get("camera_zoom", VIEW_DEFAULTS["camera_zoom"])),
+        "protocol": str(suite.get("protocol", VIEW_DEFAULTS["protocol"])),
     }

@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -270,15 +271,18 @@ def fresh_gif_dir(path: Path) -> Path:
 def check_rendering(layout: Any, suite: Any, checkpoint: str | Path) -> None:
     """Refuse a suite whose frames differ from the training data's (camera, size, view).
 
-    Fields the checkpoint did not record (older checkpoints) are not compared.
+    Fields the checkpoint did not record (older checkpoints) are not compared; view fields
+    added since it was written count at their defaults (``suite_view``).
     """
+    from worldvla.envs.view import suite_view
+
     problems = []
     if layout.camera is not None and layout.camera != suite.camera:
         problems.append(f"camera {layout.camera!r}, the suite's {suite.camera!r}")
     if layout.image_size is not None and layout.image_size != suite.resolution:
         problems.append(f"{layout.image_size}x{layout.image_size} frames, the suite's {suite.resolution}")
-    if layout.view is not None and layout.view != suite.view():
-        problems.append(f"view {layout.view}, the suite's {suite.view()}")
+    if layout.view is not None and suite_view(layout.view) != suite.view():
+        problems.append(f"view {suite_view(layout.view)}, the suite's {suite.view()}")
     if problems:
         raise ConfigError(
             f"{checkpoint}: trained on frames rendered differently from suite {suite.name!r} ("
@@ -301,6 +305,7 @@ def evaluate_policy(
     replan_every: int | None = None,
     model: bool = True,
     action_readout: str | None = None,
+    blind_baselines: bool = False,
 ) -> dict[str, Any]:
     """Closed-loop success of a checkpoint on the suite's held-out variations, plus baselines.
 
@@ -309,6 +314,8 @@ def evaluate_policy(
     for a new chunk every ``n`` steps (receding horizon). ``action_readout`` overrides the
     checkpoint's (:class:`worldvla.policy.PolicyConfig`). ``model=False`` runs only the
     baselines (the checkpoint then only supplies the action statistics).
+    ``blind_baselines`` runs the baselines, which never look at a frame, in envs that render
+    none (several times faster; no GIFs of them): for long protocols such as MT50's 500 steps.
     """
     from worldvla.data.episodes import EpisodeReader
     from worldvla.policy import PolicyConfig, WorldVLAPolicy
@@ -345,14 +352,15 @@ def evaluate_policy(
     results: list[EpisodeResult] = []
     t0 = time.perf_counter()
     for agent in agents:
+        blind = blind_baselines and not isinstance(agent, PolicyAgent)
         results += run_agent(
             agent,
-            suite.make_env,
+            partial(suite.make_env, cameras=()) if blind else suite.make_env,
             jobs,
             num_envs,
             suite.max_steps,
             record=record,
-            record_jobs=gif_jobs,
+            record_jobs=() if blind else gif_jobs,
             progress=progress,
         )
     meta = provenance(
@@ -361,6 +369,7 @@ def evaluate_policy(
         episodes_per_task=episodes_per_task,
         num_envs=num_envs,
         seed=seed,
+        blind_baselines=blind_baselines,
         wall_seconds=time.perf_counter() - t0,
         policy={
             "chunk_len": policy.chunk_len,

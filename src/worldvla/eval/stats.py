@@ -62,3 +62,24 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
     return (m, t * sd / math.sqrt(n))
+
+
+def weighted_wilson_interval(
+    successes: Sequence[int], trials: Sequence[int], z: float = 1.96
+) -> tuple[float, float, float]:
+    """Mean of several success rates (equal weights) and its 95% interval: ``(mean, low, high)``.
+
+    The mean of group rates ``k_g / n_g`` is not a binomial proportion when the groups have
+    different sizes, so the Wilson interval is taken at Kish's effective sample size
+    ``1 / sum(w_g^2 / n_g)`` (w_g = 1 / G), the size whose binomial variance matches that of
+    the weighted mean; with equal ``n_g`` it is the pooled Wilson interval.
+    """
+    if len(successes) != len(trials) or not trials or min(trials) <= 0:
+        raise ValueError("weighted_wilson_interval needs one positive trial count per success count")
+    w = 1.0 / len(trials)
+    p = sum(w * k / n for k, n in zip(successes, trials, strict=True))
+    n_eff = 1.0 / sum(w * w / n for n in trials)
+    denom = 1 + z * z / n_eff
+    centre = (p + z * z / (2 * n_eff)) / denom
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n_eff + z * z / (4 * n_eff * n_eff)) / denom
+    return (p, max(0.0, centre - half), min(1.0, centre + half))

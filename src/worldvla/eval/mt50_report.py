@@ -1,0 +1,220 @@
+"""The Meta-World MT50 comparison table under LeRobot's protocol (``eval-policy --protocol lerobot-mt50``).
+
+From the episodes of one ``evaluate_policy`` run (the policy and its baselines), per agent:
+success per task, per LeRobot difficulty group (pooled over the group's episodes, as
+``lerobot-eval`` reports a group), and the mean of the four group rates (the "Avg." of the
+SmolVLA paper), each with a 95% interval (Wilson; for the mean of groups at Kish's effective
+sample size, ``worldvla.eval.stats.weighted_wilson_interval``). Published rows are printed
+beside them, labelled as published, with their source and how their protocol differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worldvla.envs.mt50 import (
+    DIFFICULTY_GROUPS,
+    EPISODES_PER_TASK,
+    LEROBOT_METAWORLD_PIN,
+    LEROBOT_SOURCE,
+    MAX_STEPS,
+    MT50_TASKS,
+    RENDER_SIZE,
+    difficulty,
+    eval_seeds,
+)
+from worldvla.eval.stats import weighted_wilson_interval, wilson_interval
+from worldvla.utils.io import atomic_write_text
+
+GROUP_TITLES = {"easy": "easy", "medium": "medium", "hard": "hard", "very_hard": "very hard"}
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    policy: str
+    groups: tuple[float, float, float, float]  # easy, medium, hard, very hard (% success)
+    mean: float  # mean of the four groups, as published
+    source: str
+    protocol: str  # how the run behind the number differs from this project's
+
+
+_SMOLVLA = "Shukor et al. 2025, SmolVLA, arXiv 2506.01844, Table 2"
+_SMOLVLA_PROTOCOL = (
+    "trained on lerobot/metaworld_mt50 (with the 4-d state), 10 episodes per task; the paper "
+    "(June 2025) predates LeRobot's Meta-World env (Oct 2025) and its seeded placements (Jul 2026), "
+    "so its episodes ran on other placements"
+)
+_TINYVLA = "Wen et al. 2024, TinyVLA, arXiv 2409.12514, Table I (repeated in SmolVLA's Table 2)"
+_TINYVLA_PROTOCOL = "TinyVLA's own Meta-World setup and data, not LeRobot's"
+
+# Published Meta-World MT50 results (success %, easy / medium / hard / very hard, mean of groups).
+PUBLISHED: tuple[PublishedRow, ...] = (
+    PublishedRow("SmolVLA (2.25B)", (87.14, 51.82, 70.0, 64.0), 68.24, _SMOLVLA, _SMOLVLA_PROTOCOL),
+    PublishedRow("SmolVLA (0.45B)", (82.5, 41.8, 45.0, 60.0), 57.3, _SMOLVLA, _SMOLVLA_PROTOCOL),
+    PublishedRow("SmolVLA (0.24B)", (86.43, 46.36, 35.0, 60.0), 56.95, _SMOLVLA, _SMOLVLA_PROTOCOL),
+    PublishedRow(
+        "π0 (PaliGemma-3B init., no robot pretraining)",
+        (80.4, 40.9, 36.7, 44.0),
+        50.5,
+        _SMOLVLA,
+        _SMOLVLA_PROTOCOL,
+    ),
+    PublishedRow("π0 (3.5B, robot-pretrained)", (71.8, 48.2, 41.7, 30.0), 47.9, _SMOLVLA, _SMOLVLA_PROTOCOL),
+    PublishedRow("TinyVLA-H", (77.6, 21.5, 11.4, 15.8), 31.6, _TINYVLA, _TINYVLA_PROTOCOL),
+    PublishedRow("Diffusion Policy", (23.1, 10.7, 1.9, 6.1), 10.5, _TINYVLA, _TINYVLA_PROTOCOL),
+)
+
+
+def _rate(k: int, n: int) -> dict[str, float]:
+    lo, hi = wilson_interval(k, n)
+    return {"success": k / n, "ci_low": lo, "ci_high": hi, "successes": k, "episodes": n}
+
+
+def grouped(episodes: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per agent: ``tasks`` and ``groups`` (success, Wilson interval, counts) and ``mean``
+    (mean of the group rates of the groups evaluated, with its interval) from episode records
+    (``EpisodeResult`` dicts: agent, task, success)."""
+    out: dict[str, dict[str, Any]] = {}
+    for agent in dict.fromkeys(e["agent"] for e in episodes):
+        counts: dict[str, list[int]] = {}
+        for e in episodes:
+            if e["agent"] == agent:
+                c = counts.setdefault(e["task"], [0, 0])
+                c[0] += bool(e["success"])
+                c[1] += 1
+        tasks = {t: _rate(k, n) for t, (k, n) in counts.items()}
+        groups: dict[str, dict[str, float]] = {}
+        for group in DIFFICULTY_GROUPS:
+            members = [counts[t] for t in counts if difficulty(t) == group]
+            if members:
+                groups[group] = _rate(sum(k for k, _ in members), sum(n for _, n in members))
+                groups[group]["tasks"] = len(members)
+        mean, lo, hi = weighted_wilson_interval(
+            [int(g["successes"]) for g in groups.values()], [int(g["episodes"]) for g in groups.values()]
+        )
+        out[agent] = {
+            "tasks": tasks,
+            "groups": groups,
+            "mean": {"success": mean, "ci_low": lo, "ci_high": hi, "groups": len(groups)},
+        }
+    return out
+
+
+def protocol_differences(meta: Mapping[str, Any]) -> list[str]:
+    """How the run described by ``meta`` (``evaluate_policy``'s) differs from LeRobot's protocol."""
+    suite = meta.get("suite", {})
+    res = suite.get("resolution")
+    out = []
+    if suite.get("max_steps") != MAX_STEPS:
+        out.append(
+            f"**CUT SHORT: at most {suite.get('max_steps')} steps per episode (protocol: {MAX_STEPS})** "
+            "— these numbers are not comparable with the published ones"
+        )
+    tasks = suite.get("tasks", [])
+    if sorted(tasks) != sorted(MT50_TASKS):
+        out.append(
+            f"**only {len(tasks)} of the 50 tasks**; group means over the tasks evaluated, the mean over "
+            "the groups evaluated"
+        )
+    seeds = [v for _, v in zip(range(meta.get("episodes_per_task", 0)), suite.get("test_variations", []))]
+    if meta.get("episodes_per_task") != EPISODES_PER_TASK or tuple(seeds) != eval_seeds():
+        out.append(
+            f"{meta.get('episodes_per_task')} episodes per task on seeds {suite.get('test_variations')} "
+            f"(protocol: {EPISODES_PER_TASK} on seeds {eval_seeds()[0]}-{eval_seeds()[-1]})"
+        )
+    render = "fast rendering (no shadows, multisampling or reflections)" if suite.get("fast_render") else ""
+    out.append(
+        f"frames fed to the model: {res}x{res} rendered directly{', ' + render if render else ''} "
+        f"(LeRobot: {RENDER_SIZE}x{RENDER_SIZE}, Meta-World's default rendering)"
+    )
+    out.append(
+        f"Meta-World {meta.get('metaworld_version', '?')} (LeRobot pins {LEROBOT_METAWORLD_PIN}; 3.1 adds "
+        "corner4, render sizes and a dense-reward fix, success checks unchanged)"
+    )
+    out.append(
+        "trained on the project's scripted-expert demonstrations (seeds disjoint from the evaluation's), "
+        "not on lerobot/metaworld_mt50; the policy reads the frame and the instruction, not the state"
+    )
+    return out
+
+
+def _cell(r: Mapping[str, float] | None) -> str:
+    if r is None:
+        return "—"
+    return f"{100 * r['success']:.1f} [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]"
+
+
+def render_markdown(table: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    agents: dict[str, Any] = table["agents"]
+    head = "| | " + " | ".join(f"{GROUP_TITLES[g]} ({len(DIFFICULTY_GROUPS[g])})" for g in DIFFICULTY_GROUPS)
+    lines = [
+        "# Meta-World MT50 under LeRobot's evaluation protocol",
+        "",
+        f"Protocol: {LEROBOT_SOURCE} (docs/metaworld.md). Success % with 95% intervals (Wilson; the "
+        "mean of the groups at Kish's effective sample size).",
+        "",
+        "Differences from LeRobot's protocol in this run:",
+        "",
+        *[f"- {d}" for d in table["differences"]],
+        "",
+        "## Groups",
+        "",
+        head + " | mean of groups |",
+        "|---|" + "---|" * (len(DIFFICULTY_GROUPS) + 1),
+    ]
+    for agent, r in agents.items():
+        cells = [_cell(r["groups"].get(g)) for g in DIFFICULTY_GROUPS]
+        lines.append(f"| **{agent}** (this run) | " + " | ".join(cells) + f" | **{_cell(r['mean'])}** |")
+    for p in PUBLISHED:
+        lines.append(
+            f"| {p.policy} (published) | " + " | ".join(f"{x:g}" for x in p.groups) + f" | {p.mean:g} |"
+        )
+    lines += ["", "Published rows are copied from their papers, not re-run here:", ""]
+    for source in dict.fromkeys(p.source for p in PUBLISHED):
+        rows = [p for p in PUBLISHED if p.source == source]
+        lines.append(f"- {', '.join(p.policy for p in rows)}: {source}; {rows[0].protocol}.")
+    tasks = list(dict.fromkeys(t for r in agents.values() for t in r["tasks"]))
+    lines += [
+        "",
+        "## Tasks",
+        "",
+        "| task | group | " + " | ".join(agents) + " |",
+        "|---|---|" + "---|" * len(agents),
+    ]
+    for t in sorted(tasks, key=lambda t: (list(DIFFICULTY_GROUPS).index(difficulty(t)), t)):
+        cells = [_cell(r["tasks"].get(t)) for r in agents.values()]
+        lines.append(f"| {t} | {GROUP_TITLES[difficulty(t)]} | " + " | ".join(cells) + " |")
+    machine = meta.get("machine", {})
+    lines += [
+        "",
+        f"Command: `{meta.get('command', '?')}`; checkpoint `{meta.get('checkpoint')}`, commit "
+        f"`{meta.get('commit', '?')}`, {machine.get('processor', '?')} with {machine.get('cpus', '?')} CPUs, "
+        f"{meta.get('wall_seconds', 0) / 60:.1f} minutes for all agents.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_mt50_report(out_dir: str | Path, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``mt50.json`` and ``mt50.md`` into ``out_dir`` from an ``evaluate_policy`` document."""
+    meta = dict(doc["meta"])
+    if "metaworld_version" not in meta:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            meta["metaworld_version"] = version("metaworld")
+        except PackageNotFoundError:
+            meta["metaworld_version"] = "?"
+    table = {
+        "agents": grouped(doc["episodes"]),
+        "differences": protocol_differences(meta),
+        "published": [p.__dict__ for p in PUBLISHED],
+        "meta": meta,
+    }
+    out = Path(out_dir)
+    atomic_write_text(out / "mt50.json", json.dumps(table, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "mt50.md", render_markdown(table, meta))
+    return table
