@@ -111,11 +111,15 @@ def test_ablation_suite_is_the_first_task_set_with_the_experts_asked_per_control
     )
     assert (v1.train_variations, v1.episodes_per_task) == (tuple(range(40)), 100)
     assert len(quick.train_variations) == 200 and quick.test_variations == tuple(range(40, 50))
-    # Its experiment preset runs the quickstart's recipe on it.
+    # Its experiment preset runs the quickstart's recipe on it, as it was before exploratory
+    # world data (its committed results were made on demonstrations only).
     from worldvla.presets import experiment_preset
 
     exp_v1 = experiment_preset("mw-quick-v1")
-    assert dataclasses.replace(exp_v1, name="mw-quick", suite="mw-quick") == experiment_preset("mw-quick")
+    assert exp_v1.explore_per_task == 0
+    assert dataclasses.replace(
+        exp_v1, name="mw-quick", suite="mw-quick", tokenizer_steps=1200, explore_per_task=300
+    ) == experiment_preset("mw-quick")
     with pytest.raises(ConfigError, match="expert_rate"):
         dataclasses.replace(quick, expert_rate="native")
 
