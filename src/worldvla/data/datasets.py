@@ -139,6 +139,7 @@ class InMemoryCache:
         state dimensions are the next action's phase (its sine's cosine), the rest noise.
         """
         rng = np.random.default_rng(seed)
+        state_rng = np.random.default_rng([seed, 1])  # apart: codes and actions do not depend on S
         codes, actions, episodes, states = [], [], [], []
         start = 0
         for e in range(n_episodes):
@@ -146,7 +147,7 @@ class InMemoryCache:
             phase = rng.uniform(0, 2 * np.pi, size=(1, action_dim))
             act = np.sin(0.5 * t + phase).astype(np.float32)  # (T, D)
             if state_dim:
-                st = rng.normal(size=(length, state_dim)).astype(np.float32)  # (T, S)
+                st = state_rng.normal(size=(length, state_dim)).astype(np.float32)  # (T, S)
                 k = min(state_dim, action_dim)
                 st[:, :k] = np.cos(0.5 * t + phase)[:, :k]
                 states.append(st)

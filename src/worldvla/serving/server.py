@@ -196,6 +196,8 @@ def policy_metadata(policy: Any) -> dict[str, Any]:
             value = get(policy)
         except AttributeError:
             continue
+        if value is None:  # e.g. a checkpoint trained on data that recorded no camera name
+            continue
         meta[key] = value if isinstance(value, (str, bool)) else int(value)
     return meta
 
