@@ -191,7 +191,7 @@ class WorldVLAPolicy:
         self, instruction: str, frames: Sequence[np.ndarray], state_bins: np.ndarray | None = None
     ) -> np.ndarray:
         return action_prompt_ids(
-            self.vocab, self.text_tokenizer, instruction, frames, self.layout.prompts, state_bins
+            self.vocab, self.text_tokenizer, instruction, frames, self.layout.prompts, state_bins=state_bins
         )
 
     def check_state(self, state: Any) -> np.ndarray | None:
