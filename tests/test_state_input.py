@@ -329,3 +329,48 @@ def test_the_server_checks_the_state_before_inference(state_run):
         )
     )
     assert ok["ok"] and ok["actions"].shape == (pol.chunk_len, pol.action_dim)
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.mark.sim
+@pytest.mark.slow
+def test_mt50_debug_end_to_end_with_the_state(tmp_path):
+    """Collect mt50-debug (the state recorded beside the frames), tokenize with a random image
+    tokenizer, train 2 steps with use_state, evaluate under LeRobot's protocol: the env's state
+    reaches every prompt of the policy."""
+    from worldvla.commands.eval_policy import main as eval_main
+    from worldvla.data.collect import collect
+    from worldvla.envs.suites import suite_preset
+    from worldvla.serving.random_checkpoint import random_tokenizer_config
+    from worldvla.tokenizers.vq import VQTokenizer
+
+    demos = tmp_path / "demos.hdf5"
+    collect(suite_preset("mt50-debug"), demos, workers=1, progress=False)
+    torch.manual_seed(0)
+    tok = VQTokenizer(random_tokenizer_config(64))
+    tok.model.eval()
+    tok.save(tmp_path / "tok")
+    cache = build_token_cache(demos, tok, tmp_path / "cache", tokenizer_path=tmp_path / "tok", progress=False)
+    assert cache.state_dim == 4
+    cfg = replace(
+        _cfg(steps=2, keep_last=1, val_every=0, ckpt_every=2, history=1, chunk_len=2),
+        action_prompt="{instruction}",
+        world_prompt="",
+    )
+    train(cfg, cache, tmp_path / "run", progress=False)
+    assert ckpt.load_bundle(tmp_path / "run").layout.state_dim == 4
+
+    seen = []
+    real = WorldVLAPolicy.check_state
+    WorldVLAPolicy.check_state = lambda self, s: seen.append(s) or real(self, s)
+    try:
+        argv = [str(tmp_path / "run"), "--protocol", "lerobot-mt50", "--suite", "mt50-debug"]
+        argv += ["--episodes-per-task", "1", "--max-steps", "2", "--envs", "2", "--episodes", str(demos)]
+        argv += ["--out", str(tmp_path / "eval"), "--gifs", "0", "--no-baselines"]
+        assert eval_main(argv) == 0
+    finally:
+        WorldVLAPolicy.check_state = real
+    states = [s for s in seen if s is not None]
+    assert states and all(np.asarray(s).shape == (4,) for s in states)
+    table = json.loads((tmp_path / "eval" / "mt50.json").read_text())
+    assert set(table["agents"]["worldvla"]["tasks"]) == set(suite_preset("mt50-debug").tasks)
