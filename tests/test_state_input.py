@@ -359,6 +359,11 @@ def test_mt50_debug_end_to_end_with_the_state(tmp_path):
     )
     train(cfg, cache, tmp_path / "run", progress=False)
     assert ckpt.load_bundle(tmp_path / "run").layout.state_dim == 4
+    # Offline action error reads the recorded states of the held-out episodes.
+    from worldvla.eval.offline_actions import evaluate_offline_actions
+
+    doc = evaluate_offline_actions(tmp_path / "run", demos, stride=8)
+    assert doc["state_dim"] == 4 and doc["samples"] > 0 and np.isfinite(doc["l1"])
 
     seen = []
     real = WorldVLAPolicy.check_state
