@@ -12,7 +12,8 @@ from worldvla.sequence import action_ids, build_action_sample, build_world_sampl
 from worldvla.tokenizers.text import ByteTokenizer
 from worldvla.vocab import Vocab, VocabConfig
 
-V = Vocab.build(VocabConfig(image_codes=32, action_bins=16))
+# With state tokens, so that action samples with a state block are in every random test.
+V = Vocab.build(VocabConfig(image_codes=32, action_bins=16, state_bins=8))
 T = ByteTokenizer()
 
 
@@ -74,7 +75,8 @@ def _frame(rng):
 def _action_sample(rng):
     frames = [_frame(rng) for _ in range(rng.integers(1, 4))]
     chunk = rng.integers(0, V.action_bins, (rng.integers(1, 5), rng.integers(1, 5)))
-    return build_action_sample(V, T, "go", frames, chunk).ids
+    state = rng.integers(0, V.state_bins, rng.integers(1, 5)) if rng.random() < 0.5 else None
+    return build_action_sample(V, T, "go", frames, chunk, state_bins=state).ids
 
 
 def _world_sample(rng):
@@ -153,6 +155,31 @@ def test_action_sample_chunk_actions_see_images_but_not_each_other():
     assert m[-1].all()  # the final SEP is in no block: it sees the whole chunk
     plain = worldvla.attention_mask(ids, V, chunk_mask=False)[0]
     assert torch.equal(plain, torch.tril(torch.ones_like(plain)))
+
+
+def test_state_block_is_context_not_an_action_block():
+    """A state block after the images: every chunk action sees all of it, it is causal itself,
+    and the mask is exactly the mask of the same sample with the state ids read as text."""
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, V.image_codes, (2, 2)) for _ in range(2)]
+    state = np.array([0, 3, V.state_bins - 1])
+    s = build_action_sample(V, T, "push", frames, rng.integers(0, V.action_bins, (3, 2)), state_bins=state)
+    ids = torch.tensor(s.ids)
+    m = worldvla.attention_mask(ids, V)[0]
+    bos_s = int((ids == V.bos_state).nonzero().item())
+    eos_s = int((ids == V.eos_state).nonzero().item())
+    assert eos_s - bos_s == len(state) + 1 and bos_s > int((ids == V.eoi).nonzero().max())
+    assert ids[eos_s + 1] == V.sep and s.weights[: eos_s + 2].sum() == 0  # context, no loss
+    boas = (ids == V.boa).nonzero().flatten().tolist()
+    for b in boas:  # every action of the chunk, every token of its block, sees the whole state
+        assert m[b : b + 4, bos_s : eos_s + 1].all()
+    assert not m[boas[2], boas[1] : boas[1] + 4].any()  # the chunk rule still holds
+    causal = torch.tril(torch.ones(len(ids), len(ids), dtype=torch.bool))
+    assert torch.equal(m[bos_s : eos_s + 1], causal[bos_s : eos_s + 1])
+    as_text = ids.clone()
+    as_text[bos_s : eos_s + 1] = V.text_ids(torch.arange(eos_s + 1 - bos_s))
+    assert torch.equal(m, worldvla.attention_mask(as_text, V)[0])
+    assert np.array_equal(m.numpy(), reference_mask(s.ids.tolist(), V, chunk_mask=True))
 
 
 def test_world_sample_mask_is_purely_causal():

@@ -149,7 +149,7 @@ def test_prompt_templates_travel_with_the_checkpoint(tmp_path, monkeypatch):
     assert (bundle.layout.prompts.action_prompt, bundle.layout.prompts.world_prompt) == ("{instruction}", "")
     seen = []
     real = policy_mod.action_prompt_ids
-    monkeypatch.setattr(policy_mod, "action_prompt_ids", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(policy_mod, "action_prompt_ids", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
     WorldVLAPolicy(model, bundle).predict_action_chunk(_obs())
     assert seen and seen[0].action_prompt == "{instruction}"
 

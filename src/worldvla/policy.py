@@ -15,9 +15,16 @@ list of such dicts (one per env). ``"images": {camera: array}`` is accepted too,
 case the checkpoint's camera is used, and so is what an ``Env`` returns
 (``worldvla.envs.base.Observation``, read the same way).
 
+Proprioceptive state. A checkpoint trained with ``use_state`` (its layout has
+``state_dim > 0``) needs ``"state"``: a finite ``(S,)`` vector (Meta-World: hand xyz +
+gripper opening; an ``Env`` observation's ``.state``), normalized and binned with the
+checkpoint's ``state_stats.json`` and placed after the frames of the prompt. It is the state
+at the query step, like the frame it comes with. Other checkpoints ignore a ``"state"``.
+
 Bounded inputs. Every observation of a call is validated before any state changes or any
 compute starts (:meth:`WorldVLAPolicy.check_observation`): the image must be uint8
-``(R, R, 3)`` at the checkpoint's resolution, the instruction a ``str``. An instruction is
+``(R, R, 3)`` at the checkpoint's resolution, the instruction a ``str``, the state (when the
+checkpoint reads one) a finite numeric ``(S,)`` vector. An instruction is
 never truncated: if the action-model sequence it implies (prompt + M frames + K actions +
 SEP, the layout the model was trained on) would exceed the model's ``max_seq_len``, the
 call raises :class:`~worldvla.errors.DataError` naming the lengths, before the model runs.
@@ -39,10 +46,11 @@ import numpy as np
 import torch
 
 from worldvla.envs.base import Observation as EnvObservation
-from worldvla.errors import DataError
+from worldvla.errors import ConfigError, DataError
 from worldvla.model.generation import check_readout, generate_actions
-from worldvla.sequence import action_length, action_prompt_ids, frame_length
+from worldvla.sequence import action_length, action_prompt_ids, frame_length, state_length
 from worldvla.tokenizers.action import ActionTokenizer
+from worldvla.tokenizers.state import StateTokenizer
 
 Observation = dict[str, Any]
 
@@ -59,7 +67,10 @@ def _as_batch(obs: Observation | EnvObservation | Sequence) -> tuple[bool, list[
 
 def _as_dict(obs: Any) -> Observation:
     if isinstance(obs, EnvObservation):
-        return {"images": obs.images, "instruction": obs.instruction}
+        d = {"images": obs.images, "instruction": obs.instruction}
+        if obs.state is not None:
+            d["state"] = obs.state
+        return d
     if not isinstance(obs, dict):
         raise DataError(f"an observation must be a dict, got {type(obs).__name__}")
     return obs
@@ -93,6 +104,17 @@ class WorldVLAPolicy:
         self.text_tokenizer = bundle.text_tokenizer
         self.image_tokenizer = bundle.image_tokenizer
         self.action_tokenizer = ActionTokenizer(bundle.action_stats, n_bins=self.vocab.action_bins)
+        self.state_dim = int(getattr(self.layout, "state_dim", 0) or 0)
+        self.state_tokenizer: StateTokenizer | None = None
+        if self.state_dim:
+            stats = getattr(bundle, "state_stats", None)
+            where = getattr(bundle, "path", "the checkpoint")
+            if stats is None or stats.dim != self.state_dim or not self.vocab.has_state:
+                raise ConfigError(
+                    f"{where}: the model was trained with a {self.state_dim}-dim state in its prompt, but "
+                    "the checkpoint lacks matching state statistics (state_stats.json) or state tokens"
+                )
+            self.state_tokenizer = StateTokenizer(stats, n_bins=self.vocab.state_bins)
         self.chunk_mask = self.layout.chunk_mask if self.config.chunk_mask is None else self.config.chunk_mask
         trained = getattr(getattr(bundle, "config", None), "action_readout", "argmax")
         self.action_readout = self.config.action_readout or trained
@@ -157,7 +179,7 @@ class WorldVLAPolicy:
         ``BOS, prompt text, M frames, SEP`` then the K-action chunk and its ``SEP``."""
         prompt = self.layout.prompts.action_prompt.format(instruction=instruction)
         text = len(self.text_tokenizer.encode(prompt))
-        frames = self.layout.history * frame_length(*self.layout.grid)
+        frames = self.layout.history * frame_length(*self.layout.grid) + state_length(self.state_dim)
         return 1 + text + frames + 1 + self.chunk_len * action_length(self.action_dim) + 1
 
     @property
@@ -165,8 +187,42 @@ class WorldVLAPolicy:
         """Most text tokens an instruction may have (exact for the byte tokenizer; module docstring)."""
         return max(0, self.max_seq_len - self.sequence_length(""))
 
-    def _prompt_ids(self, instruction: str, frames: Sequence[np.ndarray]) -> np.ndarray:
-        return action_prompt_ids(self.vocab, self.text_tokenizer, instruction, frames, self.layout.prompts)
+    def _prompt_ids(
+        self, instruction: str, frames: Sequence[np.ndarray], state_bins: np.ndarray | None = None
+    ) -> np.ndarray:
+        return action_prompt_ids(
+            self.vocab, self.text_tokenizer, instruction, frames, self.layout.prompts, state_bins=state_bins
+        )
+
+    def check_state(self, state: Any) -> np.ndarray | None:
+        """The state as float64 ``(S,)`` if the checkpoint reads one (None otherwise); else DataError.
+
+        Accepts a numeric array or a list of numbers; refuses a missing state, another shape,
+        a non-numeric value and NaN/inf (module docstring).
+        """
+        if not self.state_dim:
+            return None
+        if state is None:
+            raise DataError(
+                f"observation needs a 'state' ({self.state_dim},) vector: this checkpoint was trained with "
+                "the proprioceptive state in its prompt (use_state)"
+            )
+        if isinstance(state, (str, bytes)) or (
+            isinstance(state, np.ndarray) and state.dtype.kind not in "iuf"
+        ):
+            what = state.dtype if isinstance(state, np.ndarray) else type(state).__name__
+            raise DataError(f"observation 'state' must be numeric, got {what}")
+        try:
+            x = np.asarray(state, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"observation 'state' must be a numeric vector, got {type(state).__name__}"
+            ) from None
+        if x.shape != (self.state_dim,):
+            raise DataError(f"observation 'state' must have shape ({self.state_dim},), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise DataError(f"observation 'state' contains NaN or inf: {x.tolist()}")
+        return x
 
     def check_instruction(self, instruction: Any) -> str:
         """Return ``instruction`` if it is a string that fits the model; else raise :class:`DataError`."""
@@ -211,13 +267,15 @@ class WorldVLAPolicy:
         """Validate one observation without touching any state; return its frame.
 
         Raises :class:`DataError` for a missing or mis-shaped image, a missing or non-string
-        instruction, or an instruction too long for the model (module docstring).
+        instruction, an instruction too long for the model, or (for a checkpoint trained with
+        the state) a missing, mis-shaped or non-finite state (module docstring).
         """
         o = _as_dict(obs)
         frame = self._frame(o)
         if "instruction" not in o:
             raise DataError("observation needs an 'instruction' string")
         self.check_instruction(o["instruction"])
+        self.check_state(o.get("state"))
         return frame
 
     def _observe(self, env_ids: Sequence[int], observations: Sequence[Observation]) -> None:
@@ -252,12 +310,16 @@ class WorldVLAPolicy:
 
     @torch.inference_mode()
     def predict_chunks_from_frames(
-        self, frames: Sequence[np.ndarray], instructions: Sequence[str]
+        self,
+        frames: Sequence[np.ndarray],
+        instructions: Sequence[str],
+        states: Sequence[Any] | None = None,
     ) -> np.ndarray:
         """Chunks ``(N, K, D)`` for N explicit frame histories, without touching env state.
 
         ``frames[i]``: uint8 ``(m, H, W, 3)``, the frames up to the query (oldest first); fewer
-        than M are padded with the first, as at an episode start. For offline evaluation on
+        than M are padded with the first, as at an episode start. ``states[i]``: the state at
+        the query (only for a checkpoint trained with the state). For offline evaluation on
         recorded episodes.
         """
         m = self.layout.history
@@ -265,23 +327,35 @@ class WorldVLAPolicy:
             self.image_tokenizer.encode(np.stack([self._frame({"image": f}) for f in h[-m:]])).cpu().numpy()
             for h in frames
         ]
-        return self.predict_chunks_from_codes(codes, instructions)
+        return self.predict_chunks_from_codes(codes, instructions, states)
 
     @torch.inference_mode()
     def predict_chunks_from_codes(
-        self, codes: Sequence[np.ndarray], instructions: Sequence[str]
+        self,
+        codes: Sequence[np.ndarray],
+        instructions: Sequence[str],
+        states: Sequence[Any] | None = None,
     ) -> np.ndarray:
         """As :meth:`predict_chunks_from_frames`, from image codes ``(m, h, w)`` already encoded."""
         if len(codes) != len(instructions):
             raise DataError(f"got {len(codes)} histories for {len(instructions)} instructions")
         for text in instructions:
             self.check_instruction(text)
+        state_bins: list[np.ndarray | None] = [None] * len(codes)
+        if self.state_tokenizer is not None:
+            if states is None or len(states) != len(codes):
+                n = "no" if states is None else len(states)
+                raise DataError(
+                    f"got {n} states for {len(codes)} histories: this checkpoint reads the state (use_state)"
+                )
+            checked = [self.check_state(s) for s in states]  # all validated before any compute
+            state_bins = list(self.state_tokenizer.encode(np.stack(checked)))  # (N, S)
         m = self.layout.history
         prompts = []
-        for text, c in zip(instructions, codes):
+        for text, c, sb in zip(instructions, codes, state_bins):
             c = list(c)[-m:]
             hist = [c[0]] * (m - len(c)) + c
-            prompts.append(torch.from_numpy(self._prompt_ids(text, hist)))
+            prompts.append(torch.from_numpy(self._prompt_ids(text, hist, sb)))
         bins = generate_actions(
             self.model,
             self.vocab,
@@ -298,7 +372,9 @@ class WorldVLAPolicy:
 
     def _plan(self, env_ids: Sequence[int], observations: Sequence[Observation]) -> np.ndarray:
         return self.predict_chunks_from_codes(
-            [np.stack(self._history[i]) for i in env_ids], [o["instruction"] for o in observations]
+            [np.stack(self._history[i]) for i in env_ids],
+            [o["instruction"] for o in observations],
+            [o.get("state") for o in observations] if self.state_dim else None,
         )
 
     @torch.inference_mode()

@@ -4,11 +4,17 @@ Layouts (SPEC §2; ``|`` marks where the loss starts)::
 
     frame (h x w codes): BOI, grid(h), grid(w), [code ... code, ROW_SEP] x h, EOI  (4 + h*(w+1) tokens)
     action (D dims):     BOA, bin_1, ..., bin_D, EOA                                (D + 2 tokens)
-    action-model sample: BOS, prompt(instruction), IMG(t-M+1), ..., IMG(t), SEP
+    state (S dims):      BOS_STATE, bin_1, ..., bin_S, EOS_STATE                    (S + 2 tokens)
+    action-model sample: BOS, prompt(instruction), IMG(t-M+1), ..., IMG(t), [STATE(t),] SEP
                          | ACT(t), ..., ACT(t+K-1), SEP
     world-model sample:  BOS, world prompt, IMG(t), ACT(t), SEP | IMG(t+1), SEP
 
-``ACT(t)`` is the action executed after observing ``IMG(t)``. Each sample comes with
+``ACT(t)`` is the action executed after observing ``IMG(t)``; ``STATE(t)`` is the
+proprioceptive state observed with ``IMG(t)`` (optional: only for a model trained with
+``use_state``, whose vocabulary has state tokens). It sits after the last image, right
+before the ``SEP`` that ends the prompt, so it is the freshest context the first action
+reads; it is context (loss weight 0), and its own delimiters keep it out of the action
+blocks of the attention mask (:mod:`worldvla.model.masks`). Each sample comes with
 per-token loss weights aligned with its ids (``weights[i]`` weighs the prediction of
 ``ids[i]`` from ``ids[:i]``): 0 on the context, ``image_weight`` (α, SPEC §4, default 0.04)
 on image-code targets and 1 on every other target token (action bins, BOA/EOA, BOI, grid
@@ -132,6 +138,35 @@ def action_bins_from_ids(vocab: Vocab, ids: np.ndarray, action_dim: int) -> np.n
     return vocab.action_bins_of(inner)
 
 
+# ---------------------------------------------------------------------------- states
+def state_length(state_dim: int) -> int:
+    """Tokens of one state block (0 for a layout without state)."""
+    return state_dim + 2 if state_dim else 0
+
+
+def state_ids(vocab: Vocab, bins: np.ndarray) -> np.ndarray:
+    """Serialize one ``(S,)`` state's bins as ``BOS_STATE, bins, EOS_STATE``."""
+    bins = np.asarray(bins, dtype=np.int64)
+    if bins.ndim != 1 or bins.size == 0:
+        raise ValueError(f"state bins must be a non-empty (S,) vector, got shape {bins.shape}")
+    if not vocab.has_state:
+        raise ValueError(f"vocab {vocab.name!r} has no state tokens (build it with state_bins > 0)")
+    if bins.min() < 0 or bins.max() >= vocab.state_bins:
+        raise ValueError(f"state bins must lie in [0, {vocab.state_bins}), got [{bins.min()}, {bins.max()}]")
+    return np.concatenate([[vocab.bos_state], vocab.state_ids(bins), [vocab.eos_state]]).astype(np.int64)
+
+
+def state_bins_from_ids(vocab: Vocab, ids: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`state_ids`: ``S + 2`` ids -> ``(S,)`` bins."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) < 3 or ids[0] != vocab.bos_state or ids[-1] != vocab.eos_state:
+        raise ValueError("state tokens are not framed by BOS_STATE ... EOS_STATE")
+    inner = ids[1:-1]
+    if not vocab.is_state_bin(inner).all():
+        raise ValueError("state block holds a non-bin token")
+    return vocab.state_bins_of(inner)
+
+
 # ---------------------------------------------------------------------------- samples
 def _text(vocab: Vocab, text_tokenizer: TextTokenizer, text: str) -> np.ndarray:
     return vocab.text_ids(np.asarray(text_tokenizer.encode(text), dtype=np.int64))
@@ -143,9 +178,11 @@ def action_prompt_ids(
     instruction: str,
     frames: Sequence[np.ndarray],
     prompts: PromptConfig = PromptConfig(),
+    state_bins: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Context of an action-model sample: ``BOS, prompt, IMG(t-M+1) ... IMG(t), SEP``.
+    """Context of an action-model sample: ``BOS, prompt, IMG(t-M+1) ... IMG(t), [STATE(t),] SEP``.
 
+    ``state_bins``: the ``(S,)`` bins of the state at ``t`` (None: no state block).
     This is exactly the prompt the policy feeds at inference, so training and evaluation
     prompts cannot drift apart (a weak point of the reference, SPEC §9).
     """
@@ -154,6 +191,8 @@ def action_prompt_ids(
     parts = [np.array([vocab.bos], dtype=np.int64)]
     parts.append(_text(vocab, text_tokenizer, prompts.action_prompt.format(instruction=instruction)))
     parts += [frame_ids(vocab, f) for f in frames]
+    if state_bins is not None:
+        parts.append(state_ids(vocab, state_bins))
     parts.append(np.array([vocab.sep], dtype=np.int64))
     return np.concatenate(parts)
 
@@ -199,12 +238,14 @@ def build_action_sample(
     chunk_bins: np.ndarray,
     prompts: PromptConfig = PromptConfig(),
     image_weight: float = 0.04,
+    state_bins: np.ndarray | None = None,
 ) -> Sample:
-    """Action-model sample (SPEC §2): history ``frames`` (oldest first) -> ``(K, D)`` chunk."""
+    """Action-model sample (SPEC §2): history ``frames`` (oldest first) [+ the ``(S,)`` state
+    bins at the last frame] -> ``(K, D)`` chunk."""
     chunk_bins = np.asarray(chunk_bins)
     if chunk_bins.ndim != 2:
         raise ValueError(f"chunk_bins must be (K, D), got shape {chunk_bins.shape}")
-    context = action_prompt_ids(vocab, text_tokenizer, instruction, frames, prompts)
+    context = action_prompt_ids(vocab, text_tokenizer, instruction, frames, prompts, state_bins)
     target = np.concatenate([action_ids(vocab, chunk_bins), np.array([vocab.sep], dtype=np.int64)])
     return _join(context, target, vocab, image_weight)
 

@@ -14,7 +14,18 @@ package. Ids, in order::
     text_start ..            text tokens       (text_size ids, e.g. 256 bytes)
     image_start ..           image codes       (image_codes ids, code c -> image_start + c)
     action_start ..          action bins       (action_bins ids, bin b -> action_start + b)
+    [bos_state, eos_state,   only with state_bins > 0: the state block's delimiters and
+     state_start ..]         state bins        (state_bins ids, bin b -> state_start + b)
     .. size                  unused padding up to a multiple of ``pad_to_multiple``
+
+**State tokens are optional and additive.** A vocabulary built with ``state_bins=0`` (the
+default, and every vocabulary written before state tokens existed) has no state ids at
+all: its ids, its size, its ``to_dict()`` / ``vocab.json`` and its fingerprint are exactly
+what they were, so every existing checkpoint and token cache keeps its meaning. With
+``state_bins > 0`` the two delimiters and the bins are appended after the action bins, so
+every other id keeps its value. A state block (``BOS_STATE, bin_1 … bin_S, EOS_STATE``,
+:mod:`worldvla.sequence`) is context in an action-model prompt, never an action block: the
+attention mask (:mod:`worldvla.model.masks`) keys on BOA/EOA only.
 
 ``Vocab.chameleon_reference()`` — the layout of the reference Chameleon-based checkpoints
 (65,536 ids): image codes 4–8195, EOI 8196, BOI 8197, SEP 8710, row separator 8803, grid
@@ -35,6 +46,9 @@ from typing import Any, TypeVar
 ArrayLike = TypeVar("ArrayLike")
 
 SPECIAL_NAMES = ("pad", "bos", "sep", "boi", "eoi", "row_sep", "boa", "eoa")
+# Fields of the optional state tokens; absent from to_dict() when state_bins == 0.
+STATE_FIELDS = ("bos_state", "eos_state", "state_start", "state_bins")
+_NO_STATE = {"bos_state": -1, "eos_state": -1, "state_start": -1, "state_bins": 0}
 
 
 @dataclass(frozen=True)
@@ -46,10 +60,15 @@ class VocabConfig:
     action_bins: int = 256
     max_grid: int = 64  # largest image grid side (rows or columns) that can be announced
     pad_to_multiple: int = 64  # round the vocabulary up so the output matmul is aligned
+    state_bins: int = 0  # bins per proprioceptive-state dimension; 0 = no state tokens
 
     def __post_init__(self) -> None:
+        if self.state_bins < 0 or self.state_bins == 1:
+            raise ValueError(
+                f"VocabConfig.state_bins must be 0 (no state tokens) or >= 2, got {self.state_bins}"
+            )
         for f in fields(self):
-            if getattr(self, f.name) < 1:
+            if f.name != "state_bins" and getattr(self, f.name) < 1:
                 raise ValueError(f"VocabConfig.{f.name} must be >= 1, got {getattr(self, f.name)}")
 
 
@@ -75,9 +94,21 @@ class Vocab:
     image_codes: int
     action_start: int
     action_bins: int
+    # Optional state tokens (module docstring); the defaults mean "none".
+    bos_state: int = -1
+    eos_state: int = -1
+    state_start: int = -1
+    state_bins: int = 0
 
     def __post_init__(self) -> None:
-        specials = [getattr(self, n) for n in SPECIAL_NAMES]
+        special_names = list(SPECIAL_NAMES)
+        if self.state_bins < 0 or self.state_bins == 1:
+            raise ValueError(f"vocab {self.name!r}: state_bins must be 0 or >= 2, got {self.state_bins}")
+        if not self.has_state and (self.bos_state, self.eos_state, self.state_start) != (-1, -1, -1):
+            raise ValueError(f"vocab {self.name!r}: state ids given but state_bins is 0")
+        if self.has_state:
+            special_names += ["bos_state", "eos_state"]
+        specials = [getattr(self, n) for n in special_names]
         if len(set(specials)) != len(specials):
             raise ValueError(f"vocab {self.name!r}: special ids are not distinct: {specials}")
         ranges = {
@@ -85,12 +116,14 @@ class Vocab:
             "action": (self.action_start, self.action_start + self.action_bins),
             "grid": (self.grid_start, self.grid_start + self.max_grid + 1),
         }
+        if self.has_state:
+            ranges["state"] = (self.state_start, self.state_start + self.state_bins)
         names = list(ranges)
         for i, a in enumerate(names):
             lo, hi = ranges[a]
             if lo < 0 or hi > self.size:
                 raise ValueError(f"vocab {self.name!r}: {a} range [{lo}, {hi}) outside [0, {self.size})")
-            for s_name, s in zip(SPECIAL_NAMES, specials):
+            for s_name, s in zip(special_names, specials):
                 if lo <= s < hi:
                     raise ValueError(f"vocab {self.name!r}: special {s_name}={s} inside the {a} range")
             for b in names[i + 1 :]:
@@ -111,6 +144,15 @@ class Vocab:
         image_start = text_start + cfg.text_size
         action_start = image_start + cfg.image_codes
         used = action_start + cfg.action_bins
+        state = dict(_NO_STATE)
+        if cfg.state_bins:  # appended after everything else: no other id moves
+            state = {
+                "bos_state": used,
+                "eos_state": used + 1,
+                "state_start": used + 2,
+                "state_bins": cfg.state_bins,
+            }
+            used += 2 + cfg.state_bins
         size = -(-used // cfg.pad_to_multiple) * cfg.pad_to_multiple
         return cls(
             name="worldvla",
@@ -124,6 +166,7 @@ class Vocab:
             image_codes=cfg.image_codes,
             action_start=action_start,
             action_bins=cfg.action_bins,
+            **state,
         )
 
     @classmethod
@@ -167,6 +210,20 @@ class Vocab:
         """Token id(s) of action bins -> bin(s) in [0, action_bins)."""
         return ids - self.action_start
 
+    def state_ids(self, bins: ArrayLike) -> ArrayLike:
+        """State bin(s) in [0, state_bins) -> token id(s); only for a vocabulary with state tokens."""
+        self._need_state()
+        return bins + self.state_start
+
+    def state_bins_of(self, ids: ArrayLike) -> ArrayLike:
+        """Token id(s) of state bins -> bin(s) in [0, state_bins)."""
+        self._need_state()
+        return ids - self.state_start
+
+    def _need_state(self) -> None:
+        if not self.has_state:
+            raise ValueError(f"vocab {self.name!r} has no state tokens (built with state_bins=0)")
+
     def text_ids(self, tokens: ArrayLike) -> ArrayLike:
         """Text tokenizer ids in [0, text_size) -> token id(s)."""
         return tokens + self.text_start
@@ -187,6 +244,17 @@ class Vocab:
     def is_action_bin(self, ids: ArrayLike) -> ArrayLike:
         return (ids >= self.action_start) & (ids < self.action_start + self.action_bins)
 
+    def is_state_bin(self, ids: ArrayLike) -> ArrayLike:
+        """True for state-bin ids; all False for a vocabulary without state tokens."""
+        if not self.has_state:
+            return ids != ids
+        return (ids >= self.state_start) & (ids < self.state_start + self.state_bins)
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the layout has state tokens (``state_bins > 0``)."""
+        return self.state_bins > 0
+
     def is_text(self, ids: ArrayLike) -> ArrayLike:
         return (ids >= self.text_start) & (ids < self.text_start + self.text_size)
 
@@ -196,13 +264,19 @@ class Vocab:
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.has_state:  # vocab.json and the fingerprint stay as they were before state tokens
+            for k in STATE_FIELDS:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vocab:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
-        missing = known - set(d)
+        # The state fields come all together or not at all (a layout without state tokens).
+        given_state = set(STATE_FIELDS) & set(d)
+        missing = known - set(d) - (set(STATE_FIELDS) if not given_state else set())
         if unknown or missing:
             raise ValueError(
                 f"vocab dict does not match: unknown keys {sorted(unknown)}, missing {sorted(missing)}"

@@ -4,7 +4,8 @@ Both roles of WorldVLA train on one stream of samples built on the fly from the
 pre-tokenized cache (image codes + continuous actions):
 
 - **Action-model sample** at step ``t`` of an episode: the instruction, frames
-  ``t-M+1 … t`` and the chunk of actions ``t … t+K-1``. History frames are consecutive
+  ``t-M+1 … t`` (with ``use_state``, the proprioceptive state observed at ``t``) and the
+  chunk of actions ``t … t+K-1``. History frames are consecutive
   control steps. *At the episode start* the missing history is filled by repeating the
   first frame (the policy does the same when it starts an episode, so training and
   inference prompts agree); dropping those steps instead would never teach the first
@@ -59,6 +60,7 @@ from worldvla.sequence import (
     build_action_sample,
     build_world_sample,
     frame_length,
+    state_length,
 )
 from worldvla.tokenizers.text import TextTokenizer
 from worldvla.vocab import Vocab
@@ -110,6 +112,7 @@ class InMemoryCache:
     meta: dict[str, Any] = field(default_factory=dict)
     stats_path: Any = None
     world_actions: np.ndarray | None = None  # float32 (N_frames, D): executed actions, if they differ
+    states: np.ndarray | None = None  # float32 (N_frames, S): proprioceptive states, if recorded
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -128,15 +131,26 @@ class InMemoryCache:
         action_dim: int = 4,
         codebook_size: int = 64,
         seed: int = 0,
+        state_dim: int = 0,
     ) -> InMemoryCache:
-        """Random but learnable episodes: codes drift with the action, actions follow a sine."""
+        """Random but learnable episodes: codes drift with the action, actions follow a sine.
+
+        ``state_dim > 0`` adds states that tell the actions apart: the first ``min(S, D)``
+        state dimensions are the next action's phase (its sine's cosine), the rest noise.
+        """
         rng = np.random.default_rng(seed)
-        codes, actions, episodes = [], [], []
+        state_rng = np.random.default_rng([seed, 1])  # apart: codes and actions do not depend on S
+        codes, actions, episodes, states = [], [], [], []
         start = 0
         for e in range(n_episodes):
             t = np.arange(length)[:, None]
             phase = rng.uniform(0, 2 * np.pi, size=(1, action_dim))
             act = np.sin(0.5 * t + phase).astype(np.float32)  # (T, D)
+            if state_dim:
+                st = state_rng.normal(size=(length, state_dim)).astype(np.float32)  # (T, S)
+                k = min(state_dim, action_dim)
+                st[:, :k] = np.cos(0.5 * t + phase)[:, :k]
+                states.append(st)
             base = rng.integers(0, codebook_size, size=grid)
             frames = (base[None] + np.cumsum(np.ones(length, dtype=np.int64))[:, None, None]) % codebook_size
             codes.append(frames.astype(np.uint16))  # (T, h, w)
@@ -156,6 +170,7 @@ class InMemoryCache:
             actions=np.concatenate(actions),
             episodes=episodes,
             codebook_size=codebook_size,
+            states=np.concatenate(states) if state_dim else None,
         )
 
 
@@ -177,6 +192,9 @@ class DataLayout:
     # camera_aim, camera_zoom), so that evaluation can refuse an env that renders otherwise;
     # None when the data did not record it.
     view: dict[str, Any] | None = None
+    # Dimensions of the proprioceptive state in the action-model prompt (training config
+    # ``use_state``); 0 = no state block, as in every layout saved before the option existed.
+    state_dim: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -196,6 +214,7 @@ class DataLayout:
             1
             + prompt_tokens
             + self.history * frame_length(*self.grid)
+            + state_length(self.state_dim)
             + 1
             + self.chunk_len * action_length(self.action_dim)
             + 1
@@ -267,7 +286,26 @@ class _SampleSet(ABC):
 
 
 class ActionSamples(_SampleSet):
-    """Action-model samples: instruction + M frames -> K actions (first frame repeated at the start)."""
+    """Action-model samples: instruction + M frames [+ state] -> K actions (first frame repeated
+    at the start).
+
+    ``state_bins``: ``(N_frames, S)`` state bins of the whole cache, required when the layout
+    has a state block (``layout.state_dim > 0``); the sample at step ``t`` reads row ``t``.
+    """
+
+    def __init__(self, *args: Any, state_bins: np.ndarray | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.layout.state_dim:
+            if state_bins is None:
+                raise DataError(
+                    f"the layout has a {self.layout.state_dim}-dim state, but no states were given"
+                )
+            if state_bins.shape != (len(self.cache.actions), self.layout.state_dim):
+                raise DataError(
+                    f"state bins must be (N_frames, {self.layout.state_dim}) = "
+                    f"({len(self.cache.actions)}, {self.layout.state_dim}), got {state_bins.shape}"
+                )
+        self.state_bins = state_bins if self.layout.state_dim else None
 
     def _n_steps(self, length: int) -> int:
         return max(length - self.layout.chunk_len + 1, 0)
@@ -285,6 +323,7 @@ class ActionSamples(_SampleSet):
             self.bins[g : g + k],
             self.layout.prompts,
             self.image_weight,
+            state_bins=None if self.state_bins is None else self.state_bins[g],
         )
 
 

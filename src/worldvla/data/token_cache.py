@@ -8,12 +8,18 @@ transformer step for small models. So frames are encoded once into a directory::
     world_actions.npy  float32 (N_frames, D), optional the actions really executed, where the
                                                        episode file stores them apart from clean
                                                        expert labels (world-model samples read these)
+    states.npy         float32 (N_frames, S), optional  proprioceptive state observed with frame t,
+                                                       when the episode file records it in every
+                                                       episode (caches built before, or from files
+                                                       without states, have none)
+    state_stats.json   per-dimension bounds of the demonstrations' states (with states.npy)
     index.json         per episode: key, start, length, task, instruction, variation, kind
                        ("demo" or "explore": exploratory segments feed only world-model samples)
     action_stats.json  per-dimension bounds for the action tokenizer (SPEC §2)
     progress.json      how many episodes are encoded (only while building)
     meta.json          format version, tokenizer {path, fingerprint}, episode file identity,
-                       grid, codebook_size, camera, image_size, action_dim, complete flag
+                       grid, codebook_size, camera, image_size, action_dim, state_dim (0 = no
+                       states), complete flag
 
 **Identity.** A cache is only valid for the tokenizer that made it and the episode file
 it was made from. ``meta.json`` records the tokenizer's fingerprint (config + weights) and
@@ -25,12 +31,12 @@ rehashed and accepted if the content is the same). Any mismatch is a
 :class:`~worldvla.errors.DataError`; a cache is never silently reused.
 
 **Resumable.** ``meta.json`` (``complete: false``), ``index.json``, ``actions.npy`` and
-``action_stats.json`` are written first, then the memmap is filled a chunk of episodes at a
-time; after each chunk the memmap is flushed and ``progress.json`` is replaced atomically.
-A kill leaves a partial cache that :func:`build_token_cache` resumes from the last
-recorded chunk (after checking the identity again); the final ``meta.json`` with
-``complete: true`` is written atomically last, and :meth:`TokenCache.open` refuses a cache
-without it.
+``action_stats.json`` (and ``states.npy``, ``state_stats.json``) are written first, then
+the memmap is filled a chunk of episodes at a time; after each chunk the memmap is flushed
+and ``progress.json`` is replaced atomically. A kill leaves a partial cache that
+:func:`build_token_cache` resumes from the last recorded chunk (after checking the identity
+again); the final ``meta.json`` with ``complete: true`` is written atomically last, and
+:meth:`TokenCache.open` refuses a cache without it.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from worldvla.data.exploration import DEMO, KINDS
 from worldvla.envs.view import suite_view
 from worldvla.errors import DataError
 from worldvla.tokenizers.action import ActionStats
+from worldvla.tokenizers.state import state_stats_from_episodes
 from worldvla.utils.io import atomic_path, atomic_write_text, file_sha256
 
 FORMAT_VERSION = 1
@@ -58,6 +65,8 @@ WORLD_ACTIONS_FILE = "world_actions.npy"
 INDEX_FILE = "index.json"
 META_FILE = "meta.json"
 STATS_FILE = "action_stats.json"
+STATES_FILE = "states.npy"
+STATE_STATS_FILE = "state_stats.json"
 PROGRESS_FILE = "progress.json"
 
 
@@ -112,6 +121,7 @@ class TokenCache:
     actions: np.ndarray  # float32 (N_frames, D)
     episodes: list[EpisodeRecord]
     world_actions: np.ndarray | None = None  # float32 (N_frames, D): executed actions, if recorded
+    states: np.ndarray | None = None  # float32 (N_frames, S): proprioceptive states, if recorded
 
     @property
     def stats_path(self) -> Path:
@@ -120,6 +130,17 @@ class TokenCache:
     @property
     def action_stats(self) -> ActionStats:
         return ActionStats.load(self.stats_path)
+
+    @property
+    def state_stats(self) -> ActionStats | None:
+        """Bounds of the demonstrations' states (``state_stats.json``); None without states."""
+        if self.states is None:
+            return None
+        return ActionStats.load(self.path / STATE_STATS_FILE)
+
+    @property
+    def state_dim(self) -> int:
+        return 0 if self.states is None else int(self.states.shape[1])
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -203,9 +224,28 @@ class TokenCache:
                     f"{path / WORLD_ACTIONS_FILE}: expected float32 ({n}, {d}), got "
                     f"{world_actions.dtype} {world_actions.shape}"
                 )
+        states = None
+        if (path / STATES_FILE).exists():
+            s = int(meta.get("state_dim") or 0)
+            try:
+                states = np.load(path / STATES_FILE, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as e:
+                raise DataError(f"{path / STATES_FILE}: unreadable: {e}") from e
+            if states.shape != (n, s) or states.dtype != np.float32 or s < 1:
+                raise DataError(
+                    f"{path / STATES_FILE}: expected float32 ({n}, {s}), got {states.dtype} {states.shape}"
+                )
+            if not (path / STATE_STATS_FILE).exists():
+                raise DataError(f"{path / STATE_STATS_FILE}: missing (the cache has {STATES_FILE})")
         episodes = [EpisodeRecord(**e) for e in _read_json(path / INDEX_FILE)]
         return cls(
-            path=path, meta=meta, codes=codes, actions=actions, episodes=episodes, world_actions=world_actions
+            path=path,
+            meta=meta,
+            codes=codes,
+            actions=actions,
+            episodes=episodes,
+            world_actions=world_actions,
+            states=states,
         )
 
 
@@ -357,13 +397,17 @@ def _recorded_view(reader: Any) -> dict[str, Any] | None:
 def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any], stats_mode: str) -> None:
     """Write everything but the codes: index, actions, statistics, empty memmap, meta (incomplete)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in (META_FILE, PROGRESS_FILE, CODES_FILE, WORLD_ACTIONS_FILE):
+    for name in (META_FILE, PROGRESS_FILE, CODES_FILE, WORLD_ACTIONS_FILE, STATES_FILE, STATE_STATS_FILE):
         (out / name).unlink(missing_ok=True)  # an overwritten or never-started cache
-    index, actions, executed, start = [], [], [], 0
+    index, actions, executed, states, start = [], [], [], [], 0
     for i, key in enumerate(reader.keys):
         a = np.asarray(reader.actions(i), dtype=np.float32)  # (T, D)
         ex = reader.executed_actions(i)
         executed.append(a if ex is None else ex)
+        # The reader returns a state for every episode or for none (EpisodeReader.state_dim).
+        st = reader.state(i) if getattr(reader, "state_dim", None) else None
+        if st is not None:
+            states.append(np.asarray(st, dtype=np.float32))
         attrs = reader.attrs(i)
         kind = str(attrs.get("kind") or DEMO)
         if kind not in KINDS:
@@ -406,6 +450,20 @@ def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any]
     if not np.array_equal(all_executed, all_actions):
         with atomic_path(out / WORLD_ACTIONS_FILE) as tmp, open(tmp, "wb") as f:
             np.save(f, all_executed)
+    state_dim = 0
+    if states:
+        # Like the action bounds: the demonstrations' states, which action-model samples read.
+        try:
+            state_stats = state_stats_from_episodes(
+                [(e["key"], st) for e, st in zip(index, states) if e["kind"] == DEMO]
+            )
+        except DataError as e:
+            raise DataError(f"{episodes_path}: {e}") from None
+        state_stats.save(out / STATE_STATS_FILE)
+        all_states = np.concatenate(states)  # (N_frames, S)
+        with atomic_path(out / STATES_FILE) as tmp, open(tmp, "wb") as f:
+            np.save(f, all_states)
+        state_dim = int(all_states.shape[1])
     _write_json(out / INDEX_FILE, index)
     h, w = identity["grid"]
     with atomic_path(out / CODES_FILE) as tmp, open(tmp, "wb") as f:
@@ -417,6 +475,7 @@ def _start(out: Path, reader: Any, episodes_path: Path, identity: dict[str, Any]
             "n_frames": start,
             "n_episodes": len(index),
             "action_dim": int(all_actions.shape[1]),
+            "state_dim": state_dim,
             "view": _recorded_view(reader),
             "complete": False,
         }

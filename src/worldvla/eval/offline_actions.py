@@ -20,6 +20,11 @@ of *another* held-out episode of the same task at the same step — the same pha
 motion, another object placement. A policy that locates the objects in the image gets
 much worse (``l1_swapped`` well above ``l1_real_on_swapped``, the real-frame error on the
 same samples); one that acts on the arm's pose and the phase alone barely changes.
+
+**State.** A checkpoint trained with the proprioceptive state (``use_state``) reads the
+recorded state at t from the episode file (an error if the file has none); the image probe
+keeps each sample's own state and swaps only the frames, so it shows how much such a policy
+still reads the image.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ def evaluate_offline_actions(
     k, m = policy.chunk_len, policy.layout.history
     t0 = time.perf_counter()
     histories: list[np.ndarray] = []
+    states: list[np.ndarray | None] = []  # the state at t, for a checkpoint that reads one
     texts: list[str] = []
     targets: list[np.ndarray] = []
     origin: list[tuple[int, int]] = []  # (index into episode_codes, step) of each sample
@@ -79,26 +85,37 @@ def evaluate_offline_actions(
             instruction = str(reader.attrs(key).get("instruction", ""))
             if len(actions) < k:
                 continue
+            ep_states = reader.state(key) if policy.state_dim else None
+            if policy.state_dim and ep_states is None:
+                raise DataError(
+                    f"{episodes_path}: the checkpoint reads the proprioceptive state (use_state), but the "
+                    "episode file records none (obs/state)"
+                )
             with torch.inference_mode():
                 codes = policy.image_tokenizer.encode(frames).cpu().numpy()  # (T, h, w)
             episode_codes.append(codes)
             for t in range(0, len(actions) - k + 1, stride):
                 histories.append(codes[max(0, t - m + 1) : t + 1])
+                states.append(None if ep_states is None else ep_states[t])
                 texts.append(instruction)
                 targets.append(actions[t : t + k])
                 origin.append((len(episode_codes) - 1, t))
     if not targets:
         raise DataError(f"{episodes_path}: no held-out episode has {k} actions to compare a chunk with")
 
-    def predict(hs: list[np.ndarray], ts: list[str]) -> np.ndarray:
+    def predict(hs: list[np.ndarray], ts: list[str], ss: list[np.ndarray | None]) -> np.ndarray:
         return np.concatenate(
             [
-                policy.predict_chunks_from_codes(hs[s : s + batch_size], ts[s : s + batch_size])
+                policy.predict_chunks_from_codes(
+                    hs[s : s + batch_size],
+                    ts[s : s + batch_size],
+                    ss[s : s + batch_size] if policy.state_dim else None,
+                )
                 for s in range(0, len(hs), batch_size)
             ]
         )  # (N, K, D)
 
-    preds = predict(histories, texts)
+    preds = predict(histories, texts, states)
     real = np.stack(targets).astype(np.float64)
     err = np.abs(_normalize(preds, low, high) - _normalize(real, low, high))  # (N, K, D)
     centre = _normalize(real, low, high).reshape(-1, real.shape[-1]).mean(0)
@@ -114,6 +131,7 @@ def evaluate_offline_actions(
         "chunk_len": k,
         "history": m,
         "chunk_mask": policy.chunk_mask,
+        "state_dim": policy.state_dim,
     }
     per_task: dict[str, dict[str, Any]] = {}
     for text in dict.fromkeys(texts):
@@ -124,7 +142,7 @@ def evaluate_offline_actions(
             "samples": len(rows),
         }
     if swap_probe:
-        summary, swapped = _swap_probe(predict, texts, origin, episode_codes, m, err, real, low, high)
+        summary, swapped = _swap_probe(predict, texts, states, origin, episode_codes, m, err, real, low, high)
         doc.update(summary)
         for text, row in per_task.items():
             errs = [e for i, e in swapped.items() if texts[i] == text]
@@ -144,8 +162,9 @@ def evaluate_offline_actions(
 
 
 def _swap_probe(
-    predict: Callable[[list[np.ndarray], list[str]], np.ndarray],
+    predict: Callable[[list[np.ndarray], list[str], list[np.ndarray | None]], np.ndarray],
     texts: list[str],
+    states: list[np.ndarray | None],
     origin: list[tuple[int, int]],
     episode_codes: list[np.ndarray],
     m: int,
@@ -157,6 +176,7 @@ def _swap_probe(
     """Chunks from another same-task episode's frames at the same step (module docstring).
 
     Returns the summary and, per probed sample index, its mean error with swapped frames.
+    Each sample keeps its own state (module docstring).
     """
     by_text: dict[str, list[int]] = {}
     for i, (e, _) in enumerate(origin):
@@ -174,7 +194,7 @@ def _swap_probe(
         swapped.append(other[max(0, s - m + 1) : s + 1])
     if not idx:
         return {"l1_swapped": None, "l1_real_on_swapped": None, "swapped_samples": 0}, {}
-    preds = predict(swapped, [texts[i] for i in idx])
+    preds = predict(swapped, [texts[i] for i in idx], [states[i] for i in idx])
     swap_err = np.abs(_normalize(preds, low, high) - _normalize(real[idx], low, high))
     summary = {
         "l1_swapped": float(swap_err.mean()),

@@ -100,7 +100,13 @@ class PolicyAgent:
         self.policy.reset(env_ids)
 
     def act(self, env_ids: Sequence[int], observations: Sequence[Any]) -> np.ndarray:
-        obs = [{"image": o.images[self.camera], "instruction": o.instruction} for o in observations]
+        obs = []
+        for o in observations:
+            d = {"image": o.images[self.camera], "instruction": o.instruction}
+            # The env's proprioceptive state (a policy trained without it ignores it).
+            if getattr(o, "state", None) is not None:
+                d["state"] = o.state
+            obs.append(d)
         return self.policy.select_action(obs, env_ids=env_ids)
 
 

@@ -6,7 +6,11 @@ of the sequence) and counts as a block too. A *chunk block* is an action block t
 after the last ``EOI`` of its row (after the last image). With ``chunk_mask=True``, no
 token of a chunk block may attend to a token of an earlier action block (SPEC §3, taken
 literally: any earlier action block, also one before the last image); inside its own
-block attention stays causal. Consequences (SPEC §3):
+block attention stays causal. Every other token is ordinary context under the causal
+mask — text, images, SEP and the optional proprioceptive-state block (``BOS_STATE …
+EOS_STATE``, :mod:`worldvla.sequence`), which has its own delimiters precisely so that it
+is never taken for an action block: the rule keys on BOA, EOA and EOI only, and a chunk's
+actions all see the state. Consequences (SPEC §3):
 
 - the actions of a chunk see the instruction and the images, never each other, so one
   wrong action cannot drag the next ones along; they differ only by their positions;

@@ -17,7 +17,10 @@ Conversation (one websocket connection):
      and observes every frame, so its history frames are consecutive control steps (SPEC §2);
    - ``{"op": "infer", "obs": OBS}`` -> a fresh chunk ``(K, D)`` (``predict_action_chunk``);
 
-   with ``OBS = {"image": uint8 (H, W, 3), "instruction": str}`` (or ``"images": {camera: array}``);
+   with ``OBS = {"image": uint8 (H, W, 3), "instruction": str}`` (or ``"images": {camera: array}``)
+   and optionally ``"state"``: the proprioceptive state, a 1-D numeric array (or list of
+   numbers) of at most :data:`MAX_STATE_DIM` finite values, which a policy trained with the
+   state requires (its metadata's ``state_dim`` > 0) and every other policy ignores;
 3. every reply is ``{"ok": True, ...}`` (``actions`` for act/infer, plus ``server_timing``)
    or ``{"ok": False, "error": message}``. A malformed request gets an error reply and the
    connection stays open.
@@ -38,6 +41,9 @@ PROTOCOL_VERSION = 1
 OPS = ("reset", "act", "infer")
 _ARRAY_TAG = "__ndarray__"
 _ALLOWED_KINDS = frozenset("biuf")  # bool, signed, unsigned, float
+# Proprioception is a handful of numbers (Meta-World: 4, LIBERO's robot state: 9); the bound
+# keeps a request from making the policy tokenize an arbitrarily long vector.
+MAX_STATE_DIM = 256
 
 
 class ProtocolError(WorldVLAError, ValueError):
@@ -124,7 +130,28 @@ def validate_observation(obs: Any) -> dict[str, Any]:
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
             what = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
             raise ProtocolError(f"images must be uint8 (H, W, 3) arrays, got {what}")
+    if "state" in obs:
+        obs["state"] = validate_state(obs["state"])
     return obs
+
+
+def validate_state(state: Any) -> np.ndarray:
+    """The optional ``state`` as float64 ``(S,)``: numeric, 1-D, at most MAX_STATE_DIM finite values."""
+    if isinstance(state, list):
+        if len(state) > MAX_STATE_DIM:
+            raise ProtocolError(f"'state' has {len(state)} values, over the limit of {MAX_STATE_DIM}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in state):
+            raise ProtocolError("'state' must be a list of numbers or a numeric array")
+        state = np.asarray(state, dtype=np.float64)
+    if not isinstance(state, np.ndarray) or state.dtype.kind not in "iuf":
+        what = state.dtype if isinstance(state, np.ndarray) else type(state).__name__
+        raise ProtocolError(f"'state' must be a numeric 1-D array or a list of numbers, got {what}")
+    if state.ndim != 1 or not 1 <= state.size <= MAX_STATE_DIM:
+        raise ProtocolError(f"'state' must be 1-D with 1 to {MAX_STATE_DIM} values, got shape {state.shape}")
+    state = state.astype(np.float64)
+    if not np.isfinite(state).all():
+        raise ProtocolError("'state' contains NaN or inf")
+    return state
 
 
 def ok_reply(**fields: Any) -> bytes:

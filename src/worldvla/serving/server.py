@@ -16,8 +16,10 @@ read: websockets closes the connection with code 1009 ("message too big") as soo
 frame header announces the size, and the client raises an error naming it. Every other bad
 request (not msgpack, unknown op, an image of the wrong size or dtype, a missing or
 non-string instruction, an instruction over ``max_instruction_chars`` or too long for the
-model's ``max_seq_len``) is checked on the event loop, before any inference, and gets an
-error reply; the connection stays open. The limits are announced in the metadata.
+model's ``max_seq_len``, a state that is not a finite numeric vector of at most
+``MAX_STATE_DIM`` values, or missing or of the wrong size for a policy that reads it) is
+checked on the event loop, before any inference, and gets an error reply; the connection
+stays open. The limits are announced in the metadata.
 
 **No client stalls another.** Validation, resets and bad requests are answered on the
 event loop; model calls run in a worker thread, one at a time (a FIFO lock, so clients are
@@ -188,10 +190,13 @@ def policy_metadata(policy: Any) -> dict[str, Any]:
         "history": lambda p: p.layout.history,
         "max_seq_len": lambda p: p.max_seq_len,
         "max_instruction_tokens": lambda p: p.max_instruction_tokens,
+        "state_dim": lambda p: p.state_dim,  # > 0: requests must carry the state
     }.items():
         try:
             value = get(policy)
         except AttributeError:
+            continue
+        if value is None:  # e.g. a checkpoint trained on data that recorded no camera name
             continue
         meta[key] = value if isinstance(value, (str, bool)) else int(value)
     return meta

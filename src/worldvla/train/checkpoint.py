@@ -8,6 +8,7 @@ Layout of a run directory::
                                 "val_episodes", "step", "episodes" (the episode file's identity)}
         vocab.json             the token id layout (worldvla.vocab)
         action_stats.json      action normalization bounds (STYLE §8: stats are assets)
+        state_stats.json       state normalization bounds, only for a model trained with use_state
         image_tokenizer.json   {"path", "fingerprint", "relative"} of the tokenizer that made the cache
         trainer_state.pt       optimizer (keyed by parameter name), step, data position,
                                tokens seen, RNG states of python / numpy / torch (per rank)
@@ -83,6 +84,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 STATS_FILE = "action_stats.json"
+STATE_STATS_FILE = "state_stats.json"  # optional: models trained with the state in the prompt
 TOKENIZER_FILE = "image_tokenizer.json"
 TRAINER_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -128,6 +130,7 @@ class Bundle:
     val_episodes: list[str]
     step: int
     _image_tokenizer: Any = None
+    state_stats: ActionStats | None = None  # with a state block in the layout (use_state)
 
     @property
     def image_tokenizer(self) -> Any:
@@ -249,6 +252,7 @@ def save_checkpoint(
     val_episodes: list[str],
     keep_last: int,
     episodes: dict[str, Any] | None = None,
+    state_stats: ActionStats | None = None,
 ) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, move ``latest`` to it, prune old ones.
 
@@ -275,6 +279,8 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         vocab.save(tmp / VOCAB_FILE)
         action_stats.save(tmp / STATS_FILE)
+        if state_stats is not None:
+            state_stats.save(tmp / STATE_STATS_FILE)
         tok_doc = image_tokenizer.saved_from(root / name)
         (tmp / TOKENIZER_FILE).write_text(json.dumps(tok_doc, indent=2) + "\n")
         torch.save(trainer_state, tmp / TRAINER_FILE)
@@ -602,9 +608,14 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{ckpt / CONFIG_FILE}: the model has vocab_size={model_cfg.vocab_size}, vocab.json "
             f"{vocab.size} ids"
         )
+    state_stats = None
+    if layout.state_dim:
+        verify_files(ckpt, [STATE_STATS_FILE])
+        state_stats = _parse(ckpt, STATE_STATS_FILE, ActionStats.load)
     return Bundle(
         path=ckpt,
         vocab=vocab,
+        state_stats=state_stats,
         action_stats=_parse(ckpt, STATS_FILE, ActionStats.load),
         config=train_cfg,
         model_config=model_cfg,

@@ -51,6 +51,11 @@ class TrainConfig:
     chunk_len: int = 5  # K actions per action-model sample
     chunk_mask: bool = True  # SPEC §3 attention mask over action chunks
     action_bins: int = 256  # uniform bins per action dimension (SPEC §2; the reference uses 256)
+    # The proprioceptive state of step t in the action-model prompt (a state block after the
+    # images, docs/ARCHITECTURE.md); needs a token cache with states. Off: the layout, the
+    # vocabulary and every checkpoint trained before the option are unchanged.
+    use_state: bool = False
+    state_bins: int = 256  # uniform bins per state dimension (used only with use_state)
     text_tokenizer: str = "bytes"  # "bytes" or a tokenizers JSON path
     # Prompt templates (saved in the checkpoint's layout; the policy builds the same ones).
     # The reference's sentences cost ~65 byte tokens per sample; CPU presets shorten them.
@@ -132,6 +137,12 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.state_bins < 2:
+            problems.append(f"state_bins must be >= 2, got {self.state_bins}")
+        if self.use_state and not self.use_action_data:
+            problems.append(
+                "use_state needs action-model samples (use_action_data): only they read the state"
+            )
         if self.batch_size % self.grad_accum:
             problems.append(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -49,6 +49,7 @@ from worldvla.data.datasets import (
 from worldvla.errors import ConfigError, DataError
 from worldvla.sequence import PromptConfig
 from worldvla.tokenizers.action import ActionStats, ActionTokenizer
+from worldvla.tokenizers.state import StateTokenizer, state_stats_from_episodes
 from worldvla.tokenizers.text import TextTokenizer, load_text_tokenizer
 from worldvla.train import checkpoint as ckpt
 from worldvla.train.config import TrainConfig
@@ -77,6 +78,7 @@ class TrainData:
     layout: DataLayout
     text_tokenizer: TextTokenizer
     action_stats: ActionStats
+    state_stats: ActionStats | None  # bounds of the states in the prompt (use_state), else None
     image_tokenizer: ckpt.ImageTokenizerRef
     episodes: dict[str, Any] | None  # identity of the episode file the cache was built from
     train: MixedStream
@@ -100,8 +102,11 @@ def _meta(cache: CacheLike) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, dict) else dict(getattr(meta, "__dict__", {}) or {})
 
 
-def cache_vocab(cache: CacheLike, text_tokenizer: TextTokenizer, action_bins: int = 256) -> Vocab:
-    """The cache's own vocabulary if it has one, else the compact layout for its codebook."""
+def cache_vocab(
+    cache: CacheLike, text_tokenizer: TextTokenizer, action_bins: int = 256, state_bins: int = 0
+) -> Vocab:
+    """The cache's own vocabulary if it has one, else the compact layout for its codebook
+    (with ``state_bins`` state tokens; 0 = none, the layout of every run without state)."""
     vocab = getattr(cache, "vocab", None)
     if isinstance(vocab, Vocab):
         if vocab.action_bins != action_bins:
@@ -109,13 +114,23 @@ def cache_vocab(cache: CacheLike, text_tokenizer: TextTokenizer, action_bins: in
                 f"the token cache's vocabulary has {vocab.action_bins} action bins, the config asks for "
                 f"{action_bins}"
             )
+        if vocab.state_bins != state_bins:
+            raise ConfigError(
+                f"the token cache's vocabulary has {vocab.state_bins} state bins, the config asks for "
+                f"{state_bins} (use_state / state_bins)"
+            )
         return vocab
     meta = _meta(cache)
     codebook = getattr(cache, "codebook_size", None) or meta.get("codebook_size")
     if not codebook:
         raise DataError("the token cache records neither a vocabulary nor the image codebook size")
     return Vocab.build(
-        VocabConfig(text_size=text_tokenizer.size, image_codes=int(codebook), action_bins=action_bins)
+        VocabConfig(
+            text_size=text_tokenizer.size,
+            image_codes=int(codebook),
+            action_bins=action_bins,
+            state_bins=state_bins,
+        )
     )
 
 
@@ -127,6 +142,33 @@ def cache_action_stats(cache: CacheLike) -> ActionStats:
     if path is not None:
         return ActionStats.load(path)
     return ActionStats.from_actions(cache.actions)
+
+
+def cache_states(cache: CacheLike) -> tuple[np.ndarray, ActionStats]:
+    """The cache's ``(N_frames, S)`` states and their bounds; DataError when it has none."""
+    states = getattr(cache, "states", None)
+    if states is None:
+        where = getattr(cache, "path", None) or "the token cache"
+        raise DataError(
+            f"{where}: use_state=true needs proprioceptive states, but the token cache has none (its "
+            "episode file records no obs/state in some or all episodes, or the cache was built before "
+            "states were cached: rebuild it with 'worldvla tokenize --overwrite'); or set use_state=false"
+        )
+    states = np.asarray(states, dtype=np.float32)
+    if states.ndim != 2 or len(states) != len(cache.actions) or states.shape[1] < 1:
+        raise DataError(f"token cache states must be (N_frames={len(cache.actions)}, S), got {states.shape}")
+    stats = getattr(cache, "state_stats", None)
+    if not isinstance(stats, ActionStats):
+        # Like the cache's action bounds: over the demonstrations, whose states the policy reads.
+        demos = []
+        for e in cache.episodes:
+            if episode_kind(e) == "demo":
+                start, length = int(episode_field(e, "start")), int(episode_field(e, "length"))
+                demos.append((str(episode_field(e, "key")), states[start : start + length]))
+        stats = state_stats_from_episodes(demos)
+    if stats.dim != states.shape[1]:
+        raise DataError(f"state statistics have {stats.dim} dimensions, the cache's states {states.shape[1]}")
+    return states, stats
 
 
 def cache_image_tokenizer(cache: CacheLike) -> ckpt.ImageTokenizerRef:
@@ -146,7 +188,8 @@ def cache_episodes(cache: CacheLike) -> dict[str, Any] | None:
 
 def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainData:
     text_tokenizer = load_text_tokenizer(cfg.text_tokenizer)
-    vocab = cache_vocab(cache, text_tokenizer, cfg.action_bins)
+    states, state_stats = cache_states(cache) if cfg.use_state else (None, None)
+    vocab = cache_vocab(cache, text_tokenizer, cfg.action_bins, cfg.state_bins if cfg.use_state else 0)
     if text_tokenizer.size > vocab.text_size:
         raise ConfigError(
             f"text tokenizer {cfg.text_tokenizer!r} has {text_tokenizer.size} ids, the vocabulary "
@@ -168,8 +211,12 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         camera=meta.get("camera"),
         image_size=meta.get("image_size"),
         view=meta.get("view"),
+        state_dim=0 if states is None else int(states.shape[1]),
     )
     action_tokenizer = ActionTokenizer(stats, n_bins=vocab.action_bins)
+    state_bins = None
+    if states is not None:
+        state_bins = encode_actions(states, StateTokenizer(state_stats, n_bins=vocab.state_bins))
     bins = encode_actions(cache.actions, action_tokenizer)
     executed = getattr(cache, "world_actions", None)
     world_bins = bins if executed is None else encode_actions(executed, action_tokenizer)
@@ -194,7 +241,9 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         world_eps = episodes if cfg.world_data == "all" else demos
         common = (layout, vocab, text_tokenizer)
         return MixedStream(
-            ActionSamples(cache, demos, *common, bins, image_weight) if f < 1 else None,
+            ActionSamples(cache, demos, *common, bins, image_weight, state_bins=state_bins)
+            if f < 1
+            else None,
             WorldSamples(cache, world_eps, *common, world_bins, image_weight) if f > 0 else None,
             f,
             seed,
@@ -230,6 +279,7 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
         layout=layout,
         text_tokenizer=text_tokenizer,
         action_stats=stats,
+        state_stats=state_stats,
         image_tokenizer=cache_image_tokenizer(cache),
         episodes=cache_episodes(cache),
         train=train_stream,
@@ -386,6 +436,7 @@ class Trainer:
                 self.data.val_episodes,
                 self.cfg.keep_last,
                 episodes=self.data.episodes,
+                state_stats=self.data.state_stats,
             )
         barrier(self.info)
         return path if path is not None else ckpt.latest_checkpoint(self.run_dir)
