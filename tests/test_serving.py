@@ -137,6 +137,9 @@ def test_the_libero_client_imports_neither_torch_nor_the_rest_of_worldvla():
         "worldvla.serving.client",
         "worldvla.eval",
         "worldvla.eval.libero_protocol",
+        "worldvla.envs",
+        "worldvla.envs.base",
+        "worldvla.envs.libero_benchmark",
         "worldvla.eval.libero_client",
     }
     out = subprocess.run(

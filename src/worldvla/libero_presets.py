@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, replace
 
 from worldvla.config import ModelConfig, model_preset
+from worldvla.envs.libero_benchmark import MAX_STEPS, RESOLUTIONS, suite_name
 from worldvla.errors import ConfigError
-from worldvla.eval.libero_protocol import MAX_STEPS, RESOLUTIONS, suite_name
 from worldvla.train.config import TrainConfig
 from worldvla.utils.registry import lookup
 from worldvla.vocab import Vocab, VocabConfig

@@ -208,7 +208,8 @@ def run_pipeline(
         log(report.summary())
 
     def tokenizer_stage(st: dict[str, Any]) -> None:
-        from worldvla.tokenizers.vq_train import VQTrainConfig, train_tokenizer
+        from worldvla.tokenizers.vq_train import VQTrainConfig
+        from worldvla.train.image_tokenizer import train_tokenizer
 
         # The tokenizer restarts from scratch when resumed, so the cap applies per attempt.
         cfg = VQTrainConfig(preset=exp.tokenizer, seed=exp.seed, steps=exp.tokenizer_steps, minutes=cap)

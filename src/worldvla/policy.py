@@ -85,7 +85,7 @@ class PolicyConfig:
     top_k: int | None = None
     chunk_mask: bool | None = None  # None: as trained
     # "argmax" (greedy, reference) or "mean" (the bin nearest to the expected action);
-    # None: the checkpoint's training config's action_readout ("argmax" if it has none).
+    # None: the checkpoint's (Bundle.action_readout, from its training config) ("argmax" if it has none).
     action_readout: str | None = None
     seed: int = 0
 
@@ -116,7 +116,9 @@ class WorldVLAPolicy:
                 )
             self.state_tokenizer = StateTokenizer(stats, n_bins=self.vocab.state_bins)
         self.chunk_mask = self.layout.chunk_mask if self.config.chunk_mask is None else self.config.chunk_mask
-        trained = getattr(getattr(bundle, "config", None), "action_readout", "argmax")
+        trained = getattr(bundle, "action_readout", None) or getattr(
+            getattr(bundle, "config", None), "action_readout", "argmax"
+        )
         self.action_readout = self.config.action_readout or trained
         check_readout(self.action_readout, self.config.temperature)
         self.num_envs = num_envs
@@ -134,7 +136,7 @@ class WorldVLAPolicy:
         dtype: torch.dtype | None = None,
     ) -> WorldVLAPolicy:
         """``dtype`` (e.g. ``torch.bfloat16``) loads the weights directly in it (7B checkpoints)."""
-        from worldvla.train.checkpoint import load_for_inference
+        from worldvla.artifacts.checkpoint import load_for_inference
 
         model, bundle = load_for_inference(path, device=device, dtype=dtype)
         return cls(model, bundle, config, num_envs=num_envs)

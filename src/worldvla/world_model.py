@@ -64,7 +64,7 @@ class WorldModel:
     def from_pretrained(
         cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any
     ) -> WorldModel:
-        from worldvla.train.checkpoint import load_for_inference
+        from worldvla.artifacts.checkpoint import load_for_inference
 
         model, bundle = load_for_inference(path, device=device)
         return cls(model, bundle, **kwargs)

@@ -10,9 +10,9 @@ import argparse
 
 def check_inputs(checkpoint: str, episodes: str) -> None:
     """Both inputs exist, and the episodes' actions have the checkpoint's dimension."""
+    from worldvla.artifacts.checkpoint import read_config, resolve_checkpoint
     from worldvla.data.episodes import EpisodeReader
     from worldvla.errors import DataError
-    from worldvla.train.checkpoint import read_config, resolve_checkpoint
     from worldvla.utils.paths import require_input
 
     require_input(checkpoint, "checkpoint")

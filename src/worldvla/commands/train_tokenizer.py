@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from worldvla.tokenizers.vq import vq_preset
-    from worldvla.tokenizers.vq_train import train_tokenizer
+    from worldvla.train.image_tokenizer import train_tokenizer
     from worldvla.utils.paths import check_output_dir, require_input
 
     vq_preset(args.preset)  # unknown name -> ConfigError with a suggestion

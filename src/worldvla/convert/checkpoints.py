@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from worldvla.artifacts.checkpoint import FORMAT, ImageTokenizerRef, load_bundle, resolve_checkpoint
 from worldvla.convert.chameleon import (
     DTYPE_NAMES,
     INDEX_FILE,
@@ -46,7 +47,6 @@ from worldvla.errors import ConfigError, DataError
 from worldvla.tokenizers.action import ActionStats
 from worldvla.tokenizers.image import load_image_tokenizer
 from worldvla.tokenizers.text import load_text_tokenizer
-from worldvla.train.checkpoint import FORMAT, ImageTokenizerRef, load_bundle, resolve_checkpoint
 from worldvla.train.config import TrainConfig
 from worldvla.utils.io import atomic_dir
 from worldvla.vocab import Vocab

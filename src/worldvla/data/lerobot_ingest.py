@@ -84,9 +84,9 @@ from worldvla.data.libero_ingest import (
     resize_frames,
     split_in_order,
 )
+from worldvla.envs import libero_benchmark
+from worldvla.envs.libero_benchmark import ACTION_DIM, RESOLUTIONS
 from worldvla.errors import DataError
-from worldvla.eval import libero_protocol
-from worldvla.eval.libero_protocol import ACTION_DIM, RESOLUTIONS
 
 INFO_PATH = "meta/info.json"
 VERSIONS = ("v2.0", "v2.1", "v3.0")
@@ -645,7 +645,7 @@ def ingest_lerobot(
             for feat in cams:
                 f = ds.frames(p.ep, feat)[p.keep]  # (T', H, W, 3)
                 frames[names[feat]] = resize_frames(
-                    libero_protocol.rotate_180(f) if rotate_180 else f, resolution
+                    libero_benchmark.rotate_180(f) if rotate_180 else f, resolution
                 )
             yield Episode(
                 key=f"demo_{n}",

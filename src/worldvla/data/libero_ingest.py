@@ -22,7 +22,7 @@ Processing, in the order applied (each follows the reference data pipeline):
    it, so ``frames[t]`` is still observed before ``actions[t]`` is executed.
    The reference re-renders the kept actions in the simulator; we keep the recorded frames
    (a no-op leaves the scene unchanged, so the frames match up to settling motion).
-3. **Rotation** by 180° (``img[::-1, ::-1]``), as in evaluation (:mod:`worldvla.eval.libero_protocol`).
+3. **Rotation** by 180° (``img[::-1, ::-1]``), as in evaluation (:mod:`worldvla.envs.libero_benchmark`).
 4. **Resize** to ``resolution`` (256 or 512) with bicubic filtering. The official files hold
    128×128 frames, so this upsamples; the reference re-rendered at the target resolution.
 5. **Split** per task, as the reference does: demos in ascending demo-number order, the
@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from worldvla.envs.libero_benchmark import ACTION_DIM, RESOLUTIONS, rotate_180
 from worldvla.errors import DataError
-from worldvla.eval.libero_protocol import ACTION_DIM, RESOLUTIONS, rotate_180
 
 NOOP_THRESHOLD = 1e-4
 VAL_FRACTION = 0.1

@@ -2,7 +2,7 @@
 
 One adapter serves one LIBERO suite; ``reset(task, variation)`` picks the task (its index
 in the suite or its name) and the benchmark's initial state ``variation``, under the
-reference evaluation protocol (SPEC §7, :mod:`worldvla.eval.libero_protocol`):
+reference evaluation protocol (SPEC §7, constants in :mod:`worldvla.envs.libero_benchmark`):
 
 - the underlying ``OffScreenRenderEnv`` is built when the task changes (not on every
   reset) and seeded once at that point, as the reference seeds once per task (the seed
@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from worldvla.envs.base import Env, Observation
-from worldvla.errors import ConfigError
-from worldvla.eval.libero_protocol import (
+from worldvla.envs.libero_benchmark import (
     ACTION_DIM,
     CAMERA,
     MAX_STEPS,
@@ -40,6 +39,7 @@ from worldvla.eval.libero_protocol import (
     rotate_180,
     suite_name,
 )
+from worldvla.errors import ConfigError
 from worldvla.utils.registry import lookup
 
 CONTROL_HZ = 20.0  # LIBERO's control_freq (robosuite's default, unchanged by LIBERO)

@@ -2,7 +2,7 @@
 
 ``write_random_checkpoint(out_dir)`` writes what ``worldvla train`` writes — the weights,
 configs, vocabulary, action statistics and image tokenizer — with the project's own saving
-code (:func:`worldvla.train.checkpoint.save_checkpoint`, :meth:`VQTokenizer.save`), but
+code (:func:`worldvla.artifacts.checkpoint.write_checkpoint`, :meth:`VQTokenizer.save`), but
 skips training. So ``WorldVLAPolicy.from_pretrained`` and ``worldvla serve`` load it through
 exactly the code a trained checkpoint goes through (image tokenization, prompt building,
 constrained decoding, de-normalization), in seconds and without data. Its actions are
@@ -33,13 +33,13 @@ from pathlib import Path
 
 import torch
 
+from worldvla.artifacts.checkpoint import ImageTokenizerRef, write_checkpoint
 from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError
+from worldvla.model.build import build_model, build_model_config
 from worldvla.tokenizers.action import ActionStats
 from worldvla.tokenizers.vq import VQConfig, VQTokenizer
-from worldvla.train.checkpoint import ImageTokenizerRef, save_checkpoint
 from worldvla.train.config import TrainConfig
-from worldvla.train.loop import build_model, build_model_config
 from worldvla.utils.io import atomic_dir
 from worldvla.vocab import Vocab, VocabConfig
 
@@ -94,7 +94,7 @@ def write_random_checkpoint(
         tokenizer = VQTokenizer(vq_cfg)
         tokenizer.model.eval()
         vocab = Vocab.build(VocabConfig(image_codes=tokenizer.codebook_size, action_bins=cfg.action_bins))
-        model_cfg = build_model_config(cfg, vocab)
+        model_cfg = build_model_config(cfg.model, vocab.size, cfg.dropout)
         model = build_model(model_cfg)
 
     with atomic_dir(out / TOKENIZER_DIR) as tmp:
@@ -109,12 +109,12 @@ def write_random_checkpoint(
         camera=camera,
         image_size=image_size,
     )
-    return save_checkpoint(
+    return write_checkpoint(
         out,
         step=0,
         model_state=model.state_dict(),
         trainer_state={"step": 0, "data_pos": 0, "tokens_seen": 0, "world_size": 1},
-        cfg=cfg,
+        train=cfg.to_dict(),
         model_cfg=model_cfg,
         layout=layout,
         vocab=vocab,

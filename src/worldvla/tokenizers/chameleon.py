@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldvla.errors import DataError
-from worldvla.tokenizers.image import (
+from worldvla.tokenizers.image_base import (
     CHAMELEON_CONFIG_FILE,
     CHAMELEON_WEIGHTS_FILE,
     check_codes,
@@ -350,7 +350,7 @@ def load_reference_state(path: str | Path, trust_pickle: bool = True) -> dict[st
 
 
 class ChameleonTokenizer:
-    """:class:`~worldvla.tokenizers.image.ImageTokenizer` over the Chameleon VQGAN files."""
+    """:class:`~worldvla.tokenizers.image_base.ImageTokenizer` over the Chameleon VQGAN files."""
 
     def __init__(self, model: ChameleonVQGAN, source: Path | None = None, device: str = "cpu") -> None:
         self.model = model.to(device).eval()

@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from worldvla.errors import ConfigError, DataError
-from worldvla.tokenizers.image import (
+from worldvla.tokenizers.image_base import (
     VQ_CONFIG_FILE,
     VQ_FORMAT,
     VQ_WEIGHTS_FILE,
@@ -297,7 +297,7 @@ class VQModel(nn.Module):
 # ---------------------------------------------------------------------------- tokenizer
 @dataclass
 class VQTokenizer:
-    """:class:`~worldvla.tokenizers.image.ImageTokenizer` over a :class:`VQModel`."""
+    """:class:`~worldvla.tokenizers.image_base.ImageTokenizer` over a :class:`VQModel`."""
 
     cfg: VQConfig
     model: VQModel = field(default=None)  # type: ignore[assignment]

@@ -1,8 +1,8 @@
-"""Training of the VQ image tokenizer on the frames of an episode store (CPU, minutes).
+"""Training of the VQ image tokenizer on frames (CPU, minutes).
 
-One function, :func:`train_vq`, over uint8 frame arrays; :func:`train_tokenizer` reads an
-episode store, holds out whole episodes for validation (frames of one episode are nearly
-identical, so a frame-level split would measure memorisation) and calls it.
+One function, :func:`train_vq`, over uint8 frame arrays. Reading them from an episode store
+(whole episodes held out for validation) is the data side's job:
+:func:`worldvla.train.image_tokenizer.train_tokenizer`, so this module imports no data code.
 
 Loss: reconstruction (MSE by default — it is what PSNR measures — or L1) plus the
 quantizer's commitment loss (``VectorQuantize``; FSQ has none). An adversarial PatchGAN
@@ -41,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from worldvla.errors import ConfigError, DataError
-from worldvla.tokenizers.image import psnr
+from worldvla.tokenizers.image_base import psnr
 from worldvla.tokenizers.vq import VQConfig, VQTokenizer, vq_preset
 from worldvla.utils.io import atomic_path, atomic_write_text
 
@@ -73,29 +73,6 @@ class VQTrainConfig:
             raise ConfigError(f"minutes (a wall-clock cap) must be a positive number, got {self.minutes}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-
-
-# ---------------------------------------------------------------------------- data
-def load_frames(
-    episodes_path: str | Path, camera: str | None, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """All frames of ``camera`` split by whole episodes: ``(train (N,H,W,3), val (M,H,W,3), info)``."""
-    from worldvla.data.episodes import EpisodeReader
-
-    with EpisodeReader(episodes_path, cameras=[camera] if camera else None) as reader:
-        camera = camera or reader.cameras[0]
-        n = len(reader)
-        if n < 2:
-            raise DataError(f"{episodes_path}: need at least 2 episodes to hold one out for validation")
-        n_val = min(max(1, round(n * val_fraction)), n - 1)
-        perm = np.random.default_rng([seed, 11]).permutation(n)
-        val_ids = set(perm[:n_val].tolist())
-        train, val = [], []
-        for i in range(n):
-            (val if i in val_ids else train).append(reader.frames(i, camera))
-        keys = [reader.keys[i] for i in sorted(val_ids)]
-    info = {"episodes": str(episodes_path), "camera": camera, "val_episodes": keys}
-    return np.concatenate(train), np.concatenate(val), info
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -276,25 +253,3 @@ def train_vq(
             writer.add_scalar("val/final_psnr", final["psnr"], step)
             writer.close()
     return tok, metrics
-
-
-def train_tokenizer(
-    episodes_path: str | Path,
-    out: str | Path,
-    cfg: VQTrainConfig,
-    camera: str | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train on the frames of an episode store (whole episodes held out); returns the metrics."""
-    vq_cfg = vq_preset(cfg.preset)
-    train_frames, val_frames, info = load_frames(episodes_path, camera, cfg.val_fraction, cfg.seed)
-    if train_frames.shape[1:3] != (vq_cfg.image_size, vq_cfg.image_size):
-        side = train_frames.shape[1:3]
-        raise DataError(
-            f"{episodes_path}: frames are {side[0]}×{side[1]}, the {cfg.preset!r} tokenizer expects "
-            f"{vq_cfg.image_size}×{vq_cfg.image_size}; choose a preset with that image_size"
-        )
-    _, metrics = train_vq(cfg, train_frames, val_frames, out, vq_cfg, progress=progress)
-    metrics["data"] = info
-    atomic_write_text(Path(out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics

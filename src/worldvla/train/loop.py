@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ from worldvla.data.datasets import (
     split_episodes,
 )
 from worldvla.errors import ConfigError, DataError
+from worldvla.model import build as model_build
+from worldvla.model.build import build_model
 from worldvla.sequence import PromptConfig
 from worldvla.tokenizers.action import ActionStats, ActionTokenizer
 from worldvla.tokenizers.state import StateTokenizer, state_stats_from_episodes
@@ -316,16 +318,8 @@ class TargetLogits(nn.Module):
 
 
 def build_model_config(cfg: TrainConfig, vocab: Vocab) -> ModelConfig:
-    model_cfg = model_preset(cfg.model).with_vocab(vocab.size)
-    if cfg.dropout is not None:
-        model_cfg = replace(model_cfg, dropout=cfg.dropout)
-    return model_cfg
-
-
-def build_model(model_cfg: ModelConfig) -> nn.Module:
-    from worldvla.model.transformer import Transformer
-
-    return Transformer(model_cfg)
+    """The model ``cfg`` asks for, sized to ``vocab``."""
+    return model_build.build_model_config(cfg.model, vocab.size, cfg.dropout)
 
 
 def _attention_mask(ids: torch.Tensor, vocab: Vocab, chunk_mask: bool) -> torch.Tensor:

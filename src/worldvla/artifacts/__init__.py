@@ -1,0 +1,1 @@
+"""Saved artifacts: what training writes and inference reads (checkpoints and run directories)."""
