@@ -46,12 +46,7 @@ NO_TRAINING_LOOP = ("worldvla.serving.random_checkpoint",)
 
 # Module circles known and not yet broken, each with why. An entry that no longer forms a
 # circle fails the test, so this list only shrinks.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"worldvla.eval.counterfactual", "worldvla.eval.world_eval"}): (
-        "counterfactual scores with world_eval.frame_metrics (a lazy import); the function "
-        "belongs in eval/metrics/image.py"
-    ),
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

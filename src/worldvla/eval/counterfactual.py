@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from worldvla.eval.metrics.image import PSNR_CAP_DB
+from worldvla.eval.metrics.image import PSNR_CAP_DB, frame_metrics
 
 KINDS = ("demonstration", "zero", "negated", "other-task", "random", "noisy")
 # uint8 levels: above the simulator's rendering noise (none), below the arm's edge contrast.
@@ -166,8 +166,6 @@ def score_outcomes(
     episodes: Sequence[EpisodeOutcomes], lengths: Sequence[int | str] = (1, 10, "end")
 ) -> dict[str, Any]:
     """The counterfactual table rows and the action-fidelity numbers (module docstring)."""
-    from worldvla.eval.world_eval import frame_metrics
-
     per: dict[tuple[str, str, Any], list[dict[str, float]]] = {}
     fidelity: dict[Any, list[float]] = {length: [] for length in lengths}
     moving_share = []

@@ -30,19 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from worldvla.eval.metrics.image import psnr as metrics_psnr
-from worldvla.eval.metrics.image import ssim as metrics_ssim
+from worldvla.eval.metrics.image import frame_metrics
 from worldvla.utils.io import atomic_write_text
-
-
-def frame_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame PSNR (dB) and SSIM (×100) of uint8 ``(N, H, W, 3)`` frames, with the
-    conventions of :mod:`worldvla.eval.metrics.image` (PSNR capped, SSIM border cropped)."""
-    real_v, pred_v = real[:, None], pred[:, None]  # videos of one frame
-    return {
-        "psnr": metrics_psnr(real_v, pred_v).per_frame[:, 0],
-        "ssim": 100 * metrics_ssim(real_v, pred_v).per_frame[:, 0],
-    }
 
 
 @dataclass

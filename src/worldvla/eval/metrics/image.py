@@ -120,3 +120,13 @@ def ssim(real: np.ndarray, pred: np.ndarray, batch_frames: int = 64) -> StepScor
     check_videos(real, pred, min_size=SSIM_WINDOW)
     # float32: the convolutions are ~40x faster than in float64 and agree to ~1e-6.
     return _per_frame(real, pred, _ssim, batch_frames, torch.float32)
+
+
+def frame_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame PSNR (dB) and SSIM (×100) of uint8 ``(N, H, W, 3)`` frames, with the
+    conventions above (PSNR capped, SSIM border cropped)."""
+    real_v, pred_v = real[:, None], pred[:, None]  # videos of one frame
+    return {
+        "psnr": psnr(real_v, pred_v).per_frame[:, 0],
+        "ssim": 100 * ssim(real_v, pred_v).per_frame[:, 0],
+    }
