@@ -205,36 +205,16 @@ class TokenCache:
         if not codes_file.exists() or codes_file.stat().st_size != n * h * w * 2:
             raise DataError(f"{codes_file}: missing or of the wrong size for {n} frames of {h}×{w} codes")
         codes = np.memmap(codes_file, dtype=np.uint16, mode="r", shape=(n, h, w))
-        try:
-            actions = np.load(path / ACTIONS_FILE, mmap_mode="r")
-        except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"{path / ACTIONS_FILE}: unreadable: {e}") from e
-        if actions.shape != (n, d) or actions.dtype != np.float32:
-            raise DataError(
-                f"{path / ACTIONS_FILE}: expected float32 ({n}, {d}), got {actions.dtype} {actions.shape}"
-            )
+        actions = _load_rows(path / ACTIONS_FILE, (n, d))
         world_actions = None
         if (path / WORLD_ACTIONS_FILE).exists():
-            try:
-                world_actions = np.load(path / WORLD_ACTIONS_FILE, mmap_mode="r")
-            except (OSError, ValueError, EOFError) as e:
-                raise DataError(f"{path / WORLD_ACTIONS_FILE}: unreadable: {e}") from e
-            if world_actions.shape != (n, d) or world_actions.dtype != np.float32:
-                raise DataError(
-                    f"{path / WORLD_ACTIONS_FILE}: expected float32 ({n}, {d}), got "
-                    f"{world_actions.dtype} {world_actions.shape}"
-                )
+            world_actions = _load_rows(path / WORLD_ACTIONS_FILE, (n, d))
         states = None
         if (path / STATES_FILE).exists():
             s = int(meta.get("state_dim") or 0)
-            try:
-                states = np.load(path / STATES_FILE, mmap_mode="r")
-            except (OSError, ValueError, EOFError) as e:
-                raise DataError(f"{path / STATES_FILE}: unreadable: {e}") from e
-            if states.shape != (n, s) or states.dtype != np.float32 or s < 1:
-                raise DataError(
-                    f"{path / STATES_FILE}: expected float32 ({n}, {s}), got {states.dtype} {states.shape}"
-                )
+            if s < 1:
+                raise DataError(f"{path / STATES_FILE}: present, but meta.json records no state_dim")
+            states = _load_rows(path / STATES_FILE, (n, s))
             if not (path / STATE_STATS_FILE).exists():
                 raise DataError(f"{path / STATE_STATS_FILE}: missing (the cache has {STATES_FILE})")
         episodes = [EpisodeRecord(**e) for e in _read_json(path / INDEX_FILE)]
@@ -247,6 +227,17 @@ class TokenCache:
             world_actions=world_actions,
             states=states,
         )
+
+
+def _load_rows(file: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A float32 array of ``shape`` stored with ``np.save``, memory-mapped; DataError otherwise."""
+    try:
+        a = np.load(file, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{file}: unreadable: {e}") from e
+    if a.shape != shape or a.dtype != np.float32:
+        raise DataError(f"{file}: expected float32 {shape}, got {a.dtype} {a.shape}")
+    return a
 
 
 def _check_tokenizer(meta: dict[str, Any], fingerprint: str | None, path: Path) -> None:

@@ -39,6 +39,7 @@ from worldvla.artifacts.checkpoint import (  # noqa: F401 - re-exported: the nam
     LATEST,
     MANIFEST_FILE,
     MODEL_FILE,
+    STATE_STATS_FILE,
     STATS_FILE,
     TOKENIZER_FILE,
     TRAINER_FILE,
