@@ -293,8 +293,18 @@ class ActionSamples(_SampleSet):
     has a state block (``layout.state_dim > 0``); the sample at step ``t`` reads row ``t``.
     """
 
-    def __init__(self, *args: Any, state_bins: np.ndarray | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        cache: CacheLike,
+        episode_ids: Sequence[int],
+        layout: DataLayout,
+        vocab: Vocab,
+        text_tokenizer: TextTokenizer,
+        bins: np.ndarray,
+        image_weight: float,
+        state_bins: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(cache, episode_ids, layout, vocab, text_tokenizer, bins, image_weight)
         if self.layout.state_dim:
             if state_bins is None:
                 raise DataError(
