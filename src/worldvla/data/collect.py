@@ -109,23 +109,15 @@ def _demonstrate(job: Job) -> tuple[Job, Episode | None, int]:
     steps = len(actions)
     if not success:
         return job, None, steps
-    ep = Episode(
-        key=f"{job.task}/{job.index}",
-        actions=np.stack(actions).astype(np.float32),
-        frames={env.camera: np.stack(frames)},
-        state=None if states[0] is None else np.stack(states).astype(np.float32),
-        instruction=obs.instruction,
-        task=job.task,
-        attrs={
-            "kind": DEMO,
-            "variation": job.variation,
-            "seed": job.seed,
-            "episode": job.index,
-            "success": True,
-            "action_noise": job.action_noise,
-            "expert_rate": job.expert_rate,
-        },
-        executed_actions=np.stack(executed).astype(np.float32) if job.action_noise > 0 else None,
+    ep = _episode(
+        job,
+        env.camera,
+        obs.instruction,
+        frames,
+        actions,
+        states,
+        {"success": True, "action_noise": job.action_noise, "expert_rate": job.expert_rate},
+        executed=executed if job.action_noise > 0 else None,
     )
     return job, ep, steps
 
@@ -147,24 +139,33 @@ def _explore(job: Job) -> tuple[Job, Episode | None, int]:
         obs, _ = env.step(action)
         actions.append(env.last_executed)
         modes.append(mode)
-    ep = Episode(
-        key=f"{job.task}/explore/{job.index}",
+    modes_str = "".join(m[0] for m in modes)  # z / r / e per step
+    attrs = {"prefix_steps": t0, "modes": modes_str, "exploration": cfg.to_dict()}
+    return job, _episode(job, env.camera, obs.instruction, frames, actions, states, attrs), cfg.steps
+
+
+def _episode(
+    job: Job,
+    camera: str,
+    instruction: str,
+    frames: list,
+    actions: list,
+    states: list,
+    attrs: dict,
+    executed: list | None = None,
+) -> Episode:
+    """The recorded steps of ``job`` as an Episode (kind, variation, seed and index in attrs)."""
+    key = f"{job.task}/{job.index}" if job.kind == DEMO else f"{job.task}/{job.kind}/{job.index}"
+    return Episode(
+        key=key,
         actions=np.stack(actions).astype(np.float32),
-        frames={env.camera: np.stack(frames)},
+        frames={camera: np.stack(frames)},
         state=None if states[0] is None else np.stack(states).astype(np.float32),
-        instruction=obs.instruction,
+        instruction=instruction,
         task=job.task,
-        attrs={
-            "kind": EXPLORE,
-            "variation": job.variation,
-            "seed": job.seed,
-            "episode": job.index,
-            "prefix_steps": t0,
-            "modes": "".join(m[0] for m in modes),  # z / r / e per step
-            "exploration": cfg.to_dict(),
-        },
+        attrs={"kind": job.kind, "variation": job.variation, "seed": job.seed, "episode": job.index, **attrs},
+        executed_actions=None if executed is None else np.stack(executed).astype(np.float32),
     )
-    return job, ep, cfg.steps
 
 
 def collect(
