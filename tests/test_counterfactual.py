@@ -100,6 +100,14 @@ def test_a_model_that_follows_its_actions_scores_positive_fidelity_and_a_blind_o
     )
     table = format_table(follow)
     assert "| zero |" in table and "action fidelity" in table
+    # The targets: the oracle imagines every sequence as well as the true one and far better
+    # than the blind model; the blind model gains nothing over itself.
+    assert follow["targets"]["met"] and "met" in table.splitlines()[-1]
+    assert follow["targets"]["gap_to_true_db"] == pytest.approx(0.0, abs=1e-9)
+    assert follow["targets"]["gain_over_blind_db"] > 3
+    assert not blind["targets"]["met"] and "not met" in format_table(blind)
+    assert blind["targets"]["gain_over_blind_db"] == pytest.approx(0.0, abs=1e-9)
+    assert blind["targets"]["gap_to_true_db"] > 1
 
 
 def test_counterfactual_sequences_are_seeded_and_shaped_like_the_demonstration():

@@ -14,7 +14,7 @@ from worldvla.data.episodes import Episode, write_episodes
 from worldvla.errors import ConfigError, DataError
 from worldvla.tokenizers.image import ImageTokenizer, load_image_tokenizer, psnr
 from worldvla.tokenizers.vq import PRESETS, VQConfig, VQTokenizer, vq_preset
-from worldvla.tokenizers.vq_train import VQTrainConfig, code_stats, train_vq
+from worldvla.tokenizers.vq_train import VQTrainConfig, code_stability, code_stats, train_vq
 
 
 def smooth_images(n, size=16, seed=0):
@@ -244,3 +244,44 @@ def test_train_vq_bf16_autocast_learns():
     assert all(p.dtype == torch.float32 for p in tok.model.parameters())
     assert m["val_psnr"] > 19, m["history"]
     assert tok.encode(frames[:2]).shape == (2, *tok.grid)
+
+
+def test_code_stability_counts_codes_of_unchanged_patches():
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    frames[1, :4, :4] = 200  # frame 1: top-left patch changes
+    codes = np.zeros((3, 2, 2), np.int64)
+    codes[1, 0, 0] = 5  # ... and its code with it (fine)
+    codes[1, 1, 1] = 7  # a code flips on an unchanged patch (frame 0 -> 1) and back (1 -> 2)
+    m = code_stability(frames, codes)
+    assert m["codes_changed"] == pytest.approx(4 / 8)
+    # still patches: 3 of 4 in pair 0->1, 3 of 4 in pair 1->2; the (1, 1) code changed in both
+    assert m["code_stability"] == pytest.approx(4 / 6)
+
+
+def test_channel_norm_codes_see_only_a_window_around_their_patch():
+    """mw64-local: a code's receptive field is 41 px, so pixels more than 16 px away from a
+    patch cannot change its code; with GroupNorm (mw64) they can change every code."""
+    torch.manual_seed(0)
+    local = VQTokenizer(vq_preset("mw64-local"))
+    x = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    y = x.copy()
+    y[0, :8, :8] = 255 - y[0, :8, :8]  # the top-left patch only
+    with torch.no_grad():
+        zx = local.model.encoder(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        zy = local.model.encoder(torch.from_numpy(y).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    moved = (zx - zy).abs().amax(1)[0] > 0  # (8, 8) latent positions that changed
+    assert moved[0, 0]
+    assert not moved[4:, :].any() and not moved[:, 4:].any()  # > 16 px away: untouched
+    glob = VQTokenizer(vq_preset("mw64"))
+    with torch.no_grad():
+        gx = glob.model.encoder(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        gy = glob.model.encoder(torch.from_numpy(y).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert ((gx - gy).abs().amax(1)[0] > 0).all()
+
+
+def test_norm_is_validated_and_old_configs_load_as_group_norm():
+    with pytest.raises(ConfigError, match="norm"):
+        VQConfig(norm="batch")
+    d = VQConfig().to_dict()
+    d.pop("norm")
+    assert VQConfig.from_dict(d).norm == "group"

@@ -68,6 +68,19 @@ def test_world_sample_weights_image_codes_with_alpha():
     assert np.allclose(tw[is_code], 0.04) and np.allclose(tw[~is_code], 1.0)
 
 
+def test_world_sample_weighs_changed_codes_more():
+    frame = np.array([[1, 2], [3, 4]])
+    nxt = np.array([[1, 9], [3, 8]])  # codes (0, 1) and (1, 1) change
+    s = build_world_sample(V, T, frame, np.full(4, 3), nxt, image_weight=0.04, changed_weight=5.0)
+    target_start = len(s) - frame_length(2, 2) - 1
+    is_code = V.is_image_code(s.ids[target_start:])
+    codes_w = s.weights[target_start:][is_code]  # in grid order
+    assert np.allclose(codes_w, [0.04, 0.2, 0.04, 0.2])
+    plain = build_world_sample(V, T, frame, np.full(4, 3), nxt, image_weight=0.04)
+    assert np.array_equal(plain.ids, s.ids)
+    assert np.allclose(plain.weights[target_start:][is_code], 0.04)
+
+
 def test_prompt_config_needs_instruction_slot():
     with pytest.raises(ValueError):
         PromptConfig(action_prompt="do something")

@@ -258,8 +258,19 @@ def build_world_sample(
     next_frame: np.ndarray,
     prompts: PromptConfig = PromptConfig(),
     image_weight: float = 0.04,
+    changed_weight: float = 1.0,
 ) -> Sample:
-    """World-model sample (SPEC §2): ``IMG(t), ACT(t) -> IMG(t+1)``."""
+    """World-model sample (SPEC §2): ``IMG(t), ACT(t) -> IMG(t+1)``.
+
+    ``changed_weight`` multiplies the weight of the target codes that differ from the code at
+    the same position of ``frame`` (where the picture changed: the arm and what it moves), so
+    that the loss is not dominated by copying the static scene (1.0: the paper's loss).
+    """
     context = world_prompt_ids(vocab, text_tokenizer, frame, action_bins, prompts)
     target = np.concatenate([frame_ids(vocab, next_frame), np.array([vocab.sep], dtype=np.int64)])
-    return _join(context, target, vocab, image_weight)
+    sample = _join(context, target, vocab, image_weight)
+    if changed_weight != 1.0:
+        changed = np.asarray(next_frame).reshape(-1) != np.asarray(frame).reshape(-1)  # (h*w,)
+        codes_at = len(context) + np.flatnonzero(vocab.is_image_code(target))  # (h*w,) in grid order
+        sample.weights[codes_at[changed]] *= changed_weight
+    return sample

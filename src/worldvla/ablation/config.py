@@ -159,8 +159,11 @@ def run_key(train_cfg: TrainConfig) -> str:
     d = train_cfg.to_dict()
     d.pop("name")
     d.pop("action_readout")
+    # Fields added later: at their defaults a run keeps the key it had before.
     if d.get("world_data") == "all":
-        d.pop("world_data")  # added later; at its default a run keeps the key it had before
+        d.pop("world_data")
+    if d.get("world_changed_weight") == 1.0:
+        d.pop("world_changed_weight")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

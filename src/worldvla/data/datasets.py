@@ -338,7 +338,12 @@ class ActionSamples(_SampleSet):
 
 
 class WorldSamples(_SampleSet):
-    """World-model samples: IMG(t), ACT(t) -> IMG(t+1)."""
+    """World-model samples: IMG(t), ACT(t) -> IMG(t+1) (``changed_weight``: see
+    :func:`worldvla.sequence.build_world_sample`)."""
+
+    def __init__(self, *args: Any, changed_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changed_weight = changed_weight
 
     def _n_steps(self, length: int) -> int:
         return max(length - 1, 0)
@@ -353,6 +358,7 @@ class WorldSamples(_SampleSet):
             self._codes(g + 1),
             self.layout.prompts,
             self.image_weight,
+            self.changed_weight,
         )
 
 

@@ -19,6 +19,15 @@ full resolution, where single convolutions do the work), which is what keeps a C
 training step cheap: the cost of a block grows with the pixels it sees. ResBlock =
 ``x + conv(SiLU(GN(conv(SiLU(GN(x))))))`` with a 1×1 projection when channels change.
 
+Normalisation (``norm``): ``"group"`` (GroupNorm, statistics over the whole frame) or
+``"channel"`` (a LayerNorm over the channels of each position). GroupNorm couples every
+code to every pixel: when the arm moves, the statistics of the whole feature map shift and
+FSQ codes flip on patches whose pixels did not change (48% of the codes of consecutive
+frames differ with ``mw64``), which a world model then has to predict as noise the action
+does not explain. ``"channel"`` with no blocks at the coarsest resolution (``mw64-local``)
+bounds what a code sees to a window around its patch; ``code_stability`` in the tokenizer's
+metrics measures the effect (docs/image_tokenizer.md).
+
 Quantizers come from ``vector-quantize-pytorch`` (one file per idea):
 
 - ``"vq"``: ``VectorQuantize`` with EMA codebook updates (decay ``ema_decay``), k-means
@@ -82,8 +91,11 @@ class VQConfig:
     commitment_weight: float = 0.25
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # "fsq": 1,000 codes
     groups: int = 16  # GroupNorm groups (must divide every channel count)
+    norm: str = "group"  # "group" (whole-frame statistics) | "channel" (per position; local codes)
 
     def __post_init__(self) -> None:
+        if self.norm not in ("group", "channel"):
+            raise ConfigError(f"norm must be 'group' or 'channel', got {self.norm!r}")
         if self.quantizer not in ("vq", "fsq"):
             raise ConfigError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
         n = round(math.log2(self.downsample)) if self.downsample > 0 else -1
@@ -139,6 +151,10 @@ class VQConfig:
 PRESETS: dict[str, VQConfig] = {
     # Meta-World frames (64×64 -> 8×8 codes), FSQ 8·5·5·5 = 1,000 codes; the default.
     "mw64": VQConfig(),
+    # Local codes: per-position normalisation and no blocks at 8×8, so that a code sees a
+    # 41-pixel window around its patch and stays put where the image does not change
+    # (docs/image_tokenizer.md, "Codes that stay put").
+    "mw64-local": VQConfig(blocks=(1, 1, 0), norm="channel"),
     # Same network with a learned codebook (VectorQuantize, 1,024 codes): the runner-up.
     "mw64-vq": VQConfig(quantizer="vq"),
     # LIBERO-sized frames with our own tokenizer (256×256 -> 16×16, downsampling 16).
@@ -182,12 +198,27 @@ def vq_preset(name: str, **overrides: Any) -> VQConfig:
 
 
 # ---------------------------------------------------------------------------- network
-class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each position of ``(N, C, H, W)``: no spatial statistics."""
+
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def make_norm(kind: str, channels: int, groups: int) -> nn.Module:
+    return ChannelNorm(channels) if kind == "channel" else nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, groups: int, norm: str = "group") -> None:
+        super().__init__()
+        self.norm1 = make_norm(norm, c_in, groups)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.norm2 = make_norm(norm, c_out, groups)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -205,10 +236,10 @@ class Encoder(nn.Module):
         c = cfg.stem_channels
         for c_out, n in zip(cfg.channels, cfg.blocks):
             layers.append(nn.Conv2d(c, c_out, 3, stride=2, padding=1))  # halves H and W
-            layers += [ResBlock(c_out, c_out, cfg.groups) for _ in range(n)]
+            layers += [ResBlock(c_out, c_out, cfg.groups, cfg.norm) for _ in range(n)]
             c = c_out
         self.stages = nn.Sequential(*layers)
-        self.norm = nn.GroupNorm(cfg.groups, c)
+        self.norm = make_norm(cfg.norm, c, cfg.groups)
         self.out = nn.Conv2d(c, cfg.latent_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,16 +252,16 @@ class Decoder(nn.Module):
         super().__init__()
         c = cfg.channels[-1]
         self.inp = nn.Conv2d(cfg.latent_dim, c, 3, padding=1)
-        layers: list[nn.Module] = [ResBlock(c, c, cfg.groups) for _ in range(cfg.mid_blocks)]
+        layers: list[nn.Module] = [ResBlock(c, c, cfg.groups, cfg.norm) for _ in range(cfg.mid_blocks)]
         # Mirror of the encoder: after upsampling to stage i's resolution, stage i's blocks.
         targets = (*cfg.channels[::-1][1:], cfg.stem_channels)  # channels after each upsampling
         n_blocks = (*cfg.blocks[::-1][1:], 0)
         for c_out, n in zip(targets, n_blocks):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c_out, 3, padding=1)]
-            layers += [ResBlock(c_out, c_out, cfg.groups) for _ in range(n)]
+            layers += [ResBlock(c_out, c_out, cfg.groups, cfg.norm) for _ in range(n)]
             c = c_out
         self.stages = nn.Sequential(*layers)
-        self.norm = nn.GroupNorm(cfg.groups, c)
+        self.norm = make_norm(cfg.norm, c, cfg.groups)
         self.out = nn.Conv2d(c, 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

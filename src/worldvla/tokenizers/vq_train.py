@@ -102,8 +102,32 @@ def code_stats(codes: np.ndarray, codebook_size: int) -> tuple[float, float]:
     return float((counts > 0).mean()), float(np.exp(-(nz * np.log(nz)).sum()))
 
 
-def evaluate(tok: VQTokenizer, frames: np.ndarray, batch_size: int = 128) -> dict[str, float]:
-    """Held-out PSNR (through the real uint8 encode/decode path), codebook usage and perplexity."""
+def code_stability(frames: np.ndarray, codes: np.ndarray, tolerance: int = 2) -> dict[str, float]:
+    """How codes of consecutive frames change, on uint8 ``frames (N, H, W, 3)`` and ``codes (N, h, w)``.
+
+    ``codes_changed``: the fraction of codes that differ between frames i and i+1.
+    ``code_stability``: among the patches whose pixels all stayed within ``tolerance`` levels,
+    the fraction whose code stayed too (1.0 for a tokenizer whose codes depend only on their
+    own patch). Pairs are taken in order, so held-out frames of whole episodes give mostly
+    consecutive frames of one episode; a patch that happens to be identical across an episode
+    boundary is a fair test too.
+    """
+    if len(frames) < 2:
+        return {"codes_changed": float("nan"), "code_stability": float("nan")}
+    n, h, w = codes.shape
+    ph, pw = frames.shape[1] // h, frames.shape[2] // w
+    diff = np.abs(frames[1:].astype(np.int16) - frames[:-1].astype(np.int16)).max(-1)  # (N-1, H, W)
+    still = diff.reshape(n - 1, h, ph, w, pw).max((2, 4)) <= tolerance  # (N-1, h, w)
+    same = codes[1:] == codes[:-1]
+    stability = float(same[still].mean()) if still.any() else float("nan")
+    return {"codes_changed": float(1.0 - same.mean()), "code_stability": stability}
+
+
+def evaluate(
+    tok: VQTokenizer, frames: np.ndarray, consecutive: np.ndarray | None = None, batch_size: int = 128
+) -> dict[str, float]:
+    """Held-out PSNR (through the real uint8 encode/decode path), codebook usage, perplexity
+    and, on ``consecutive`` frames (in time order), :func:`code_stability`."""
     codes, recon = [], []
     for s in range(0, len(frames), batch_size):
         c = tok.encode(frames[s : s + batch_size])
@@ -111,7 +135,12 @@ def evaluate(tok: VQTokenizer, frames: np.ndarray, batch_size: int = 128) -> dic
         recon.append(tok.decode(c))
     all_codes = np.concatenate(codes)
     usage, ppl = code_stats(all_codes, tok.codebook_size)
-    return {"psnr": psnr(frames, np.concatenate(recon)), "usage": usage, "perplexity": ppl}
+    out = {"psnr": psnr(frames, np.concatenate(recon)), "usage": usage, "perplexity": ppl}
+    if consecutive is not None:
+        seq = np.asarray(consecutive)
+        seq_codes = [tok.encode(seq[s : s + batch_size]).numpy() for s in range(0, len(seq), batch_size)]
+        out.update(code_stability(seq, np.concatenate(seq_codes)))
+    return out
 
 
 def save_grid(path: Path, originals: np.ndarray, recon: np.ndarray, scale: int = 2) -> None:
@@ -157,6 +186,7 @@ def train_vq(
     if cfg.adversarial_weight > 0:
         disc = PatchDiscriminator()
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    consecutive = val_frames[: cfg.max_val_frames]  # whole held-out episodes, in time order
     val_frames = val_frames[
         np.sort(rng.permutation(len(val_frames))[: cfg.max_val_frames])
     ]  # a fixed, ordered subset
@@ -207,13 +237,13 @@ def train_vq(
             writer.add_scalar("train/batch_perplexity", ppl, step)
             writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
         if step % cfg.eval_every == 0:
-            m = evaluate(tok, val_frames)
+            m = evaluate(tok, val_frames, consecutive)
             m.update(step=step, seconds=time.monotonic() - t0)
             history.append(m)
             bar.set_postfix(psnr=f"{m['psnr']:.2f}", usage=f"{m['usage']:.2f}", loss=f"{loss.item():.4f}")
             model.train()
             if writer is not None:
-                for k in ("psnr", "usage", "perplexity"):
+                for k in ("psnr", "usage", "perplexity", "code_stability"):
                     writer.add_scalar(f"val/{k}", m[k], step)
         if out is not None and time.monotonic() - last_save > cfg.save_every_s:
             tok.save(out)
@@ -224,11 +254,13 @@ def train_vq(
     bar.close()
     seconds = time.monotonic() - t0
     model.eval()
-    final = evaluate(tok, val_frames)
+    final = evaluate(tok, val_frames, consecutive)
     metrics: dict[str, Any] = {
         "val_psnr": final["psnr"],
         "val_codebook_usage": final["usage"],
         "val_perplexity": final["perplexity"],
+        "val_codes_changed": final["codes_changed"],
+        "val_code_stability": final["code_stability"],
         "val_frames": len(val_frames),
         "train_frames": len(train_frames),
         "steps": step,

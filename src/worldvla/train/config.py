@@ -71,6 +71,10 @@ class TrainConfig:
     # ---- loss (SPEC §4)
     loss_form: LossForm = "reference"
     image_weight: float = 0.04  # α
+    # Multiplier on the weight of world-model target codes that differ from the input frame's
+    # code at the same position (where the picture changes; docs/world_model.md). 1.0: the
+    # paper's loss.
+    world_changed_weight: float = 1.0
     z_loss: float = 1e-5
 
     # ---- optimizer and schedule (SPEC §5)
@@ -155,6 +159,8 @@ class TrainConfig:
             problems.append(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
         if self.image_weight < 0:
             problems.append(f"image_weight must be >= 0, got {self.image_weight}")
+        if not self.world_changed_weight > 0:
+            problems.append(f"world_changed_weight must be > 0, got {self.world_changed_weight}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (

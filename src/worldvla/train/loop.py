@@ -246,7 +246,11 @@ def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainDat
             ActionSamples(cache, demos, *common, bins, image_weight, state_bins=state_bins)
             if f < 1
             else None,
-            WorldSamples(cache, world_eps, *common, world_bins, image_weight) if f > 0 else None,
+            WorldSamples(
+                cache, world_eps, *common, world_bins, image_weight, changed_weight=cfg.world_changed_weight
+            )
+            if f > 0
+            else None,
             f,
             seed,
         )
