@@ -133,6 +133,8 @@ class VQConfig:
         d["channels"] = list(self.channels)
         d["blocks"] = list(self.blocks)
         d["fsq_levels"] = list(self.fsq_levels)
+        if d["norm"] == "group":
+            del d["norm"]  # added later: at its default a tokenizer keeps the fingerprint it had
         return d
 
     @classmethod
