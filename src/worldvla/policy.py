@@ -47,7 +47,7 @@ import torch
 
 from worldvla.envs.base import Observation as EnvObservation
 from worldvla.errors import ConfigError, DataError
-from worldvla.model.generation import check_readout, generate_actions
+from worldvla.model.generation import Sampling, generate_actions
 from worldvla.sequence import action_length, action_prompt_ids, frame_length, state_length
 from worldvla.tokenizers.action import ActionTokenizer
 from worldvla.tokenizers.state import StateTokenizer
@@ -120,9 +120,13 @@ class WorldVLAPolicy:
             getattr(bundle, "config", None), "action_readout", "argmax"
         )
         self.action_readout = self.config.action_readout or trained
-        check_readout(self.action_readout, self.config.temperature)
+        self.sampling = Sampling(
+            temperature=self.config.temperature,
+            top_k=self.config.top_k,
+            generator=torch.Generator().manual_seed(self.config.seed),
+            readout=self.action_readout,
+        )  # validated here, before any observation
         self.num_envs = num_envs
-        self._generator = torch.Generator().manual_seed(self.config.seed)
         self.reset()
 
     # ------------------------------------------------------------------ construction
@@ -364,11 +368,8 @@ class WorldVLAPolicy:
             prompts,
             num_actions=self.chunk_len,
             action_dim=self.action_dim,
+            sampling=self.sampling,
             chunk_mask=self.chunk_mask,
-            temperature=self.config.temperature,
-            top_k=self.config.top_k,
-            generator=self._generator,
-            readout=self.action_readout,
         )  # (N, K, D)
         return self.action_tokenizer.decode(bins.cpu().numpy())
 

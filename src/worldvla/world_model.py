@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from worldvla.errors import ConfigError, DataError
-from worldvla.model.generation import generate_frame
+from worldvla.model.generation import Sampling, generate_frame
 from worldvla.sequence import action_length, frame_length, world_prompt_ids
 from worldvla.tokenizers.action import ActionTokenizer
 
@@ -40,6 +40,8 @@ class WorldModel:
         top_k: int | None = None,
         seed: int = 0,
     ) -> None:
+        """``temperature``, ``top_k`` and ``seed`` (of the generator) make the :class:`Sampling`
+        of every next frame; the defaults decode greedily."""
         self.model = model.eval()
         self.bundle = bundle
         self.vocab = bundle.vocab
@@ -47,9 +49,9 @@ class WorldModel:
         self.text_tokenizer = bundle.text_tokenizer
         self.image_tokenizer = bundle.image_tokenizer
         self.action_tokenizer = ActionTokenizer(bundle.action_stats, n_bins=self.vocab.action_bins)
-        self.temperature = temperature
-        self.top_k = top_k
-        self._generator = torch.Generator().manual_seed(seed)
+        self.sampling = Sampling(
+            temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed)
+        )
         # BOS, world prompt, IMG(t), ACT(t), SEP, then IMG(t+1) and SEP (sequence.py layouts).
         text = len(self.text_tokenizer.encode(self.layout.prompts.world_prompt))
         n = 1 + text + 2 * frame_length(*self.layout.grid) + action_length(self.layout.action_dim) + 2
@@ -116,9 +118,7 @@ class WorldModel:
             self.vocab,
             prompts,
             grid=tuple(codes.shape[1:]),
-            temperature=self.temperature,
-            top_k=self.top_k,
-            generator=self._generator,
+            sampling=self.sampling,
         )
         return out.cpu().numpy()
 

@@ -18,10 +18,14 @@ Parallel chunk decoding. Under the mask a token of chunk block k sees the prompt
 own block only, so the K actions of a chunk "differ only by their positions" (SPEC §3)
 and can be decoded side by side: :func:`decode_chunk` feeds the K BOAs together (each at
 its own position), then the K first bins, and so on — D forward steps instead of K·D,
-with exactly the logits of one-by-one decoding (tested). It applies only with the mask;
-with ``chunk_mask=False`` every action depends on the previous ones and decoding is
-sequential. With temperature > 0 the random draws come in a different order than in
-sequential decoding, so a seeded sample differs between the two (greedy is identical).
+with exactly the logits of one-by-one decoding (tested). Its mask rows are those of
+:func:`~worldvla.model.masks.attention_mask` for the prompt followed by the whole chunk
+(bins not yet sampled are placeholders: the mask keys on structure ids only), with the keys
+reordered to the cache's step-major order; the decoder adds no rule of its own. It decodes
+side by side only where those rows show no action of the chunk seeing another; otherwise
+(``chunk_mask=False``: every action depends on the previous ones) it decodes one by one.
+With temperature > 0 the random draws come in a different order than in sequential
+decoding, so a seeded sample differs between the two (greedy is identical).
 
 Prompts of different lengths are left-padded with PAD (hidden by the mask) and given
 positions that start at 0 at each row's first real token, so a batch decodes exactly like
@@ -29,17 +33,23 @@ each prompt alone. :func:`decode` returns a :class:`DecodeState` (ids, positions
 cache) that a later call can continue from, e.g. a world-model rollout that appends the
 next action to the frame it just generated instead of re-encoding the whole context.
 
+Sampling options. How a sampled slot picks its id travels as one frozen :class:`Sampling`
+(temperature, top-k, random generator, action readout), validated once when it is built.
+
 Action readout. Greedy decoding (the reference) takes the most likely bin of every action
 dimension. ``readout="mean"`` takes instead the bin nearest to the expectation of the
 model's distribution over the bins (temperature 1); the bins are uniform in the
 normalized action (:class:`worldvla.tokenizers.action.ActionTokenizer`), so this is the
 expected action, within half a bin. Where a small model is unsure between "keep moving"
 and "stop", the mode keeps moving at full speed and overshoots, the mean slows down;
-measured on mw-quick in docs/training.md. The chosen bin is fed back like any token.
+measured on mw-quick in docs/training.md. The chosen bin is fed back like any token. The
+readout applies to the slots whose ids are ordered values (:attr:`Slot.ordered`: the
+action bins of :func:`action_plan`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,7 +57,7 @@ import numpy as np
 import torch
 
 from worldvla.errors import ConfigError
-from worldvla.model.masks import action_block_ids, attention_mask
+from worldvla.model.masks import attention_mask
 from worldvla.model.transformer import KVCache, Transformer
 from worldvla.sequence import frame_template
 from worldvla.vocab import Vocab
@@ -59,17 +69,52 @@ TokenRows = Sequence[torch.Tensor | np.ndarray]
 class Slot:
     """One token of the plan: the ``forced`` id, or sample one from ids ``[low, high)``.
 
-    ``mean``: the ids are ordered values (action bins); take the one nearest to the
-    expectation of their softmax instead of the argmax or a sample.
+    ``ordered``: the ids are ordered values (action bins), so the ``"mean"`` readout of
+    :class:`Sampling` may take the one nearest to the expectation of their softmax.
     """
 
     forced: int | None = None
     low: int = 0
     high: int = 0
-    mean: bool = False
+    ordered: bool = False
 
 
 READOUTS = ("argmax", "mean")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How every sampled slot picks its id; one value handed down from the policy to :func:`_sample`.
+
+    Attributes:
+        temperature: 0 = greedy (argmax over the allowed ids); > 0 samples from the softmax
+            of ``logits / temperature`` restricted to the allowed ids.
+        top_k: with temperature > 0, sample only among the ``top_k`` best allowed ids.
+        generator: the random generator of the draws (reproducible samples); None: torch's.
+        readout: ``"argmax"`` (greedy, or a sample at temperature > 0) or ``"mean"``: on
+            ordered slots (action bins), the bin nearest to the expected one (module
+            docstring). The mean is deterministic, so it needs temperature 0.
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    generator: torch.Generator | None = None
+    readout: str = "argmax"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be None or >= 1, got {self.top_k}")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"action readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.readout == "mean" and self.temperature > 0:
+            raise ConfigError(
+                "the mean action readout is deterministic; use temperature 0 or readout 'argmax'"
+            )
+
+
+GREEDY = Sampling()
 
 
 @dataclass
@@ -102,26 +147,13 @@ class Decoded:
         return self.state.ids.cpu()
 
 
-def action_plan(vocab: Vocab, num_actions: int, action_dim: int, readout: str = "argmax") -> list[Slot]:
-    """``num_actions`` × ``[BOA forced, action_dim bins sampled, EOA forced]``.
-
-    ``readout``: ``"argmax"`` (greedy, or a sample at temperature > 0) or ``"mean"``
-    (the bin nearest to the expected bin; module docstring).
-    """
+def action_plan(vocab: Vocab, num_actions: int, action_dim: int) -> list[Slot]:
+    """``num_actions`` × ``[BOA forced, action_dim bins sampled (ordered), EOA forced]``."""
     if num_actions < 1 or action_dim < 1:
         raise ValueError(f"need num_actions >= 1 and action_dim >= 1, got {num_actions}, {action_dim}")
-    check_readout(readout)
-    bins = Slot(low=vocab.action_start, high=vocab.action_start + vocab.action_bins, mean=readout == "mean")
+    bins = Slot(low=vocab.action_start, high=vocab.action_start + vocab.action_bins, ordered=True)
     one = [Slot(forced=vocab.boa)] + [bins] * action_dim + [Slot(forced=vocab.eoa)]
     return one * num_actions
-
-
-def check_readout(readout: str, temperature: float = 0.0) -> None:
-    """Raise ConfigError for an unknown readout or a mean readout with sampling."""
-    if readout not in READOUTS:
-        raise ConfigError(f"action readout must be one of {READOUTS}, got {readout!r}")
-    if readout == "mean" and temperature > 0:
-        raise ConfigError("the mean action readout is deterministic; use temperature 0 or readout 'argmax'")
 
 
 def frame_plan(vocab: Vocab, h: int, w: int) -> list[Slot]:
@@ -150,23 +182,24 @@ def left_pad(prompts: TokenRows, pad_id: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, positions
 
 
-def _sample(
-    logits: torch.Tensor, slot: Slot, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
+def _sample(logits: torch.Tensor, slot: Slot, sampling: Sampling) -> torch.Tensor:
+    """``(B,)`` ids in ``[slot.low, slot.high)`` picked from ``(B, V)`` logits as ``sampling`` says."""
     allowed = logits[:, slot.low : slot.high].float()  # (B, n_allowed): the constraint is this slice
-    if slot.mean:
+    if slot.ordered and sampling.readout == "mean":
         probs = torch.softmax(allowed, dim=-1)
         index = torch.arange(allowed.shape[-1], dtype=probs.dtype, device=probs.device)
         return (probs @ index).round().long() + slot.low
-    if temperature <= 0:
+    if sampling.temperature <= 0:
         choice = allowed.argmax(dim=-1)
     else:
-        scores = allowed / temperature
+        scores = allowed / sampling.temperature
+        top_k = sampling.top_k
         if top_k is not None and top_k < scores.shape[-1]:
             kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (B, 1)
             scores = scores.masked_fill(scores < kth, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        choice = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+        choice = torch.multinomial(probs.cpu(), 1, generator=sampling.generator).squeeze(-1)
+        choice = choice.to(logits.device)
     return choice + slot.low
 
 
@@ -196,16 +229,30 @@ def _extend(state: DecodeState, more: TokenRows) -> DecodeState:
     )
 
 
+def _with_plan(state: DecodeState, plan: Sequence[Slot]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, positions)``, both ``(B, S + n)``: the state's, then one entry per slot of ``plan``.
+
+    A slot's id is its forced id, or the lowest allowed one as a placeholder until it is
+    sampled. A placeholder is never fed; only the chunk decoder's mask reads it, and the mask
+    keys on BOA, EOA, EOI and PAD, never on the value of an action bin.
+    """
+    b, n = state.batch, len(plan)
+    slots = torch.tensor([s.low if s.forced is None else s.forced for s in plan], device=state.ids.device)
+    steps = torch.arange(1, n + 1, device=state.ids.device)[None, :]
+    ids = torch.cat([state.ids, slots.expand(b, n)], 1)
+    positions = torch.cat([state.positions, state.positions[:, -1:] + steps], 1)
+    return ids, positions
+
+
 @torch.inference_mode()
 def decode(
     model: Transformer,
     vocab: Vocab,
     prompts: TokenRows,
     plan: Sequence[Slot],
+    *,
+    sampling: Sampling = GREEDY,
     chunk_mask: bool = True,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
     return_logits: bool = False,
     state: DecodeState | None = None,
 ) -> Decoded:
@@ -215,29 +262,18 @@ def decode(
         prompts: one id sequence per row. With ``state``, the tokens to append to each
             row of that state first (all of the same length, possibly empty).
         plan: the slots to produce (:func:`action_plan`, :func:`frame_plan`, or any list).
+        sampling: how each sampled slot picks its id (:class:`Sampling`; default greedy).
         chunk_mask: the SPEC §3 mask; must match how the model was trained.
-        temperature: 0 = greedy (argmax over the allowed ids); > 0 samples from the
-            softmax of ``logits / temperature`` restricted to the allowed ids, optionally to
-            their ``top_k`` best, with ``generator`` for reproducibility.
         return_logits: keep the unconstrained logits of every sampled slot (tests, analysis).
         state: continue an earlier :class:`Decoded`'s ``state`` (its cache is reused and grows).
     """
-    n = len(plan)
-    state = _start(model, vocab, prompts, n) if state is None else _extend(state, prompts)
-    b, p = state.ids.shape
-    device = state.ids.device
-    ids = torch.cat(
-        [state.ids, torch.full((b, n), vocab.pad, dtype=torch.long, device=device)], 1
-    )  # (B, p+n)
-    steps = torch.arange(1, n + 1, device=device)[None, :]
-    positions = torch.cat([state.positions, state.positions[:, -1:] + steps], 1)  # (B, p+n)
+    state = _start(model, vocab, prompts, len(plan)) if state is None else _extend(state, prompts)
+    p = state.ids.shape[1]
+    ids, positions = _with_plan(state, plan)  # (B, p+n) each
     cache, fed = state.cache, state.fed
     logits_out: list[torch.Tensor] = []
-    cur = p  # tokens known so far (prompt + produced)
-    for slot in plan:
+    for cur, slot in enumerate(plan, start=p):  # cur: tokens known so far (prompt + produced)
         if slot.forced is not None:
-            ids[:, cur] = slot.forced
-            cur += 1
             continue
         # Feed everything not yet cached; the last position's logits predict this slot.
         mask = attention_mask(
@@ -250,9 +286,19 @@ def decode(
         fed = cur
         if return_logits:
             logits_out.append(logits.float().cpu())
-        ids[:, cur] = _sample(logits, slot, temperature, top_k, generator)
-        cur += 1
+        ids[:, cur] = _sample(logits, slot, sampling)
     return Decoded(tokens=ids[:, p:].cpu(), logits=logits_out, state=DecodeState(ids, positions, cache, fed))
+
+
+def _actions_see_each_other(rows: torch.Tensor, num_actions: int) -> bool:
+    """Whether, in mask ``rows`` ``(B, K·W, ·)`` of a chunk's queries, any action sees another's keys.
+
+    The chunk is the last ``K·W`` keys, ``W`` tokens per action.
+    """
+    n = rows.shape[1]
+    action = torch.arange(num_actions, device=rows.device).repeat_interleave(n // num_actions)  # (K·W,)
+    other = action[:, None] != action[None, :]  # (K·W, K·W)
+    return bool((rows[:, :, -n:] & other).any())
 
 
 @torch.inference_mode()
@@ -262,69 +308,84 @@ def decode_chunk(
     prompts: TokenRows,
     num_actions: int,
     action_dim: int,
+    *,
+    sampling: Sampling = GREEDY,
     chunk_mask: bool = True,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
     return_logits: bool = False,
     state: DecodeState | None = None,
     parallel: bool = True,
-    readout: str = "argmax",
 ) -> Decoded:
     """Decode an action chunk: the K actions side by side when the mask allows it (module docstring).
 
-    Arguments as in :func:`decode`; ``parallel=False`` forces one-by-one decoding;
-    ``readout`` as in :func:`action_plan`. The
-    returned state holds the whole chunk, but the chunk's keys are not cached yet: a
-    continuation feeds them in its first forward pass.
+    Arguments as in :func:`decode`; ``parallel=False`` forces one-by-one decoding. The
+    returned state holds the whole chunk; after side-by-side decoding the chunk's keys are
+    not cached yet, and a continuation feeds them in its first forward pass.
     """
-    check_readout(readout, temperature)
-    plan = action_plan(vocab, num_actions, action_dim, readout)
-    sampling = (temperature, top_k, generator, return_logits)
-    if not (chunk_mask and parallel):
-        return decode(model, vocab, prompts, plan, chunk_mask, *sampling, state=state)
+    plan = action_plan(vocab, num_actions, action_dim)
     state = _start(model, vocab, prompts, len(plan)) if state is None else _extend(state, prompts)
-    ids, positions, cache, fed = state.ids, state.positions, state.cache, state.fed
-    b, p = ids.shape
-    block, chunk = action_block_ids(ids, vocab)  # (B, P)
-    if ((block[:, -1] > 0) & (ids[:, -1] != vocab.eoa)).any():
-        # A prompt ends inside an open action block: the new blocks would not start fresh.
-        return decode(model, vocab, [[]] * b, plan, chunk_mask, *sampling, state=state)
-    k, d = num_actions, action_dim
+    if parallel:
+        ids, positions = _with_plan(state, plan)  # (B, P + K·W): the prompt, then the chunk
+        # The rows of every query still to feed (the uncached prompt, then the chunk), from masks.py.
+        rows = attention_mask(ids, vocab, chunk_mask=chunk_mask, query_start=state.fed)
+        if not _actions_see_each_other(rows[:, state.ids.shape[1] - state.fed :], num_actions):
+            return _decode_side_by_side(
+                model, state, ids, positions, rows, plan, num_actions, sampling, return_logits
+            )
+    return decode(
+        model,
+        vocab,
+        [[]] * state.batch,
+        plan,
+        sampling=sampling,
+        chunk_mask=chunk_mask,
+        return_logits=return_logits,
+        state=state,
+    )
+
+
+def _decode_side_by_side(
+    model: Transformer,
+    state: DecodeState,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+    plan: Sequence[Slot],
+    k: int,
+    sampling: Sampling,
+    return_logits: bool,
+) -> Decoded:
+    """Step j feeds token j of all K actions at once and samples token j+1 of each.
+
+    ``ids``/``positions`` ``(B, P + K·W)`` hold the prompt and the chunk in sequence order;
+    ``rows`` are the mask rows of sequence positions ``state.fed …`` against all of them.
+    The cache stores the new keys step-major (token 0 of every action, then token 1, …), so
+    each step's mask is ``rows`` with its queries picked and its keys put in cache order.
+    """
+    cache, fed = state.cache, state.fed
+    b, p = state.ids.shape
+    width = len(plan) // k  # D + 2 tokens per action
     device = ids.device
-    # A new chunk-block query sees every prompt key except PAD and earlier chunk blocks (SPEC §3).
-    prompt_visible = (ids != vocab.pad) & ~chunk  # (B, P)
-    own_block = torch.eye(k, dtype=torch.bool, device=device)  # (K, K): new keys are stored step-major
-    tokens = torch.full((b, k, d + 2), vocab.eoa, dtype=torch.long, device=device)  # (B, K, D+2)
-    tokens[:, :, 0] = vocab.boa
-    first = positions[:, -1:] + 1 + (d + 2) * torch.arange(k, device=device)  # (B, K) position of each BOA
-    slot = plan[1]  # the bins of every action
+    starts = p + width * torch.arange(k, device=device)  # (K,) sequence position of each BOA
+    prompt = torch.arange(p, device=device)
+    step_major = (starts[None, :] + torch.arange(width - 2, device=device)[:, None]).flatten()  # (D·K,)
+    cache_order = torch.cat([prompt, step_major])  # the sequence position of every key in the cache
     step_logits: list[torch.Tensor] = []
-    for j in range(d):
-        # (B, K, P + (j+1)·K): the prompt, then the step-j' token of its own block for every j' <= j
-        own = own_block.repeat(1, j + 1).expand(b, k, k * (j + 1))
-        chunk_rows = torch.cat([prompt_visible[:, None, :].expand(b, k, p), own], dim=-1)
-        new_ids, new_pos, mask = tokens[:, :, j], first + j, chunk_rows
-        if fed < p:  # the first step also feeds the uncached part of the prompt, under its own mask
-            prompt_rows = attention_mask(ids, vocab, chunk_mask=True, query_start=fed)  # (B, P-fed, P)
-            prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(b, p - fed, k)], dim=-1)
-            new_ids = torch.cat([ids[:, fed:], new_ids], dim=1)
-            new_pos = torch.cat([positions[:, fed:], new_pos], dim=1)
-            mask = torch.cat([prompt_rows, chunk_rows], dim=1)
-            fed = p
-        hidden = model.hidden_states(new_ids, attn_mask=mask, positions=new_pos, cache=cache)[:, -k:]
-        logits = model.output_logits(hidden)  # (B, K, V)
+    for j in range(width - 2):
+        queries = torch.cat([prompt[fed:], starts + j])  # the first step also feeds the uncached prompt
+        keys = cache_order[: p + (j + 1) * k]
+        mask = rows[:, queries - state.fed][:, :, keys]  # (B, n_queries, P + (j+1)·K)
+        hidden = model.hidden_states(
+            ids[:, queries], attn_mask=mask, positions=positions[:, queries], cache=cache
+        )
+        logits = model.output_logits(hidden[:, -k:])  # (B, K, V)
+        fed = p
         if return_logits:
             step_logits.append(logits.float().cpu())
-        sampled = _sample(logits.reshape(b * k, -1), slot, temperature, top_k, generator)  # (B·K,)
-        tokens[:, :, j + 1] = sampled.view(b, k)
+        sampled = _sample(logits.reshape(b * k, -1), plan[j + 1], sampling)  # (B·K,)
+        ids[:, starts + j + 1] = sampled.view(b, k)
     cache.truncate(p)  # drop the step-major chunk keys; the state continues from the prompt
-    chunk_ids = tokens.reshape(b, k * (d + 2))  # (B, K·(D+2)) in sequence order
-    steps = torch.arange(1, k * (d + 2) + 1, device=device)[None, :]
-    all_ids = torch.cat([ids, chunk_ids], dim=1)
-    all_pos = torch.cat([positions, positions[:, -1:] + steps], dim=1)
-    logits = [step_logits[j][:, a] for a in range(k) for j in range(d)] if return_logits else []
-    return Decoded(tokens=chunk_ids.cpu(), logits=logits, state=DecodeState(all_ids, all_pos, cache, p))
+    logits = [step[:, a] for a in range(k) for step in step_logits] if return_logits else []
+    return Decoded(tokens=ids[:, p:].cpu(), logits=logits, state=DecodeState(ids, positions, cache, p))
 
 
 def generate_actions(
@@ -333,21 +394,18 @@ def generate_actions(
     prompts: TokenRows,
     num_actions: int,
     action_dim: int,
+    *,
+    sampling: Sampling = GREEDY,
     chunk_mask: bool = True,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
     state: DecodeState | None = None,
     return_state: bool = False,
     parallel: bool = True,
-    readout: str = "argmax",
 ) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
     """Decode a chunk of ``num_actions`` actions after each prompt: bins ``(B, K, D)`` (CPU).
 
     BOA/EOA are forced, only action-bin ids are sampled (SPEC §6); with the mask the K
     actions are decoded side by side (:func:`decode_chunk`). ``state`` and ``return_state``
-    continue from / hand back the decoding state (see :func:`decode`); ``readout`` as in
-    :func:`action_plan`.
+    continue from / hand back the decoding state (see :func:`decode`).
     """
     out = decode_chunk(
         model,
@@ -355,13 +413,10 @@ def generate_actions(
         prompts,
         num_actions,
         action_dim,
-        chunk_mask,
-        temperature,
-        top_k,
-        generator,
+        sampling=sampling,
+        chunk_mask=chunk_mask,
         state=state,
         parallel=parallel,
-        readout=readout,
     )
     tokens = out.tokens.view(-1, num_actions, action_dim + 2)[:, :, 1:-1]  # (B, K, D): drop BOA/EOA
     bins = vocab.action_bins_of(tokens)
@@ -373,10 +428,9 @@ def generate_frame(
     vocab: Vocab,
     prompts: TokenRows,
     grid: tuple[int, int],
+    *,
+    sampling: Sampling = GREEDY,
     chunk_mask: bool = True,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
     state: DecodeState | None = None,
     return_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
@@ -387,7 +441,7 @@ def generate_frame(
     """
     h, w = grid
     plan = frame_plan(vocab, h, w)
-    out = decode(model, vocab, prompts, plan, chunk_mask, temperature, top_k, generator, state=state)
+    out = decode(model, vocab, prompts, plan, sampling=sampling, chunk_mask=chunk_mask, state=state)
     is_code = torch.tensor([s.forced is None for s in plan])
     codes = vocab.image_codes_of(out.tokens[:, is_code]).view(-1, h, w)  # (B, h, w)
     return (codes, out.state) if return_state else codes

@@ -29,6 +29,9 @@ rows are judged by the last ``EOI`` of the ids passed in, i.e. of everything dec
 far. They equal the rows of the full mask of the finished sequence unless a later image
 turns two earlier chunk blocks back into ordinary context — which no layout of SPEC §2
 does (an image after actions closes a world-model sample, which has one action block).
+A decoder that feeds tokens out of sequence order (the K actions of a chunk side by side,
+:func:`worldvla.model.generation.decode_chunk`) takes the rows of the sequence it is
+writing and only reorders their keys to its cache's order: the rule stays here.
 
 Padding. ``PAD`` keys are hidden from every query. A ``PAD`` query still sees itself, so
 no row is empty (an all-False row would make softmax produce NaN); its output is garbage
