@@ -179,8 +179,8 @@ def test_config_dataclass_is_frozen():
 
 
 def test_action_bins_shape_the_vocabulary_and_a_mismatched_cache_is_refused(tmp_path):
+    from worldvla.data.streams import cache_vocab
     from worldvla.tokenizers.text import load_text_tokenizer
-    from worldvla.train.loop import cache_vocab
     from worldvla.vocab import Vocab, VocabConfig
 
     cfg = replace(train_preset("debug"), action_bins=16, steps=2, ckpt_every=2, val_every=2)

@@ -10,7 +10,7 @@ from worldvla.data.datasets import EpisodeRecord, InMemoryCache
 from worldvla.data.exploration import ActionProcess, ExplorationConfig, segment_rng
 from worldvla.errors import ConfigError
 from worldvla.train.config import TrainConfig
-from worldvla.train.loop import build_data
+from worldvla.train.data import build_data
 
 
 def test_action_process_is_seeded_clipped_and_holds_its_draws():

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from worldvla.data.episodes import EpisodeReader
-from worldvla.data.lerobot_ingest import LeRobotDataset, ingest_lerobot
+from worldvla.data.lerobot_ingest import ingest_lerobot
+from worldvla.data.lerobot_reader import LeRobotDataset
 from worldvla.errors import DataError
 
 FPS = 10

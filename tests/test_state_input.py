@@ -24,7 +24,8 @@ from worldvla.serving.server import PolicyServer, policy_metadata
 from worldvla.tokenizers.state import StateTokenizer
 from worldvla.train import checkpoint as ckpt
 from worldvla.train.config import TrainConfig, apply_overrides, train_preset
-from worldvla.train.loop import build_data, train
+from worldvla.train.data import build_data
+from worldvla.train.loop import train
 
 S = 3  # state dimensions of the synthetic data
 

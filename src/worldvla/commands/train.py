@@ -60,7 +60,7 @@ def _libero_config(name: str, cache_dir: str) -> TrainConfig | None:
     if name not in LIBERO_PRESETS:
         return None
     from worldvla.data.datasets import episode_field
-    from worldvla.train.loop import open_cache
+    from worldvla.data.token_cache import open_cache
 
     preset = LIBERO_PRESETS[name]
     cache = open_cache(cache_dir)
@@ -73,8 +73,8 @@ def _libero_config(name: str, cache_dir: str) -> TrainConfig | None:
 def check_cache_codes(cache_dir: str | Path) -> None:
     """Refuse a token cache whose image codes fall outside its codebook (a corrupt or foreign
     cache): they would be read as ids of other token kinds."""
+    from worldvla.data.token_cache import open_cache
     from worldvla.errors import DataError
-    from worldvla.train.loop import open_cache
 
     cache = open_cache(cache_dir)
     size = getattr(cache, "codebook_size", None)

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worldvla.data.datasets import EpisodeRecord
+from worldvla.data.datasets import CacheLike, EpisodeRecord
 from worldvla.data.exploration import DEMO, KINDS
 from worldvla.envs.view import suite_view
 from worldvla.errors import DataError
@@ -227,6 +227,15 @@ class TokenCache:
             world_actions=world_actions,
             states=states,
         )
+
+
+def open_cache(cache: str | Path | CacheLike) -> CacheLike:
+    """An opened token cache: ``cache`` itself, or the one at that path (source verified)."""
+    if not isinstance(cache, (str, Path)):
+        return cache
+    # The episode file the cache was built from, if it is still where it was: a file changed
+    # since tokenizing means a stale cache.
+    return TokenCache.open(cache, verify_source=True)
 
 
 def _load_rows(file: Path, shape: tuple[int, int]) -> np.ndarray:

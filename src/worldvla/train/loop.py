@@ -4,8 +4,8 @@
 
 1. join the process group if run under torchrun (:mod:`.distributed`);
 2. build the vocabulary, tokenizers, data layout and the mixed sample stream over the
-   training episodes (:mod:`worldvla.data.datasets`), plus a fixed validation set over
-   held-out episodes;
+   training episodes, plus a fixed validation set over held-out episodes
+   (:mod:`.data`, which assembles them with :mod:`worldvla.data.streams`);
 3. build the single-device transformer, then wrap it from outside (DDP / FSDP2,
    activation checkpointing, ``torch.compile``);
 4. restore the latest checkpoint with ``resume=True`` (refusing a different config);
@@ -29,32 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from worldvla.config import ModelConfig, model_preset
-from worldvla.data.datasets import (
-    ActionSamples,
-    Batch,
-    CacheLike,
-    DataLayout,
-    MixedStream,
-    WorldSamples,
-    encode_actions,
-    episode_field,
-    episode_kind,
-    split_episodes,
-)
-from worldvla.errors import ConfigError, DataError
+from worldvla.data.datasets import Batch, CacheLike, MixedStream
+from worldvla.data.token_cache import open_cache
+from worldvla.errors import ConfigError
 from worldvla.model import build as model_build
 from worldvla.model.build import build_model
-from worldvla.sequence import PromptConfig
-from worldvla.tokenizers.action import ActionStats, ActionTokenizer
-from worldvla.tokenizers.state import StateTokenizer, state_stats_from_episodes
-from worldvla.tokenizers.text import TextTokenizer, load_text_tokenizer
 from worldvla.train import checkpoint as ckpt
 from worldvla.train.config import TrainConfig
+from worldvla.train.data import build_data
 from worldvla.train.distributed import (
     DistInfo,
     all_gather_object,
@@ -68,232 +54,7 @@ from worldvla.train.distributed import (
 from worldvla.train.logs import RunLogger
 from worldvla.train.loss import STAT_NAMES, LossNorm, compute_loss, summarize, target_index
 from worldvla.train.optim import autocast, build_optimizer, clip_grad_norm, lr_at, set_lr
-from worldvla.vocab import Vocab, VocabConfig
-
-
-# ---------------------------------------------------------------------------- data setup
-@dataclass
-class TrainData:
-    """Everything built from the token cache for one run."""
-
-    vocab: Vocab
-    layout: DataLayout
-    text_tokenizer: TextTokenizer
-    action_stats: ActionStats
-    state_stats: ActionStats | None  # bounds of the states in the prompt (use_state), else None
-    image_tokenizer: ckpt.ImageTokenizerRef
-    episodes: dict[str, Any] | None  # identity of the episode file the cache was built from
-    train: MixedStream
-    val: MixedStream | None
-    val_episodes: list[str]
-    max_len: int
-
-
-def open_cache(cache: str | Path | CacheLike) -> CacheLike:
-    if not isinstance(cache, (str, Path)):
-        return cache
-    from worldvla.data.token_cache import TokenCache
-
-    # The episode file the cache was built from, if it is still where it was: a file changed
-    # since tokenizing means a stale cache.
-    return TokenCache.open(cache, verify_source=True)
-
-
-def _meta(cache: CacheLike) -> dict[str, Any]:
-    meta = getattr(cache, "meta", None)
-    return dict(meta) if isinstance(meta, dict) else dict(getattr(meta, "__dict__", {}) or {})
-
-
-def cache_vocab(
-    cache: CacheLike, text_tokenizer: TextTokenizer, action_bins: int = 256, state_bins: int = 0
-) -> Vocab:
-    """The cache's own vocabulary if it has one, else the compact layout for its codebook
-    (with ``state_bins`` state tokens; 0 = none, the layout of every run without state)."""
-    vocab = getattr(cache, "vocab", None)
-    if isinstance(vocab, Vocab):
-        if vocab.action_bins != action_bins:
-            raise ConfigError(
-                f"the token cache's vocabulary has {vocab.action_bins} action bins, the config asks for "
-                f"{action_bins}"
-            )
-        if vocab.state_bins != state_bins:
-            raise ConfigError(
-                f"the token cache's vocabulary has {vocab.state_bins} state bins, the config asks for "
-                f"{state_bins} (use_state / state_bins)"
-            )
-        return vocab
-    meta = _meta(cache)
-    codebook = getattr(cache, "codebook_size", None) or meta.get("codebook_size")
-    if not codebook:
-        raise DataError("the token cache records neither a vocabulary nor the image codebook size")
-    return Vocab.build(
-        VocabConfig(
-            text_size=text_tokenizer.size,
-            image_codes=int(codebook),
-            action_bins=action_bins,
-            state_bins=state_bins,
-        )
-    )
-
-
-def cache_action_stats(cache: CacheLike) -> ActionStats:
-    stats = getattr(cache, "action_stats", None)
-    if isinstance(stats, ActionStats):
-        return stats
-    path = getattr(cache, "stats_path", None)
-    if path is not None:
-        return ActionStats.load(path)
-    return ActionStats.from_actions(cache.actions)
-
-
-def cache_states(cache: CacheLike) -> tuple[np.ndarray, ActionStats]:
-    """The cache's ``(N_frames, S)`` states and their bounds; DataError when it has none."""
-    states = getattr(cache, "states", None)
-    if states is None:
-        where = getattr(cache, "path", None) or "the token cache"
-        raise DataError(
-            f"{where}: use_state=true needs proprioceptive states, but the token cache has none (its "
-            "episode file records no obs/state in some or all episodes, or the cache was built before "
-            "states were cached: rebuild it with 'worldvla tokenize --overwrite'); or set use_state=false"
-        )
-    states = np.asarray(states, dtype=np.float32)
-    if states.ndim != 2 or len(states) != len(cache.actions) or states.shape[1] < 1:
-        raise DataError(f"token cache states must be (N_frames={len(cache.actions)}, S), got {states.shape}")
-    stats = getattr(cache, "state_stats", None)
-    if not isinstance(stats, ActionStats):
-        # Like the cache's action bounds: over the demonstrations, whose states the policy reads.
-        demos = []
-        for e in cache.episodes:
-            if episode_kind(e) == "demo":
-                start, length = int(episode_field(e, "start")), int(episode_field(e, "length"))
-                demos.append((str(episode_field(e, "key")), states[start : start + length]))
-        stats = state_stats_from_episodes(demos)
-    if stats.dim != states.shape[1]:
-        raise DataError(f"state statistics have {stats.dim} dimensions, the cache's states {states.shape[1]}")
-    return states, stats
-
-
-def cache_image_tokenizer(cache: CacheLike) -> ckpt.ImageTokenizerRef:
-    info = _meta(cache).get("image_tokenizer") or {}
-    if isinstance(info, str):
-        info = {"path": info}
-    return ckpt.ImageTokenizerRef(path=info.get("path"), fingerprint=info.get("fingerprint"))
-
-
-def cache_episodes(cache: CacheLike) -> dict[str, Any] | None:
-    """``{"name", "size", "sha256"}`` of the episode file the cache records, if any."""
-    info = _meta(cache).get("episodes")
-    if not isinstance(info, dict) or not info.get("sha256"):
-        return None
-    return {k: info.get(k) for k in ("name", "size", "sha256")}
-
-
-def build_data(cfg: TrainConfig, cache: CacheLike, max_seq_len: int) -> TrainData:
-    text_tokenizer = load_text_tokenizer(cfg.text_tokenizer)
-    states, state_stats = cache_states(cache) if cfg.use_state else (None, None)
-    vocab = cache_vocab(cache, text_tokenizer, cfg.action_bins, cfg.state_bins if cfg.use_state else 0)
-    if text_tokenizer.size > vocab.text_size:
-        raise ConfigError(
-            f"text tokenizer {cfg.text_tokenizer!r} has {text_tokenizer.size} ids, the vocabulary "
-            f"only {vocab.text_size}"
-        )
-    stats = cache_action_stats(cache)
-    action_dim = int(cache.actions.shape[1])
-    if stats.dim != action_dim:
-        raise DataError(f"action statistics have {stats.dim} dimensions, the cache's actions {action_dim}")
-    meta = _meta(cache)
-    layout = DataLayout(
-        action_dim=action_dim,
-        grid=(int(cache.codes.shape[1]), int(cache.codes.shape[2])),
-        history=cfg.history,
-        chunk_len=cfg.chunk_len,
-        chunk_mask=cfg.chunk_mask,
-        prompts=PromptConfig(action_prompt=cfg.action_prompt, world_prompt=cfg.world_prompt),
-        text_tokenizer=cfg.text_tokenizer,
-        camera=meta.get("camera"),
-        image_size=meta.get("image_size"),
-        view=meta.get("view"),
-        state_dim=0 if states is None else int(states.shape[1]),
-    )
-    action_tokenizer = ActionTokenizer(stats, n_bins=vocab.action_bins)
-    state_bins = None
-    if states is not None:
-        state_bins = encode_actions(states, StateTokenizer(state_stats, n_bins=vocab.state_bins))
-    bins = encode_actions(cache.actions, action_tokenizer)
-    executed = getattr(cache, "world_actions", None)
-    world_bins = bins if executed is None else encode_actions(executed, action_tokenizer)
-    # Sample weights carry α only for the reference loss; the split form applies α itself.
-    image_weight = cfg.image_weight if cfg.loss_form == "reference" else 1.0
-    f = cfg.effective_world_fraction
-    is_demo = np.array([episode_kind(e) == "demo" for e in cache.episodes])
-    # Demonstrations and exploratory segments are held out separately, so the held-out
-    # demonstrations do not depend on how much exploration the data has.
-    train_eps, val_eps = [], []
-    for ids in (np.flatnonzero(is_demo), np.flatnonzero(~is_demo)):
-        if len(ids):
-            tr, va = split_episodes(len(ids), cfg.val_fraction, cfg.split_seed)
-            train_eps.append(ids[tr])
-            val_eps.append(ids[va])
-    train_eps, val_eps = np.concatenate(train_eps), np.concatenate(val_eps)
-
-    def stream(episodes, seed: int) -> MixedStream:
-        # Only demonstrations teach the policy; exploratory segments feed the world model
-        # unless the config keeps it on demonstrations too.
-        demos = episodes[is_demo[episodes]]
-        world_eps = episodes if cfg.world_data == "all" else demos
-        common = (layout, vocab, text_tokenizer)
-        return MixedStream(
-            ActionSamples(cache, demos, *common, bins, image_weight, state_bins=state_bins)
-            if f < 1
-            else None,
-            WorldSamples(
-                cache, world_eps, *common, world_bins, image_weight, changed_weight=cfg.world_changed_weight
-            )
-            if f > 0
-            else None,
-            f,
-            seed,
-        )
-
-    train_stream = stream(train_eps, cfg.seed)
-    val_stream = None
-    if len(val_eps):
-        try:
-            val_stream = stream(val_eps, seed=0)
-        except DataError:
-            val_stream = None  # held-out episodes too short for a sample of each kind
-    prompt_len = max(
-        len(
-            text_tokenizer.encode(
-                layout.prompts.action_prompt.format(instruction=str(episode_field(e, "instruction")))
-            )
-        )
-        for e in cache.episodes
-    )
-    world_len = len(text_tokenizer.encode(layout.prompts.world_prompt))
-    max_len = max(
-        layout.action_sample_length(prompt_len) if f < 1 else 0,
-        layout.world_sample_length(world_len) if f > 0 else 0,
-    )
-    if max_len > max_seq_len:
-        raise ConfigError(
-            f"samples reach {max_len} tokens but the model {cfg.model!r} has max_seq_len={max_seq_len} "
-            f"(grid {layout.grid}, history {cfg.history}, chunk {cfg.chunk_len})"
-        )
-    return TrainData(
-        vocab=vocab,
-        layout=layout,
-        text_tokenizer=text_tokenizer,
-        action_stats=stats,
-        state_stats=state_stats,
-        image_tokenizer=cache_image_tokenizer(cache),
-        episodes=cache_episodes(cache),
-        train=train_stream,
-        val=val_stream,
-        # Held-out demonstrations only: evaluations start rollouts from them.
-        val_episodes=[str(episode_field(cache.episodes[int(e)], "key")) for e in val_eps if is_demo[e]],
-        max_len=max_len,
-    )
+from worldvla.vocab import Vocab
 
 
 # ---------------------------------------------------------------------------- model
