@@ -21,7 +21,7 @@ def test_each_variant_changes_only_its_fields_and_the_budget():
     base = train_preset(cfg.train)
     # The readout is the ablation's (greedy, as the committed results), not mw-quick's.
     budget = {"name", "steps", "warmup_steps", "seed", "action_readout"}
-    for v in VARIANTS:
+    for v in map(VARIANTS.get, VARIANTS):
         t = resolve(cfg, v.name, 7)
         assert t.steps == cfg.steps * v.step_scale and t.seed == 7 and t.action_readout == "argmax"
         # An inference-only field does not make another run.

@@ -20,7 +20,8 @@ from worldvla.train.optim import lr_at, param_groups
 
 
 def test_every_preset_builds_and_is_valid():
-    for name, cfg in TRAIN_PRESETS.items():
+    for name in TRAIN_PRESETS:
+        cfg = train_preset(name)
         assert cfg.name == name
         assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 

@@ -76,7 +76,7 @@ def test_bad_actions_and_tasks_are_refused(env):
 
 
 def test_suites_split_variations_and_cover_instructions():
-    for s in SUITES.values():
+    for s in map(suite_preset, SUITES):
         assert not set(s.train_variations) & set(s.test_variations)
         assert all(t in METAWORLD_INSTRUCTIONS for t in s.tasks)
     with pytest.raises(ConfigError, match="Did you mean 'mw-quick'"):
@@ -126,7 +126,7 @@ def test_ablation_suite_is_the_first_task_set_with_the_experts_asked_per_control
 
 def test_make_env_builds_the_suites_adapter_without_starting_the_simulator():
     # Construction is lazy (MuJoCo scenes and GL contexts appear on the first reset).
-    for suite in ("mw-quick", SUITES["mw-10"]):
+    for suite in ("mw-quick", suite_preset("mw-10")):
         env = make_env(suite)
         s = suite_preset(suite) if isinstance(suite, str) else suite
         assert isinstance(env, Env) and env.camera == s.camera and env.max_steps == s.max_steps

@@ -137,18 +137,19 @@ def test_factory_errors(tmp_path):
 
 
 def test_config_validation_and_presets():
-    for name, cfg in PRESETS.items():
+    for name in PRESETS:
+        cfg = vq_preset(name)
         assert cfg.image_size // cfg.downsample == cfg.grid[0], name
-    assert PRESETS["mw64"].grid == (8, 8) and PRESETS["mw64"].vocab_size == 1000
-    assert PRESETS["mw64-vq"].vocab_size == 1024 and PRESETS["mw64-vq"].quantizer == "vq"
-    assert PRESETS["libero256"].grid == (16, 16) and PRESETS["libero256"].vocab_size == 8192
+    assert vq_preset("mw64").grid == (8, 8) and vq_preset("mw64").vocab_size == 1000
+    assert vq_preset("mw64-vq").vocab_size == 1024 and vq_preset("mw64-vq").quantizer == "vq"
+    assert vq_preset("libero256").grid == (16, 16) and vq_preset("libero256").vocab_size == 8192
     with pytest.raises(ConfigError, match="Did you mean 'mw64'"):
         vq_preset("mw46")
     with pytest.raises(ConfigError, match="downsample"):
         VQConfig(downsample=8, channels=(32, 64))
     with pytest.raises(ConfigError, match="quantizer"):
         VQConfig(quantizer="lfq")
-    assert VQConfig.from_dict(PRESETS["tiny"].to_dict()) == PRESETS["tiny"]
+    assert VQConfig.from_dict(vq_preset("tiny").to_dict()) == vq_preset("tiny")
 
 
 def test_code_stats():
@@ -285,4 +286,4 @@ def test_norm_is_validated_and_old_configs_load_as_group_norm():
     d = VQConfig().to_dict()
     assert "norm" not in d  # at its default: tokenizers saved before the field keep their fingerprint
     assert VQConfig.from_dict(d).norm == "group"
-    assert VQConfig.from_dict(PRESETS["mw64-local"].to_dict()) == PRESETS["mw64-local"]
+    assert VQConfig.from_dict(vq_preset("mw64-local").to_dict()) == vq_preset("mw64-local")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from worldvla.config import MODEL_PRESETS
+from worldvla.config import model_preset
 from worldvla.errors import ConfigError
 from worldvla.libero_presets import LIBERO_PRESETS, libero_preset
 from worldvla.sequence import action_length, frame_length
@@ -58,7 +58,7 @@ def test_each_preset_builds_on_the_meta_device_and_its_samples_fit(name):
     assert cfg.max_seq_len == p.max_seq_len and cfg.vocab_size == p.vocab().size
     assert cfg.dropout == t.dropout
     if not name.endswith("-debug"):
-        ref = MODEL_PRESETS["chameleon-7b"]
+        ref = model_preset("chameleon-7b")
         assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_hidden, cfg.max_seq_len) == (
             4096,
             32,

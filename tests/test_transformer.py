@@ -42,12 +42,12 @@ def test_tiny_preset_is_under_one_million_parameters():
 @pytest.mark.parametrize("name", sorted(MODEL_PRESETS))
 def test_every_preset_builds_on_the_meta_device_with_the_expected_size(name):
     with torch.device("meta"):
-        m = Transformer(MODEL_PRESETS[name])
+        m = Transformer(model_preset(name))
     assert m.num_params() == _expected_params(m.cfg)
 
 
 def test_chameleon_shape_is_7b():
-    cfg = MODEL_PRESETS["chameleon-7b"]
+    cfg = model_preset("chameleon-7b")
     with torch.device("meta"):
         big = Transformer(cfg)
     assert 6.9e9 < big.num_params() < 7.2e9  # Chameleon-7B: 7.0B

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from worldvla.utils.registry import lookup
+from worldvla.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -74,23 +74,39 @@ class ModelConfig:
         return replace(self, vocab_size=vocab_size)
 
 
-MODEL_PRESETS: dict[str, ModelConfig] = {
-    # Tests: well under 1M parameters.
-    "tiny": ModelConfig(d_model=64, n_layers=2, n_heads=4, ffn_hidden=176, max_seq_len=512),
-    # CPU models for the embedded Meta-World benchmark. On 2 cores `compact` (~4M
-    # parameters) trains ~2.8x and `mini` (~2.4M, the quickstart's) ~4x more tokens per
-    # second than `small`, which buys epochs in a fixed budget
-    # (benchmarks/bench_model.py --preset NAME).
-    "compact": ModelConfig(d_model=256, n_layers=4, n_heads=4, ffn_hidden=704, max_seq_len=1024),
-    "mini": ModelConfig(d_model=192, n_layers=4, n_heads=3, ffn_hidden=512, max_seq_len=1024),
-    # A wider, deeper CPU model (~12M parameters).
-    "small": ModelConfig(d_model=384, n_layers=6, n_heads=6, ffn_hidden=1024, max_seq_len=1024),
-    # The reference model, Chameleon-7B: the values of its config.json (transformers'
-    # ChameleonConfig defaults: hidden 4096, 32 layers, 32 heads = 32 kv heads, SwiGLU 11008,
-    # vocab 65,536, RMSNorm eps 1e-5, RoPE theta 10,000, max 4,096 positions, QK-norm with
-    # eps 1e-5, no swin norm, no biases, untied head) plus the recipe's residual dropout.
-    # Built on the meta device in tests; `worldvla convert` reads the real checkpoints into it.
-    "chameleon-7b": ModelConfig(
+MODEL_PRESETS: Registry[ModelConfig] = Registry("model preset")
+MODEL_PRESETS.register(
+    "tiny",
+    ModelConfig(d_model=64, n_layers=2, n_heads=4, ffn_hidden=176, max_seq_len=512),
+    "tests and laptops: well under 1M parameters",
+)
+# CPU models for the embedded Meta-World benchmark. On 2 cores `compact` (~4M
+# parameters) trains ~2.8x and `mini` (~2.4M, the quickstart's) ~4x more tokens per
+# second than `small`, which buys epochs in a fixed budget
+# (benchmarks/bench_model.py --preset NAME).
+MODEL_PRESETS.register(
+    "compact",
+    ModelConfig(d_model=256, n_layers=4, n_heads=4, ffn_hidden=704, max_seq_len=1024),
+    "CPU model, ~4M parameters",
+)
+MODEL_PRESETS.register(
+    "mini",
+    ModelConfig(d_model=192, n_layers=4, n_heads=3, ffn_hidden=512, max_seq_len=1024),
+    "CPU model of the quickstart, ~2.4M parameters",
+)
+MODEL_PRESETS.register(
+    "small",
+    ModelConfig(d_model=384, n_layers=6, n_heads=6, ffn_hidden=1024, max_seq_len=1024),
+    "wider, deeper CPU model, ~12M parameters",
+)
+# The reference model, Chameleon-7B: the values of its config.json (transformers'
+# ChameleonConfig defaults: hidden 4096, 32 layers, 32 heads = 32 kv heads, SwiGLU 11008,
+# vocab 65,536, RMSNorm eps 1e-5, RoPE theta 10,000, max 4,096 positions, QK-norm with
+# eps 1e-5, no swin norm, no biases, untied head) plus the recipe's residual dropout.
+# Built on the meta device in tests; `worldvla convert` reads the real checkpoints into it.
+MODEL_PRESETS.register(
+    "chameleon-7b",
+    ModelConfig(
         vocab_size=65536,
         d_model=4096,
         n_layers=32,
@@ -103,8 +119,10 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         rope_theta=10000.0,
         dropout=0.05,
     ),
-}
+    "the reference model's shape (Chameleon-7B), residual dropout 0.05",
+)
 
 
 def model_preset(name: str) -> ModelConfig:
-    return lookup(MODEL_PRESETS, name, "model preset")
+    """The model preset called ``name``; a typo gets a "did you mean" (ConfigError)."""
+    return MODEL_PRESETS.get(name)

@@ -23,7 +23,7 @@ from worldvla.config import ModelConfig, model_preset
 from worldvla.envs.libero_benchmark import MAX_STEPS, RESOLUTIONS, suite_name
 from worldvla.errors import ConfigError
 from worldvla.train.config import TrainConfig
-from worldvla.utils.registry import lookup
+from worldvla.utils.registry import Registry
 from worldvla.vocab import Vocab, VocabConfig
 
 CHUNK_LEN = {"libero_spatial": 5, "libero_object": 5, "libero_goal": 5, "libero_10": 10}
@@ -162,19 +162,19 @@ def _reference(suite: str, resolution: int) -> LiberoPreset:
     return LiberoPreset(name=name, suite=suite, resolution=resolution, train=train)
 
 
-def _presets() -> dict[str, LiberoPreset]:
-    out: dict[str, LiberoPreset] = {}
+def _presets() -> Registry[LiberoPreset]:
+    out: Registry[LiberoPreset] = Registry("LIBERO preset")
     for suite in CHUNK_LEN:
         for res in RESOLUTIONS:
             p = _reference(suite, res)
-            out[p.name] = p
-            out[f"{p.name}-debug"] = p.debug()
+            out.register(p.name, p, f"{suite} at {res} px, the reference recipe (K={CHUNK_LEN[suite]})")
+            out.register(f"{p.name}-debug", p.debug(), f"tiny sibling of {p.name}: tiny model, fp32, CPU")
     return out
 
 
-LIBERO_PRESETS: dict[str, LiberoPreset] = _presets()
+LIBERO_PRESETS: Registry[LiberoPreset] = _presets()
 
 
 def libero_preset(name: str) -> LiberoPreset:
     """A named LIBERO preset; a typo gets a "did you mean" (ConfigError)."""
-    return lookup(LIBERO_PRESETS, name, "LIBERO preset")
+    return LIBERO_PRESETS.get(name)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from worldvla.errors import ConfigError
-from worldvla.utils.registry import lookup
+from worldvla.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -79,18 +79,24 @@ _MW_QUICK = ExperimentConfig(
 # directories stay reusable): demonstrations only.
 _MW_QUICK_BEFORE_EXPLORATION = replace(_MW_QUICK, tokenizer_steps=2_000, explore_per_task=0)
 
-EXPERIMENTS: dict[str, ExperimentConfig] = {
-    # The main job (README: about 23 minutes on a quiet 2-core CPU machine).
-    "mw-quick": _MW_QUICK,
-    # The same on mw-quick's first task set (handle-pull instead of drawer-open).
-    "mw-quick-v1": replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-v1", suite="mw-quick-v1"),
-    # The same on the mw-quick-control suite (experts asked once per control step): the
-    # data stages of the ablation presets, whose committed results were made on it.
-    "mw-quick-control": replace(
-        _MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-control", suite="mw-quick-control"
-    ),
-    # Tiny sibling: every stage for real, on one task with a tiny model, in ~2 minutes.
-    "debug": ExperimentConfig(
+EXPERIMENTS: Registry[ExperimentConfig] = Registry("experiment preset")
+EXPERIMENTS.register("mw-quick", _MW_QUICK, "the quickstart: 4 Meta-World tasks, ~23 minutes on 2 CPU cores")
+EXPERIMENTS.register(
+    "mw-quick-v1",
+    replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-v1", suite="mw-quick-v1"),
+    "mw-quick on its first task set (handle-pull instead of drawer-open), demonstrations only",
+)
+# The mw-quick-control suite has its experts asked once per control step: the data stages
+# of the ablation presets, whose committed results were made on it.
+EXPERIMENTS.register(
+    "mw-quick-control",
+    replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-control", suite="mw-quick-control"),
+    "mw-quick-v1 on the mw-quick-control suite: the data of the ablations",
+)
+# Every stage for real, on one task with a tiny model.
+EXPERIMENTS.register(
+    "debug",
+    ExperimentConfig(
         name="debug",
         suite="debug",
         tokenizer="mw64",
@@ -105,11 +111,13 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
         explore_per_task=2,
         explore_steps=6,
     ),
-}
+    "tiny sibling: every stage for real on one task with a tiny model, ~2 minutes",
+)
 
 
 def experiment_preset(name: str) -> ExperimentConfig:
-    return lookup(EXPERIMENTS, name, "experiment preset")
+    """The experiment preset called ``name``; a typo gets a "did you mean" (ConfigError)."""
+    return EXPERIMENTS.get(name)
 
 
 # Fields of experiments stored by versions that budgeted stages in minutes.

@@ -293,13 +293,13 @@ def aggregate(run_dir: str | Path, cfg: AblationConfig, out_dir: str | Path | No
         meta["baselines"] = {a: {"success": s["success"], "ci95": s["ci95"]} for a, s in base.items()}
     write_table(out, cfg, res, meta)
     plot_chunk_sweep(out / "success_vs_chunk.png", cfg, res)
-    descriptions = {v.name: v.description for v in VARIANTS}
     doc = {
         "ablation": cfg.to_dict(),
         "provenance": {k: meta.get(k) for k in ("command", "commit", "time", "machine", "preset", "budget")},
         "baselines": meta.get("baselines"),
         "variants": {
-            name: {"description": descriptions[name], "runs": res.get(name, [])} for name in cfg.variants
+            name: {"description": VARIANTS.description(name), "runs": res.get(name, [])}
+            for name in cfg.variants
         },
     }
     atomic_write_text(out / "runs.json", json.dumps(doc, indent=2) + "\n")

@@ -18,66 +18,68 @@ from typing import Any
 
 from worldvla.errors import ConfigError
 from worldvla.train.config import TrainConfig, train_preset
-from worldvla.utils.registry import lookup
+from worldvla.utils.registry import Registry
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     changes: tuple[tuple[str, Any], ...] = ()  # (field, value) applied to the base config
-    description: str = ""
     world_eval: bool = False  # roll out the world model (claim 2)
     step_scale: int = 1  # optimizer steps = step_scale x the ablation's steps per run
 
 
-def _v(name: str, description: str, world_eval: bool = False, step_scale: int = 1, **changes: Any) -> Variant:
-    return Variant(name, tuple(sorted(changes.items())), description, world_eval, step_scale)
+VARIANTS: Registry[Variant] = Registry("ablation variant")
+
+
+def _v(name: str, description: str, world_eval: bool = False, step_scale: int = 1, **changes: Any) -> None:
+    """Register a variant: ``changes`` of the base training config, which evaluations it needs."""
+    VARIANTS.register(
+        name, Variant(name, tuple(sorted(changes.items())), world_eval, step_scale), description
+    )
 
 
 # The paper's tables, in their order (SPEC §8). The base is the quickstart's recipe: world
 # data on, K=5, the chunk mask on, M=1.
-VARIANTS: tuple[Variant, ...] = (
-    # Claim 1: world-model data improves the policy.
-    _v("action-only-k1", "action model, one action per query", use_world_data=False, chunk_len=1),
-    _v("joint-k1", "+ world data, one action per query", chunk_len=1),
-    # Claim 3: action chunks need the attention mask.
-    _v(
-        "action-only-k5-causal",
-        "action model, K=5, plain causal mask",
-        use_world_data=False,
-        chunk_mask=False,
-    ),
-    _v("action-only-k5-mask", "action model, K=5, chunk mask", use_world_data=False),
-    _v("full", "world data + K=5 + chunk mask", world_eval=True),
-    # History length for the chunk + mask model.
-    _v("history-2", "full model, M=2 history frames", history=2),
-    _v("history-4", "full model, M=4 history frames", history=4),
-    # Chunk-length sweep, with and without the mask (K=1 and K=5 with the mask are above).
-    _v("k1-causal", "full model, K=1, causal", chunk_len=1, chunk_mask=False),
-    _v("k5-causal", "full model, K=5, causal", chunk_mask=False),
-    _v("k10-mask", "full model, K=10, chunk mask", chunk_len=10),
-    _v("k10-causal", "full model, K=10, causal", chunk_len=10, chunk_mask=False),
-    _v("k20-mask", "full model, K=20, chunk mask", chunk_len=20),
-    _v("k20-causal", "full model, K=20, causal", chunk_len=20, chunk_mask=False),
-    # Claim 2: action data improves the world model on long rollouts.
-    _v("world-only", "world model only (no action data)", world_eval=True, use_action_data=False),
-    # Exposure-matched joint runs: with world_fraction 0.5 a joint model sees half as many
-    # samples of each kind per step as a single-role model; at 2x the steps it sees as many.
-    _v("joint-k1-matched", "+ world data, K=1, 2x steps (as many action samples)", step_scale=2, chunk_len=1),
-    _v(
-        "full-matched",
-        "full model, 2x steps (as many world samples as world-only)",
-        world_eval=True,
-        step_scale=2,
-    ),
+# Claim 1: world-model data improves the policy.
+_v("action-only-k1", "action model, one action per query", use_world_data=False, chunk_len=1)
+_v("joint-k1", "+ world data, one action per query", chunk_len=1)
+# Claim 3: action chunks need the attention mask.
+_v(
+    "action-only-k5-causal",
+    "action model, K=5, plain causal mask",
+    use_world_data=False,
+    chunk_mask=False,
 )
-VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+_v("action-only-k5-mask", "action model, K=5, chunk mask", use_world_data=False)
+_v("full", "world data + K=5 + chunk mask", world_eval=True)
+# History length for the chunk + mask model.
+_v("history-2", "full model, M=2 history frames", history=2)
+_v("history-4", "full model, M=4 history frames", history=4)
+# Chunk-length sweep, with and without the mask (K=1 and K=5 with the mask are above).
+_v("k1-causal", "full model, K=1, causal", chunk_len=1, chunk_mask=False)
+_v("k5-causal", "full model, K=5, causal", chunk_mask=False)
+_v("k10-mask", "full model, K=10, chunk mask", chunk_len=10)
+_v("k10-causal", "full model, K=10, causal", chunk_len=10, chunk_mask=False)
+_v("k20-mask", "full model, K=20, chunk mask", chunk_len=20)
+_v("k20-causal", "full model, K=20, causal", chunk_len=20, chunk_mask=False)
+# Claim 2: action data improves the world model on long rollouts.
+_v("world-only", "world model only (no action data)", world_eval=True, use_action_data=False)
+# Exposure-matched joint runs: with world_fraction 0.5 a joint model sees half as many
+# samples of each kind per step as a single-role model; at 2x the steps it sees as many.
+_v("joint-k1-matched", "+ world data, K=1, 2x steps (as many action samples)", step_scale=2, chunk_len=1)
+_v(
+    "full-matched",
+    "full model, 2x steps (as many world samples as world-only)",
+    world_eval=True,
+    step_scale=2,
+)
 # The smallest set that decides the three claims: 1 (action-only-k1 vs joint-k1),
 # 3 (k5-causal vs full), 2 (world-only vs full).
 CLAIM_VARIANTS = ("action-only-k1", "joint-k1", "k5-causal", "full", "world-only")
 MATCHED_VARIANTS = ("joint-k1-matched", "full-matched")
 # The paper's variants (SPEC §8); the exposure-matched ones double a run's cost.
-PAPER_VARIANTS = tuple(n for n in VARIANT_NAMES if n not in MATCHED_VARIANTS)
+PAPER_VARIANTS = tuple(n for n in VARIANTS if n not in MATCHED_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,9 @@ class AblationConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        unknown = [v for v in self.variants if v not in VARIANT_NAMES]
+        unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
-            problems.append(f"unknown variants {unknown} (known: {', '.join(VARIANT_NAMES)})")
+            problems.append(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             problems.append(f"seeds must be distinct and at least one, got {self.seeds}")
         if self.steps < 1 or not 0 <= self.warmup_steps < self.steps:
@@ -127,17 +129,13 @@ class AblationConfig:
         )
 
 
-def variant(name: str) -> Variant:
-    return lookup({v.name: v for v in VARIANTS}, name, "ablation variant")
-
-
 def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
     """The training config of one run: base preset + the variant's changes + budget + seed.
 
     With K=1 there is no earlier action in a chunk to hide, so the chunk mask is set on
     (the two masks are then identical): K=1 with and without the mask is one run.
     """
-    v = variant(name)
+    v = VARIANTS.get(name)
     base = train_preset(cfg.train)
     out = replace(
         base,
@@ -167,7 +165,7 @@ def run_key(train_cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _presets() -> dict[str, AblationConfig]:
+def _presets() -> Registry[AblationConfig]:
     full = AblationConfig(
         # <= 2 hours on 2 CPU cores after the data stages (docs/ablations.md): 13 distinct
         # models x 3 seeds at ~2.5 minutes each (200 steps of batch 32, 20 evaluation
@@ -181,27 +179,28 @@ def _presets() -> dict[str, AblationConfig]:
         variants=PAPER_VARIANTS,
         eval_episodes_per_task=5,
     )
-    return {
-        "mw-ablation": full,
-        # One seed and the runs that decide the three claims (~20 minutes with the data).
-        "mw-ablation-quick": replace(
-            full,
-            name="mw-ablation-quick",
-            seeds=(0,),
-            variants=CLAIM_VARIANTS,
-        ),
-        # The runs that decide the three claims, 3 seeds, 3x the steps (~1.5 hours, ~2.5
-        # with the exposure-matched runs): at 200 steps no variant beats predicting the
-        # mean action (docs/ablations.md).
-        "mw-ablation-claims": replace(
+    out: Registry[AblationConfig] = Registry("ablation preset")
+    out.register("mw-ablation", full, "the paper's variants, 3 seeds, 200 steps per run (<= 2 hours)")
+    out.register(
+        "mw-ablation-quick",
+        replace(full, name="mw-ablation-quick", seeds=(0,), variants=CLAIM_VARIANTS),
+        "one seed of the runs that decide the three claims (~20 minutes with the data)",
+    )
+    # At 200 steps no variant beats predicting the mean action (docs/ablations.md).
+    out.register(
+        "mw-ablation-claims",
+        replace(
             full,
             name="mw-ablation-claims",
             steps=600,
             warmup_steps=30,
             variants=CLAIM_VARIANTS + MATCHED_VARIANTS,
         ),
-        # Tests: every stage for real on the debug experiment, in seconds per run.
-        "ablation-debug": AblationConfig(
+        "the claims' runs and the exposure-matched ones, 3 seeds, 600 steps (~2.5 hours)",
+    )
+    out.register(
+        "ablation-debug",
+        AblationConfig(
             name="ablation-debug",
             experiment="debug",
             train="mw-quick-debug",
@@ -214,11 +213,14 @@ def _presets() -> dict[str, AblationConfig]:
             eval_world_episodes=1,
             rollout_lengths=(2,),
         ),
-    }
+        "tests: every stage for real on the debug experiment, seconds per run",
+    )
+    return out
 
 
-ABLATIONS: dict[str, AblationConfig] = _presets()
+ABLATIONS: Registry[AblationConfig] = _presets()
 
 
 def ablation_preset(name: str) -> AblationConfig:
-    return lookup(ABLATIONS, name, "ablation preset")
+    """The ablation preset called ``name``; a typo gets a "did you mean" (ConfigError)."""
+    return ABLATIONS.get(name)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worldvla.ablation.config import AblationConfig, resolve, run_key, variant
+from worldvla.ablation.config import VARIANTS, AblationConfig, resolve, run_key
 from worldvla.errors import ConfigError
 from worldvla.train.config import TrainConfig
 from worldvla.utils.io import atomic_write_text
@@ -68,7 +68,7 @@ def plan(cfg: AblationConfig) -> list[Run]:
         for name in cfg.variants:
             t = resolve(cfg, name, seed)
             key = run_key(t)
-            v = variant(name)
+            v = VARIANTS.get(name)
             if key in runs:
                 r = runs[key]
                 runs[key] = Run(key, seed, (*r.variants, name), r.train, r.world_eval or v.world_eval)

@@ -33,17 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from worldvla.ablation.config import ablation_preset, variant
+    from worldvla.ablation.config import ablation_preset
 
     if args.list:
-        for v in VARIANTS:
+        for name in VARIANTS:
+            v = VARIANTS.get(name)
             scale = f" x{v.step_scale} steps" if v.step_scale != 1 else ""
-            print(f"{v.name:24s} {v.description}  {dict(v.changes) or ''}{scale}")
+            print(f"{name:24s} {VARIANTS.description(name)}  {dict(v.changes) or ''}{scale}")
         return 0
     name = f"{args.preset}-quick" if args.quick else args.preset
     cfg = ablation_preset(name)
     for v in args.only or []:
-        variant(v)  # a typo gets a "did you mean"
+        VARIANTS.get(v)  # a typo gets a "did you mean"
     seeds = None
     if args.seeds:
         try:

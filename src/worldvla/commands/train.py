@@ -62,7 +62,7 @@ def _libero_config(name: str, cache_dir: str) -> TrainConfig | None:
     from worldvla.data.datasets import episode_field
     from worldvla.data.token_cache import open_cache
 
-    preset = LIBERO_PRESETS[name]
+    preset = LIBERO_PRESETS.get(name)
     cache = open_cache(cache_dir)
     k = preset.train.chunk_len
     lengths = [int(episode_field(e, "length")) for e in cache.episodes]

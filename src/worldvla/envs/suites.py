@@ -26,7 +26,7 @@ from worldvla.envs.mt50 import MAX_STEPS as LEROBOT_MAX_STEPS
 from worldvla.envs.mt50 import MT50_TASKS, LeRobotMetaWorldEnv, eval_seeds
 from worldvla.envs.view import suite_view
 from worldvla.errors import ConfigError
-from worldvla.utils.registry import lookup
+from worldvla.utils.registry import Registry, lookup
 
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 PROTOCOLS = ("worldvla", "lerobot")
@@ -181,42 +181,53 @@ _MT50 = SuiteConfig(
     protocol="lerobot",
 )
 
-SUITES: dict[str, SuiteConfig] = {
-    # Four short tasks whose objects are clearly visible at 64x64 from the corner camera, whose
-    # scripted experts succeed on every tried variation, and whose object placement varies
-    # enough that replaying a training demonstration open-loop mostly fails (10-25% success),
-    # so success on held-out variations requires using the image, and whose expert labels
-    # are steady enough to be read off the frame (low label jitter; docs/metaworld.md).
-    # Control at 20 Hz (action_repeat 4): episodes of ~22 steps, and consecutive frames
-    # differ enough that predicting the next frame beats repeating the last one only if the
-    # action is used (at 40 Hz a frame and its successor are ~27 dB apart, close to the
-    # ~30 dB an 8x8-code tokenizer reconstructs). 400 demonstrations per task, two on each of
-    # 200 training placements: the benchmark's 40 and 160 further seeded ones (variations
-    # 50-209; held out stay 40-49). The experts
-    # act at the 80 Hz physics rate they are tuned for and the 20 Hz label is their mean
-    # (expert_rate="physics"): asked once per 20 Hz step, their high gains overshoot,
-    # lever-pull's expert fails on 35% and the labels oscillate (docs/training.md).
-    "mw-quick": _MW_QUICK,
-    # mw-quick's first task set: handle-pull-v3 instead of drawer-open-v3. Handle-pull's
-    # expert aims its middle phase at a scalar (Meta-World's policy returns the handle's
-    # height as the whole target), switches phase on 2 cm thresholds and its labels jitter
-    # 2-5x more than the mw-quick tasks' (docs/metaworld.md); no policy trained here learned it.
-    "mw-quick-v1": _MW_QUICK_V1,
-    # mw-quick-v1 as it was before expert_rate: the data of the committed ablation results
-    # (results/), kept so that `worldvla ablate` re-runs them on the same demonstrations.
-    "mw-quick-control": replace(_MW_QUICK_V1, name="mw-quick-control", expert_rate="control"),
-    "mw-10": SuiteConfig(name="mw-10", tasks=MT10, max_steps=200),
-    "mt50": _MT50,
-    # Tests: two tasks of different difficulty groups whose experts finish in few steps.
-    "mt50-debug": replace(
+SUITES: Registry[SuiteConfig] = Registry("suite")
+# Four short tasks whose objects are clearly visible at 64x64 from the corner camera, whose
+# scripted experts succeed on every tried variation, and whose object placement varies
+# enough that replaying a training demonstration open-loop mostly fails (10-25% success),
+# so success on held-out variations requires using the image, and whose expert labels
+# are steady enough to be read off the frame (low label jitter; docs/metaworld.md).
+# Control at 20 Hz (action_repeat 4): episodes of ~22 steps, and consecutive frames
+# differ enough that predicting the next frame beats repeating the last one only if the
+# action is used (at 40 Hz a frame and its successor are ~27 dB apart, close to the
+# ~30 dB an 8x8-code tokenizer reconstructs). 400 demonstrations per task, two on each of
+# 200 training placements: the benchmark's 40 and 160 further seeded ones (variations
+# 50-209; held out stay 40-49). The experts
+# act at the 80 Hz physics rate they are tuned for and the 20 Hz label is their mean
+# (expert_rate="physics"): asked once per 20 Hz step, their high gains overshoot,
+# lever-pull's expert fails on 35% and the labels oscillate (docs/training.md).
+SUITES.register("mw-quick", _MW_QUICK, "4 short Meta-World tasks at 20 Hz, 400 demonstrations per task")
+# Handle-pull's expert aims its middle phase at a scalar (Meta-World's policy returns the
+# handle's height as the whole target), switches phase on 2 cm thresholds and its labels
+# jitter 2-5x more than the mw-quick tasks' (docs/metaworld.md); no policy trained here
+# learned it.
+SUITES.register(
+    "mw-quick-v1", _MW_QUICK_V1, "mw-quick's first task set: handle-pull-v3 instead of drawer-open-v3"
+)
+# mw-quick-v1 as it was before expert_rate: the data of the committed ablation results
+# (results/), kept so that `worldvla ablate` re-runs them on the same demonstrations.
+SUITES.register(
+    "mw-quick-control",
+    replace(_MW_QUICK_V1, name="mw-quick-control", expert_rate="control"),
+    "mw-quick-v1 with experts asked once per control step: the ablations' data",
+)
+SUITES.register("mw-10", SuiteConfig(name="mw-10", tasks=MT10, max_steps=200), "the ten MT10 tasks")
+SUITES.register("mt50", _MT50, "Meta-World MT50 under LeRobot's evaluation protocol")
+# Two tasks of different difficulty groups whose experts finish in few steps.
+SUITES.register(
+    "mt50-debug",
+    replace(
         _MT50,
         name="mt50-debug",
         tasks=("reach-v3", "sweep-into-v3"),
         train_variations=(100_000, 100_001),
         episodes_per_task=2,
     ),
-    # Tests and laptops: one task, a few short episodes.
-    "debug": SuiteConfig(
+    "tests: two MT50 tasks under LeRobot's protocol, 2 demonstrations each",
+)
+SUITES.register(
+    "debug",
+    SuiteConfig(
         name="debug",
         tasks=("handle-press-v3",),
         episodes_per_task=2,
@@ -224,12 +235,13 @@ SUITES: dict[str, SuiteConfig] = {
         train_variations=(0, 1),
         test_variations=(40,),
     ),
-}
+    "tests and laptops: one task, a few short episodes",
+)
 
 
 def suite_preset(name: str) -> SuiteConfig:
     """The preset called ``name``; an unknown name raises ConfigError with "did you mean"."""
-    return lookup(SUITES, name, "suite")
+    return SUITES.get(name)
 
 
 def make_env(suite: SuiteConfig | str) -> Env:

@@ -66,7 +66,7 @@ from worldvla.tokenizers.image_base import (
     tensor_to_images,
 )
 from worldvla.utils.io import atomic_path, atomic_write_text
-from worldvla.utils.registry import lookup
+from worldvla.utils.registry import Registry
 
 FORMAT_VERSION = 1
 
@@ -150,17 +150,26 @@ class VQConfig:
         return cls(**d)
 
 
-PRESETS: dict[str, VQConfig] = {
-    # Meta-World frames (64×64 -> 8×8 codes), FSQ 8·5·5·5 = 1,000 codes; the default.
-    "mw64": VQConfig(),
-    # Local codes: per-position normalisation and no blocks at 8×8, so that a code sees a
-    # 41-pixel window around its patch and stays put where the image does not change
-    # (docs/image_tokenizer.md, "Codes that stay put").
-    "mw64-local": VQConfig(blocks=(1, 1, 0), norm="channel"),
-    # Same network with a learned codebook (VectorQuantize, 1,024 codes): the runner-up.
-    "mw64-vq": VQConfig(quantizer="vq"),
-    # LIBERO-sized frames with our own tokenizer (256×256 -> 16×16, downsampling 16).
-    "libero256": VQConfig(
+PRESETS: Registry[VQConfig] = Registry("tokenizer preset")
+PRESETS.register(
+    "mw64", VQConfig(), "Meta-World frames, 64x64 -> 8x8 codes, FSQ 8*5*5*5 = 1,000 codes; the default"
+)
+# Per-position normalisation and no blocks at 8×8, so that a code sees a 41-pixel window
+# around its patch and stays put where the image does not change
+# (docs/image_tokenizer.md, "Codes that stay put").
+PRESETS.register(
+    "mw64-local",
+    VQConfig(blocks=(1, 1, 0), norm="channel"),
+    "mw64 with local codes: per-position normalisation, no blocks at 8x8",
+)
+PRESETS.register(
+    "mw64-vq",
+    VQConfig(quantizer="vq"),
+    "mw64 with a learned codebook (VectorQuantize, 1,024 codes): the runner-up",
+)
+PRESETS.register(
+    "libero256",
+    VQConfig(
         image_size=256,
         downsample=16,
         channels=(32, 64, 128, 128),
@@ -168,8 +177,12 @@ PRESETS: dict[str, VQConfig] = {
         stem_channels=32,
         fsq_levels=(8, 8, 8, 4, 4),  # 8,192 codes, the reference codebook size
     ),
-    # Tiny debug siblings: seconds on a laptop, used by the tests.
-    "tiny": VQConfig(
+    "LIBERO-sized frames with our own tokenizer: 256x256 -> 16x16 codes, 8,192 codes",
+)
+# Tiny debug siblings: seconds on a laptop, used by the tests.
+PRESETS.register(
+    "tiny",
+    VQConfig(
         image_size=16,
         downsample=4,
         channels=(16, 16),
@@ -179,7 +192,11 @@ PRESETS: dict[str, VQConfig] = {
         fsq_levels=(4, 4, 3),
         groups=4,
     ),
-    "tiny-vq": VQConfig(
+    "tests: 16x16 -> 4x4 codes, FSQ, seconds on a laptop",
+)
+PRESETS.register(
+    "tiny-vq",
+    VQConfig(
         image_size=16,
         downsample=4,
         channels=(16, 16),
@@ -191,11 +208,13 @@ PRESETS: dict[str, VQConfig] = {
         codebook_dim=4,
         groups=4,
     ),
-}
+    "tests: tiny with a learned codebook of 32 codes",
+)
 
 
 def vq_preset(name: str, **overrides: Any) -> VQConfig:
-    cfg = lookup(PRESETS, name, "tokenizer preset")
+    """The tokenizer preset called ``name`` with ``overrides``; a typo gets a "did you mean"."""
+    cfg = PRESETS.get(name)
     return replace(cfg, **overrides) if overrides else cfg
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from worldvla.config import MODEL_PRESETS
 from worldvla.errors import ConfigError
 from worldvla.sequence import PromptConfig
-from worldvla.utils.registry import lookup
+from worldvla.utils.registry import Registry
 
 LossForm = Literal["reference", "split"]
 Schedule = Literal["cosine", "constant"]
@@ -268,9 +268,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------- presets
-def _presets() -> dict[str, TrainConfig]:
-    # Seconds on a laptop CPU: the tests' and the smoke run's configuration.
-    debug = TrainConfig(
+def _debug() -> TrainConfig:
+    """Seconds on a laptop CPU: the tests' and the smoke run's configuration."""
+    return TrainConfig(
         name="debug",
         model="tiny",
         history=2,
@@ -286,16 +286,21 @@ def _presets() -> dict[str, TrainConfig]:
         ckpt_every=2,
         keep_last=2,
     )
-    # The embedded Meta-World benchmark at CPU size (8x8 image grids, 20 Hz control). The
-    # CPU budget decides the deviations from the reference recipe (SPEC §5), each measured
-    # in docs/training.md: the `mini` model (more epochs in 14 minutes beat a wider model),
-    # one history frame (M=1; M=2 is the `history-2` ablation), a higher learning rate for
-    # the small model, bf16 autocast, prompts cut to the instruction (the reference's
-    # sentences are ~65 byte tokens per sample, as long as the image), and the mean
-    # action readout instead of greedy decoding (the mode overshoots where the small model
-    # is unsure when to stop: 74-76% instead of 58-59% success over 120 held-out episodes
-    # with the same weights, docs/training.md).
-    mw_quick = TrainConfig(
+
+
+def _mw_quick() -> TrainConfig:
+    """The embedded Meta-World benchmark at CPU size (8x8 image grids, 20 Hz control).
+
+    The CPU budget decides the deviations from the reference recipe (SPEC §5), each measured
+    in docs/training.md: the `mini` model (more epochs in 14 minutes beat a wider model),
+    one history frame (M=1; M=2 is the `history-2` ablation), a higher learning rate for
+    the small model, bf16 autocast, prompts cut to the instruction (the reference's
+    sentences are ~65 byte tokens per sample, as long as the image), and the mean
+    action readout instead of greedy decoding (the mode overshoots where the small model
+    is unsure when to stop: 74-76% instead of 58-59% success over 120 held-out episodes
+    with the same weights, docs/training.md).
+    """
+    return TrainConfig(
         name="mw-quick",
         model="mini",
         history=1,
@@ -314,11 +319,16 @@ def _presets() -> dict[str, TrainConfig]:
         val_batches=4,
         ckpt_every=250,
     )
-    out = {
-        "debug": debug,
-        "mw-quick": mw_quick,
-        # Tiny sibling of mw-quick: the same layout and schedule shape in seconds.
-        "mw-quick-debug": replace(
+
+
+def _presets() -> Registry[TrainConfig]:
+    mw_quick = _mw_quick()
+    out: Registry[TrainConfig] = Registry("training preset")
+    out.register("debug", _debug(), "tests and the smoke run: tiny model, 4 steps in seconds")
+    out.register("mw-quick", mw_quick, "the quickstart's recipe: mini model, 1,500 steps on CPU")
+    out.register(
+        "mw-quick-debug",
+        replace(
             mw_quick,
             name="mw-quick-debug",
             model="tiny",
@@ -330,7 +340,8 @@ def _presets() -> dict[str, TrainConfig]:
             val_batches=1,
             ckpt_every=3,
         ),
-    }
+        "tiny sibling of mw-quick: the same layout and schedule shape in seconds",
+    )
     # Ablations of the paper (SPEC §1, §8), each a one- or two-field change of mw-quick.
     ablations = {
         "action-only": {"use_world_data": False},  # claim 1 baseline
@@ -342,13 +353,15 @@ def _presets() -> dict[str, TrainConfig]:
         "split-loss": {"loss_form": "split"},
     }
     for suffix, change in ablations.items():
-        out[f"mw-quick-{suffix}"] = replace(mw_quick, name=f"mw-quick-{suffix}", **change)
+        what = ", ".join(f"{k}={v}" for k, v in change.items())
+        name = f"mw-quick-{suffix}"
+        out.register(name, replace(mw_quick, name=name, **change), f"ablation: mw-quick with {what}")
     return out
 
 
-TRAIN_PRESETS: dict[str, TrainConfig] = _presets()
+TRAIN_PRESETS: Registry[TrainConfig] = _presets()
 
 
 def train_preset(name: str) -> TrainConfig:
     """A named preset; a typo gets a "did you mean" (ConfigError)."""
-    return lookup(TRAIN_PRESETS, name, "training preset")
+    return TRAIN_PRESETS.get(name)
