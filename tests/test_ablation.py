@@ -13,6 +13,7 @@ from worldvla.ablation.config import VARIANTS, ablation_preset, resolve, run_key
 from worldvla.ablation.runner import plan, run_ablation
 from worldvla.commands.ablate import main as ablate_main
 from worldvla.errors import ConfigError
+from worldvla.train.config import VARIANTS as TRAIN_VARIANTS
 from worldvla.train.config import config_diff, train_preset
 
 
@@ -30,6 +31,43 @@ def test_each_variant_changes_only_its_fields_and_the_budget():
         expected = set(dict(v.changes))
         # K=1 runs always carry the (then irrelevant) chunk mask.
         assert changed == expected - ({"chunk_mask"} if t.chunk_len == 1 else set()), v.name
+
+
+# The run keys of mw-ablation's seed 0: a run directory is found again by its key, so a
+# change to how variants or presets are defined must leave them as they are.
+SEED0_KEYS = {
+    "action-only-k1": "8071aadc5c",
+    "joint-k1": "8aa48eff17",
+    "action-only-k5-causal": "69424669b7",
+    "action-only-k5-mask": "d85ceceabb",
+    "full": "75b9152450",
+    "history-2": "f7f61bde1a",
+    "history-4": "74711d33c3",
+    "k1-causal": "8aa48eff17",
+    "k5-causal": "e53a48cb4c",
+    "k10-mask": "de2ffa4829",
+    "k10-causal": "1fab191632",
+    "k20-mask": "a743d0e218",
+    "k20-causal": "d2278107a6",
+    "world-only": "97cbaa50d3",
+    "joint-k1-matched": "015bf72304",
+    "full-matched": "1392a700da",
+}
+
+
+def test_run_keys_stay_put():
+    cfg = ablation_preset("mw-ablation")
+    assert {n: run_key(resolve(cfg, n, 0)) for n in VARIANTS} == SEED0_KEYS
+
+
+def test_variants_are_built_from_the_training_presets_changes():
+    """The changes a variant shares with a ``mw-quick-<name>`` training preset are that preset's."""
+    assert dict(VARIANTS.get("k5-causal").changes) == TRAIN_VARIANTS["no-chunk-mask"]
+    assert dict(VARIANTS.get("world-only").changes) == TRAIN_VARIANTS["world-only"]
+    assert dict(VARIANTS.get("action-only-k1").changes) == {
+        **TRAIN_VARIANTS["action-only"],
+        **TRAIN_VARIANTS["no-chunk"],
+    }
 
 
 def test_identical_configs_train_once_and_report_under_every_name():

@@ -1,9 +1,11 @@
 """What an ablation trains: variants of one training preset, seeds, and a step budget per run.
 
 A :class:`Variant` is a named change of the base training config (``{"chunk_len": 1}``)
-plus which evaluations it needs. :class:`AblationConfig` lists the variants of the paper's
-three claims (SPEC §1, §8) and sizes every run by optimizer steps, not minutes, so a
-re-run on another machine trains the same models.
+plus which evaluations it needs, composed of the field changes that
+:data:`worldvla.train.config.VARIANTS` defines once for the ``mw-quick-*`` training presets.
+:class:`AblationConfig` lists the variants of the paper's three claims (SPEC §1, §8) and
+sizes every run by optimizer steps, not minutes, so a re-run on another machine trains the
+same models.
 
 Variants whose resolved training configs are identical (for example the chunk sweep's
 K=5 with the mask and the full model) are trained once and reported under every name.
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from worldvla.errors import ConfigError
+from worldvla.train.config import VARIANTS as TRAIN_VARIANTS
 from worldvla.train.config import TrainConfig, train_preset
 from worldvla.utils.registry import Registry
 
@@ -32,42 +35,39 @@ class Variant:
 VARIANTS: Registry[Variant] = Registry("ablation variant")
 
 
-def _v(name: str, description: str, world_eval: bool = False, step_scale: int = 1, **changes: Any) -> None:
-    """Register a variant: ``changes`` of the base training config, which evaluations it needs."""
-    VARIANTS.register(
-        name, Variant(name, tuple(sorted(changes.items())), world_eval, step_scale), description
-    )
+def _v(
+    name: str, description: str, *uses: str, world_eval: bool = False, step_scale: int = 1, **changes: Any
+) -> None:
+    """Register a variant: the training changes named ``uses`` (worldvla.train.config.VARIANTS,
+    where each is defined once) plus ``changes`` (the chunk-length sweep's values)."""
+    merged = {k: v for use in uses for k, v in TRAIN_VARIANTS[use].items()} | changes
+    VARIANTS.register(name, Variant(name, tuple(sorted(merged.items())), world_eval, step_scale), description)
 
 
 # The paper's tables, in their order (SPEC §8). The base is the quickstart's recipe: world
 # data on, K=5, the chunk mask on, M=1.
 # Claim 1: world-model data improves the policy.
-_v("action-only-k1", "action model, one action per query", use_world_data=False, chunk_len=1)
-_v("joint-k1", "+ world data, one action per query", chunk_len=1)
+_v("action-only-k1", "action model, one action per query", "action-only", "no-chunk")
+_v("joint-k1", "+ world data, one action per query", "no-chunk")
 # Claim 3: action chunks need the attention mask.
-_v(
-    "action-only-k5-causal",
-    "action model, K=5, plain causal mask",
-    use_world_data=False,
-    chunk_mask=False,
-)
-_v("action-only-k5-mask", "action model, K=5, chunk mask", use_world_data=False)
+_v("action-only-k5-causal", "action model, K=5, plain causal mask", "action-only", "no-chunk-mask")
+_v("action-only-k5-mask", "action model, K=5, chunk mask", "action-only")
 _v("full", "world data + K=5 + chunk mask", world_eval=True)
 # History length for the chunk + mask model.
-_v("history-2", "full model, M=2 history frames", history=2)
-_v("history-4", "full model, M=4 history frames", history=4)
+_v("history-2", "full model, M=2 history frames", "history-2")
+_v("history-4", "full model, M=4 history frames", "history-4")
 # Chunk-length sweep, with and without the mask (K=1 and K=5 with the mask are above).
-_v("k1-causal", "full model, K=1, causal", chunk_len=1, chunk_mask=False)
-_v("k5-causal", "full model, K=5, causal", chunk_mask=False)
+_v("k1-causal", "full model, K=1, causal", "no-chunk", "no-chunk-mask")
+_v("k5-causal", "full model, K=5, causal", "no-chunk-mask")
 _v("k10-mask", "full model, K=10, chunk mask", chunk_len=10)
-_v("k10-causal", "full model, K=10, causal", chunk_len=10, chunk_mask=False)
+_v("k10-causal", "full model, K=10, causal", "no-chunk-mask", chunk_len=10)
 _v("k20-mask", "full model, K=20, chunk mask", chunk_len=20)
-_v("k20-causal", "full model, K=20, causal", chunk_len=20, chunk_mask=False)
+_v("k20-causal", "full model, K=20, causal", "no-chunk-mask", chunk_len=20)
 # Claim 2: action data improves the world model on long rollouts.
-_v("world-only", "world model only (no action data)", world_eval=True, use_action_data=False)
+_v("world-only", "world model only (no action data)", "world-only", world_eval=True)
 # Exposure-matched joint runs: with world_fraction 0.5 a joint model sees half as many
 # samples of each kind per step as a single-role model; at 2x the steps it sees as many.
-_v("joint-k1-matched", "+ world data, K=1, 2x steps (as many action samples)", step_scale=2, chunk_len=1)
+_v("joint-k1-matched", "+ world data, K=1, 2x steps (as many action samples)", "no-chunk", step_scale=2)
 _v(
     "full-matched",
     "full model, 2x steps (as many world samples as world-only)",

@@ -3,9 +3,10 @@
 Every knob of a run lives in :class:`TrainConfig` — data mixture, sample layout, loss form,
 optimizer, schedule, precision, parallelism, intervals — so an experiment is a preset name
 plus ``--set key=value`` overrides, never a forked script (STYLE, "anti-patterns"). The
-paper's ablations (SPEC §1, §8) are presets derived from ``mw-quick`` with
-:func:`dataclasses.replace`; a test asserts each differs from its parent only in the
-intended fields.
+paper's ablations (SPEC §1, §8) are field changes of ``mw-quick`` defined once in
+:data:`VARIANTS`, each a preset ``mw-quick-<name>`` and a building block of the ablation
+variants (:mod:`worldvla.ablation.config`); a test asserts each preset differs from its
+parent only in the intended fields. All presets sit in one registry (``TRAIN_PRESETS``).
 
 Batch sizes are *global*: ``batch_size`` samples per optimizer step, split into
 ``grad_accum`` micro-batches and then across the data-parallel ranks. The same config
@@ -268,6 +269,20 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------- presets
+# The paper's ablations (SPEC §1, §8) as field changes of the base recipe, defined once:
+# each is a training preset ``mw-quick-<name>`` below, and the ablation variants
+# (worldvla.ablation.config) are built from them.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "action-only": {"use_world_data": False},  # claim 1 baseline
+    "world-only": {"use_action_data": False},  # claim 2 baseline
+    "no-chunk-mask": {"chunk_mask": False},  # claim 3: chunks with a plain causal mask
+    "no-chunk": {"chunk_len": 1},  # one action per query
+    "history-2": {"history": 2},  # the reference's M
+    "history-4": {"history": 4},
+    "split-loss": {"loss_form": "split"},
+}
+
+
 def _debug() -> TrainConfig:
     """Seconds on a laptop CPU: the tests' and the smoke run's configuration."""
     return TrainConfig(
@@ -342,17 +357,7 @@ def _presets() -> Registry[TrainConfig]:
         ),
         "tiny sibling of mw-quick: the same layout and schedule shape in seconds",
     )
-    # Ablations of the paper (SPEC §1, §8), each a one- or two-field change of mw-quick.
-    ablations = {
-        "action-only": {"use_world_data": False},  # claim 1 baseline
-        "world-only": {"use_action_data": False},  # claim 2 baseline
-        "no-chunk-mask": {"chunk_mask": False},  # claim 3: chunks with a plain causal mask
-        "no-chunk": {"chunk_len": 1},  # one action per query
-        "history-2": {"history": 2},  # the reference's M
-        "history-4": {"history": 4},
-        "split-loss": {"loss_form": "split"},
-    }
-    for suffix, change in ablations.items():
+    for suffix, change in VARIANTS.items():
         what = ", ".join(f"{k}={v}" for k, v in change.items())
         name = f"mw-quick-{suffix}"
         out.register(name, replace(mw_quick, name=name, **change), f"ablation: mw-quick with {what}")
