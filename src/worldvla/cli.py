@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve a policy over websockets (msgpack)"),
     "ingest-libero": ("ingest_libero", "convert official LIBERO demonstrations"),
     "convert": ("convert", "Hugging Face Chameleon checkpoints (WorldVLA releases) <-> project checkpoints"),
+    "presets": ("presets", "list every kind of named preset, with what each one is"),
 }
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from worldvla.train.config import TRAIN_PRESETS, TrainConfig, apply_overrides, train_preset
+from worldvla.train.config import TrainConfig, apply_overrides, train_preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)"
     )
-    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    p.add_argument(
+        "--list-presets",
+        action="store_true",
+        help="print the training and LIBERO presets with their descriptions and exit",
+    )
     return p
 
 
@@ -92,7 +96,9 @@ def check_cache_codes(cache_dir: str | Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list_presets:
-        print("\n".join(sorted(TRAIN_PRESETS)))
+        from worldvla.commands.presets import listing
+
+        print(listing(["train", "libero"]))
         return 0
     if not args.cache or not args.out:
         _parser().error("--cache and --out are required")
