@@ -74,6 +74,30 @@ def test_world_samples_pair_consecutive_frames(setup):
     np.testing.assert_array_equal(s.weights, want.weights)
 
 
+def test_world_samples_with_a_horizon_span_every_k_that_fits(setup):
+    cache, vocab, tok, bins, _, _ = setup
+    layout = DataLayout(action_dim=2, grid=(3, 3), history=M, chunk_len=K, world_horizon=3)
+    world = WorldSamples(cache, [0, 1, 2, 3], layout, vocab, tok, bins, 0.04)
+    assert len(world) == 4 * (6 + 5 + 4)  # (t, k) with t + k <= 6 in episodes of 7 frames
+    assert sorted(set(world.span.tolist())) == [1, 2, 3]
+    for i in range(len(world)):  # every sample: IMG(t), ACT(t..t+k-1) -> IMG(t+k), inside its episode
+        g, k = int(world.frame[i]), int(world.span[i])
+        ep = cache.episodes[int(world.episode[i])]
+        assert ep.start <= g and g + k <= ep.start + ep.length - 1
+    i = int(np.flatnonzero(world.span == 3)[0])
+    g = int(world.frame[i])
+    want = build_world_sample(vocab, tok, cache.codes[g], bins[g : g + 3], cache.codes[g + 3])
+    np.testing.assert_array_equal(world[i].ids, want.ids)
+    # One action block for the span: BOA, 3·D bins, EOA.
+    ids = world[i].ids
+    assert (ids == vocab.boa).sum() == 1 and (ids == vocab.eoa).sum() == 1
+    assert vocab.is_action_bin(ids).sum() == 3 * 2
+    prompt = len(tok.encode(layout.prompts.world_prompt))
+    assert layout.world_sample_length(prompt) == len(world[i]) and len(world[0]) < len(world[i])
+    old = {k: v for k, v in layout.to_dict().items() if k != "world_horizon"}
+    assert DataLayout.from_dict(old).world_horizon == 1  # layouts saved before the option
+
+
 def test_mixed_stream_ratio_epochs_and_determinism(setup):
     *_, action, world = setup
     stream = MixedStream(action, world, world_fraction=0.5, seed=3)

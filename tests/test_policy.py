@@ -142,6 +142,30 @@ def test_world_model_next_frame_and_rollout(checkpoint):
         wm.predict_next_frame(frames, np.full((2, bundle.layout.action_dim), np.nan, np.float32))
 
 
+def test_world_horizon_rollouts_go_from_anchor_to_anchor(tmp_path):
+    """world_horizon=3: frames t+1..t+3 are imagined from the anchor frame t and the actions
+    since it (one batched call, spans of different lengths side by side), frame t+3 is the
+    next anchor; the layout records the horizon."""
+    run = tmp_path / "run"
+    cfg = replace(train_preset("debug"), keep_last=1, world_horizon=3)
+    train(cfg, InMemoryCache.synthetic(), run, progress=False)
+    model, bundle = _load(run)
+    assert bundle.layout.world_horizon == 3
+    wm = WorldModel(model, bundle)
+    d = bundle.layout.action_dim
+    frames = np.stack([_obs(i)["image"] for i in range(2)])
+    acts = np.random.default_rng(0).uniform(-1, 1, (2, 5, d)).astype(np.float32)
+    _, codes = wm.rollout(frames, acts, return_codes=True)
+    assert codes.shape == (2, 5, 4, 4)
+    first = wm.encode(frames)
+    for k in (1, 2, 3):  # from the first frame, alone in its batch
+        assert np.array_equal(wm.next_codes(first, acts[:, :k]), codes[:, k - 1])
+    for k in (1, 2):  # from the anchor at frame 3
+        assert np.array_equal(wm.next_codes(codes[:, 2], acts[:, 3 : 3 + k]), codes[:, 2 + k])
+    with pytest.raises(DataError, match="k <= 3"):
+        wm.next_codes(first, np.zeros((2, 4, d), np.float32))
+
+
 def test_prompt_templates_travel_with_the_checkpoint(tmp_path, monkeypatch):
     cfg = replace(train_preset("debug"), keep_last=1, action_prompt="{instruction}", world_prompt="")
     train(cfg, InMemoryCache.synthetic(), tmp_path, progress=False)

@@ -127,6 +127,18 @@ def action_ids(vocab: Vocab, bins: np.ndarray) -> np.ndarray:
     return out.reshape(-1)
 
 
+def action_span_ids(vocab: Vocab, bins: np.ndarray) -> np.ndarray:
+    """``k`` consecutive actions (``(k, D)`` or ``(D,)`` bins) as *one* block ``BOA, k·D bins, EOA``.
+
+    The action block of a world-model sample (:func:`world_prompt_ids`). For one action it is
+    :func:`action_ids`; for several it stays one block, so that the SPEC §3 mask treats the
+    span alike in training and in decoding (a block is hidden only from *other* blocks).
+    """
+    bins = np.asarray(bins, dtype=np.int64)
+    flat = bins.reshape(1, -1)  # (1, k·D)
+    return action_ids(vocab, flat)
+
+
 def action_bins_from_ids(vocab: Vocab, ids: np.ndarray, action_dim: int) -> np.ndarray:
     """Inverse of :func:`action_ids`: ``K*(D+2)`` ids -> ``(K, D)`` bins."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1, action_dim + 2)
@@ -204,13 +216,17 @@ def world_prompt_ids(
     action_bins: np.ndarray,
     prompts: PromptConfig = PromptConfig(),
 ) -> np.ndarray:
-    """Context of a world-model sample: ``BOS, world prompt, IMG(t), ACT(t), SEP``."""
+    """Context of a world-model sample: ``BOS, world prompt, IMG(t), ACT(t..t+k-1), SEP``.
+
+    ``action_bins`` is one action ``(D,)`` (the paper's layout, k = 1) or ``(k, D)`` for the
+    frame ``k`` control steps later (``DataLayout.world_horizon``), in one block.
+    """
     return np.concatenate(
         [
             np.array([vocab.bos], dtype=np.int64),
             _text(vocab, text_tokenizer, prompts.world_prompt),
             frame_ids(vocab, frame),
-            action_ids(vocab, np.asarray(action_bins).reshape(1, -1)),
+            action_span_ids(vocab, action_bins),
             np.array([vocab.sep], dtype=np.int64),
         ]
     )
@@ -260,7 +276,8 @@ def build_world_sample(
     image_weight: float = 0.04,
     changed_weight: float = 1.0,
 ) -> Sample:
-    """World-model sample (SPEC §2): ``IMG(t), ACT(t) -> IMG(t+1)``.
+    """World-model sample (SPEC §2): ``IMG(t), ACT(t) -> IMG(t+1)``; with ``(k, D)`` action
+    bins, ``IMG(t), ACT(t..t+k-1) -> IMG(t+k)`` (``next_frame`` is then frame t+k).
 
     ``changed_weight`` multiplies the weight of the target codes that differ from the code at
     the same position of ``frame`` (where the picture changed: the arm and what it moves), so

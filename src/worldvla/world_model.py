@@ -6,6 +6,12 @@ EOI are forced and only image codes are sampled (SPEC §6). A rollout feeds each
 frame back as the next prompt's frame (the model never sees the real frames after the
 first), batched over several episodes.
 
+A checkpoint trained with ``world_horizon`` H > 1 also knows ``IMG(t), ACT(t..t+k-1) ->
+IMG(t+k)`` for k ≤ H. Its rollouts go from anchor to anchor: frames t+1 … t+H are each
+imagined from the anchor frame t and the actions since it (one batched call), and frame
+t+H becomes the next anchor. A predicted frame is fed back every H steps instead of every
+step, and every prediction sees all the actions that lead to it (docs/world_model.md).
+
 Bounded inputs, as in :mod:`worldvla.policy`: frames must be uint8 ``(N, R, R, 3)`` at the
 checkpoint's resolution, codes ``(N, h, w)`` on the checkpoint's grid and in the codebook,
 actions ``(N, D)`` finite; anything else is a :class:`~worldvla.errors.DataError` before the
@@ -52,9 +58,11 @@ class WorldModel:
         self.sampling = Sampling(
             temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed)
         )
-        # BOS, world prompt, IMG(t), ACT(t), SEP, then IMG(t+1) and SEP (sequence.py layouts).
+        self.horizon = int(getattr(self.layout, "world_horizon", 1))
+        # BOS, world prompt, IMG(t), ACT(t..t+H-1), SEP, then IMG(t+H) and SEP (sequence.py).
         text = len(self.text_tokenizer.encode(self.layout.prompts.world_prompt))
-        n = 1 + text + 2 * frame_length(*self.layout.grid) + action_length(self.layout.action_dim) + 2
+        span = action_length(self.horizon * self.layout.action_dim)
+        n = 1 + text + 2 * frame_length(*self.layout.grid) + span + 2
         max_len = int(bundle.model_config.max_seq_len)
         if n > max_len:
             raise ConfigError(
@@ -99,16 +107,29 @@ class WorldModel:
     def _check_actions(self, actions: np.ndarray, n: int) -> np.ndarray:
         actions = np.asarray(actions)
         d = self.layout.action_dim
-        if actions.shape != (n, d):
-            raise DataError(f"actions must be ({n}, {d}) for {n} frames, got shape {actions.shape}")
+        ok = actions.shape == (n, d) or (
+            actions.ndim == 3
+            and actions.shape[0] == n
+            and actions.shape[2] == d
+            and 1 <= actions.shape[1] <= self.horizon
+        )
+        if not ok:
+            span = f" or ({n}, k, {d}) with k <= {self.horizon}" if self.horizon > 1 else ""
+            raise DataError(f"actions must be ({n}, {d}){span} for {n} frames, got shape {actions.shape}")
         return actions
 
     @torch.inference_mode()
     def next_codes(self, codes: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """``(N, h, w)`` codes of frame t and ``(N, D)`` actions -> ``(N, h, w)`` codes of frame t+1."""
+        """``(N, h, w)`` codes of frame t and ``(N, D)`` actions -> ``(N, h, w)`` codes of frame t+1;
+        with ``(N, k, D)`` actions (k up to the checkpoint's ``world_horizon``), of frame t+k."""
         codes = self._check_codes(codes)
         actions = self._check_actions(actions, len(codes))
-        bins = self.action_tokenizer.encode(actions)  # validates finiteness
+        bins = self.action_tokenizer.encode(actions.reshape(-1, actions.shape[-1]))  # validates finiteness
+        return self._generate(list(codes), list(bins.reshape(*actions.shape[:-1], -1)))
+
+    def _generate(self, codes: Sequence[np.ndarray], bins: Sequence[np.ndarray]) -> np.ndarray:
+        """One batched call: next-frame codes for every (frame codes, action bins) pair, whose
+        action spans may differ in length (the prompts are left-padded)."""
         prompts = [
             torch.from_numpy(world_prompt_ids(self.vocab, self.text_tokenizer, c, b, self.layout.prompts))
             for c, b in zip(codes, bins)
@@ -117,7 +138,7 @@ class WorldModel:
             self.model,
             self.vocab,
             prompts,
-            grid=tuple(codes.shape[1:]),
+            grid=tuple(np.asarray(codes[0]).shape),
             sampling=self.sampling,
         )
         return out.cpu().numpy()
@@ -149,11 +170,17 @@ class WorldModel:
         d = self.layout.action_dim
         if actions.ndim != 3 or actions.shape[0] != first.shape[0] or actions.shape[2] != d:
             raise DataError(f"actions must be (N, T, {d}) with N={first.shape[0]}, got {actions.shape}")
-        self.action_tokenizer.encode(actions)  # all T steps finite before the first model call
+        bins = self.action_tokenizer.encode(actions.reshape(-1, d)).reshape(*actions.shape[:2], -1)
         all_codes: list[np.ndarray] = []
-        for t in range(actions.shape[1]):
-            codes = self.next_codes(codes, actions[:, t])
-            all_codes.append(codes)
+        for t in range(0, actions.shape[1], self.horizon):
+            # Frames t+1 … t+j of this segment, each from the anchor frame t and the actions
+            # since it: one call for all N·j of them.
+            n, j = len(codes), min(self.horizon, actions.shape[1] - t)
+            pairs = [(e, i) for i in range(j) for e in range(n)]  # step-major
+            out = self._generate([codes[e] for e, _ in pairs], [bins[e, t : t + i + 1] for e, i in pairs])
+            segment = out.reshape(j, n, *codes.shape[1:])  # (j, N, h, w)
+            all_codes.extend(segment)
+            codes = segment[-1]
         stacked = np.stack(all_codes, axis=1)  # (N, T, h, w)
         n, t, h, w = stacked.shape
         pixels = self.decode(stacked.reshape(n * t, h, w)).reshape(n, t, *first.shape[1:])

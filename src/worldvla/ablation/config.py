@@ -162,6 +162,8 @@ def run_key(train_cfg: TrainConfig) -> str:
         d.pop("world_data")
     if d.get("world_changed_weight") == 1.0:
         d.pop("world_changed_weight")
+    if d.get("world_horizon") == 1:
+        d.pop("world_horizon")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

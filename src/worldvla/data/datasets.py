@@ -195,6 +195,9 @@ class DataLayout:
     # Dimensions of the proprioceptive state in the action-model prompt (training config
     # ``use_state``); 0 = no state block, as in every layout saved before the option existed.
     state_dim: int = 0
+    # Longest span of a world-model sample: IMG(t), ACT(t..t+k-1) -> IMG(t+k) for k = 1..H
+    # (training config ``world_horizon``); 1 = the paper's IMG(t), ACT(t) -> IMG(t+1).
+    world_horizon: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -221,7 +224,9 @@ class DataLayout:
         )
 
     def world_sample_length(self, prompt_tokens: int) -> int:
-        return 1 + prompt_tokens + 2 * frame_length(*self.grid) + action_length(self.action_dim) + 2
+        """Tokens of the longest world-model sample (its action block spans ``world_horizon`` steps)."""
+        span = action_length(self.world_horizon * self.action_dim)
+        return 1 + prompt_tokens + 2 * frame_length(*self.grid) + span + 2
 
 
 def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,6 +277,9 @@ class _SampleSet(ABC):
         self.episode = np.concatenate(eps).astype(np.int64) if eps else np.zeros(0, np.int64)
         self.episode_start = np.array(
             [int(episode_field(cache.episodes[int(e)], "start")) for e in episode_ids], dtype=np.int64
+        )
+        self._lengths = np.array(
+            [int(episode_field(cache.episodes[int(e)], "length")) for e in episode_ids], dtype=np.int64
         )
 
     @abstractmethod
@@ -338,24 +346,38 @@ class ActionSamples(_SampleSet):
 
 
 class WorldSamples(_SampleSet):
-    """World-model samples: IMG(t), ACT(t) -> IMG(t+1) (``changed_weight``: see
-    :func:`worldvla.sequence.build_world_sample`)."""
+    """World-model samples: IMG(t), ACT(t) -> IMG(t+1); with ``layout.world_horizon`` H > 1,
+    IMG(t), ACT(t..t+k-1) -> IMG(t+k) for every k = 1..H that fits the episode, one sample
+    per (t, k) (``changed_weight``: see :func:`worldvla.sequence.build_world_sample`)."""
 
     def __init__(self, *args: Any, changed_weight: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changed_weight = changed_weight
+        horizon = self.layout.world_horizon
+        self.span = np.ones(len(self.frame), np.int64)  # k of every sample
+        if horizon > 1:
+            frames, eps, spans = [self.frame], [self.episode], [self.span]
+            ends = self.episode_start[self.episode] + self._lengths[self.episode] - 1  # last frame
+            for k in range(2, horizon + 1):
+                ok = self.frame + k <= ends  # (t, k) fits: frame t + k exists
+                frames.append(self.frame[ok])
+                eps.append(self.episode[ok])
+                spans.append(np.full(int(ok.sum()), k, np.int64))
+            self.frame = np.concatenate(frames)
+            self.episode = np.concatenate(eps)
+            self.span = np.concatenate(spans)
 
     def _n_steps(self, length: int) -> int:
         return max(length - 1, 0)
 
     def __getitem__(self, i: int) -> Sample:
-        g = int(self.frame[i])
+        g, k = int(self.frame[i]), int(self.span[i])
         return build_world_sample(
             self.vocab,
             self.text_tokenizer,
             self._codes(g),
-            self.bins[g],
-            self._codes(g + 1),
+            self.bins[g : g + k] if k > 1 else self.bins[g],
+            self._codes(g + k),
             self.layout.prompts,
             self.image_weight,
             self.changed_weight,

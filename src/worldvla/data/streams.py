@@ -60,6 +60,7 @@ class StreamConfig:
     world_data: str  # "all" or "demos": the episodes world-model samples come from
     image_weight: float  # loss weight of image-code targets carried by the samples
     world_changed_weight: float  # multiplier on world-model target codes that change
+    world_horizon: int  # world-model samples span k = 1..world_horizon steps (recorded in the layout)
     val_fraction: float  # share of each episode kind held out
     split_seed: int  # the held-out episodes depend only on this seed
     seed: int  # order of the training stream
@@ -202,6 +203,7 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
         image_size=meta.get("image_size"),
         view=meta.get("view"),
         state_dim=0 if states is None else int(states.shape[1]),
+        world_horizon=cfg.world_horizon,
     )
     action_tokenizer = ActionTokenizer(stats, n_bins=vocab.action_bins)
     state_bins = None

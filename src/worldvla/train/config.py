@@ -76,6 +76,10 @@ class TrainConfig:
     # code at the same position (where the picture changes; docs/world_model.md). 1.0: the
     # paper's loss.
     world_changed_weight: float = 1.0
+    # World-model samples span k = 1..world_horizon control steps: IMG(t), ACT(t..t+k-1) ->
+    # IMG(t+k), and rollouts imagine up to that many frames from one anchor frame
+    # (docs/world_model.md). 1: the paper's IMG(t), ACT(t) -> IMG(t+1).
+    world_horizon: int = 1
     z_loss: float = 1e-5
 
     # ---- optimizer and schedule (SPEC §5)
@@ -160,6 +164,8 @@ class TrainConfig:
             problems.append(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
         if self.image_weight < 0:
             problems.append(f"image_weight must be >= 0, got {self.image_weight}")
+        if self.world_horizon < 1:
+            problems.append(f"world_horizon must be >= 1, got {self.world_horizon}")
         if not self.world_changed_weight > 0:
             problems.append(f"world_changed_weight must be > 0, got {self.world_changed_weight}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:

@@ -43,6 +43,7 @@ def stream_config(cfg: TrainConfig) -> StreamConfig:
         # Sample weights carry α only for the reference loss; the split form applies α itself.
         image_weight=cfg.image_weight if cfg.loss_form == "reference" else 1.0,
         world_changed_weight=cfg.world_changed_weight,
+        world_horizon=cfg.world_horizon,
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
         seed=cfg.seed,
