@@ -70,7 +70,9 @@ class TrainConfig:
 
     # ---- loss (SPEC §4)
     loss_form: LossForm = "reference"
-    image_weight: float = 0.04  # α
+    # α: the loss weight of image-code targets (SPEC §4), applied by worldvla.train.loss (the
+    # samples weigh every target 1).
+    image_weight: float = 0.04
     # Multiplier on the weight of world-model target codes that differ from the input frame's
     # code at the same position (where the picture changes; docs/world_model.md). 1.0: the
     # paper's loss.

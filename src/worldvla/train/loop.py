@@ -300,7 +300,7 @@ class Trainer:
         The returned vector is ``STAT_NAMES`` sums, then the loss, then the token count.
         """
         batches = self.micro_batches(self.data.train, step)
-        sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
+        sums = all_reduce_sum(LossNorm.local_sums(batches, self.vocab, self.cfg.image_weight), self.info)
         norm = LossNorm.from_global_sums(sums, self.info.world_size)
         self.module.train()
         total = torch.zeros(len(STAT_NAMES) + 2, dtype=torch.float64)
@@ -344,7 +344,7 @@ class Trainer:
             return {}
         cfg = self.cfg
         batches = [b for s in range(cfg.val_batches) for b in self.micro_batches(self.data.val, s)]
-        sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
+        sums = all_reduce_sum(LossNorm.local_sums(batches, self.vocab, self.cfg.image_weight), self.info)
         norm = LossNorm.from_global_sums(sums, self.info.world_size)
         self.module.eval()
         total = torch.zeros(len(STAT_NAMES) + 1, dtype=torch.float64)
