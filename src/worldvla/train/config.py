@@ -7,6 +7,10 @@ paper's ablations (SPEC §1, §8) are presets derived from ``mw-quick`` with
 :func:`dataclasses.replace`; a test asserts each differs from its parent only in the
 intended fields.
 
+What the policy does at inference (its action readout) is not a training field: a preset
+chooses the inference defaults its checkpoints carry (:func:`preset_inference`,
+:mod:`worldvla.artifacts.inference`), and changing them makes no other run.
+
 Batch sizes are *global*: ``batch_size`` samples per optimizer step, split into
 ``grad_accum`` micro-batches and then across the data-parallel ranks. The same config
 therefore trains the same model on 1 process or under ``torchrun`` with N processes.
@@ -20,6 +24,7 @@ import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from worldvla.artifacts.inference import DEFAULT_INFERENCE, LEGACY_TRAIN_KEYS, InferenceDefaults
 from worldvla.config import MODEL_PRESETS
 from worldvla.errors import ConfigError
 from worldvla.sequence import PromptConfig
@@ -28,7 +33,6 @@ from worldvla.utils.registry import lookup
 LossForm = Literal["reference", "split"]
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["bf16", "fp32"]
-Readout = Literal["argmax", "mean"]
 WorldData = Literal["all", "demos"]
 
 
@@ -63,10 +67,6 @@ class TrainConfig:
     world_prompt: str = PromptConfig.world_prompt
     val_fraction: float = 0.1  # share of episodes held out for validation
     split_seed: int = 0  # the held-out episodes depend only on this seed
-    # How the policy reads an action bin out of the model's distribution (saved with the
-    # checkpoint as its inference default; it does not change training): "argmax" greedy
-    # (reference), "mean" the bin nearest to the expected one (worldvla.model.generation).
-    action_readout: Readout = "argmax"
 
     # ---- loss (SPEC §4)
     loss_form: LossForm = "reference"
@@ -169,7 +169,6 @@ class TrainConfig:
             ("loss_form", LossForm),
             ("schedule", Schedule),
             ("precision", Precision),
-            ("action_readout", Readout),
             ("world_data", WorldData),
         ):
             if getattr(self, name) not in typing.get_args(allowed):
@@ -201,6 +200,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config as stored (``to_dict``). Older checkpoints and runs kept inference defaults
+        among these fields (``action_readout``): they are accepted and left out here, and
+        :meth:`InferenceDefaults.from_legacy_train` makes them the checkpoint's inference
+        defaults when it is loaded (:func:`worldvla.artifacts.checkpoint.read_inference`)."""
+        d = {k: v for k, v in d.items() if k not in LEGACY_TRAIN_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -210,7 +214,7 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they do not affect the trained weights.
 RESUMABLE_FIELDS = frozenset(
-    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile", "action_readout"}
+    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile"}
 )
 
 
@@ -270,7 +274,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------- presets
-def _presets() -> dict[str, TrainConfig]:
+def _presets() -> tuple[dict[str, TrainConfig], dict[str, InferenceDefaults]]:
+    """The training presets, and the inference defaults of those whose checkpoints do not
+    carry :data:`DEFAULT_INFERENCE`."""
     # Seconds on a laptop CPU: the tests' and the smoke run's configuration.
     debug = TrainConfig(
         name="debug",
@@ -292,11 +298,8 @@ def _presets() -> dict[str, TrainConfig]:
     # CPU budget decides the deviations from the reference recipe (SPEC §5), each measured
     # in docs/training.md: the `mini` model (more epochs in 14 minutes beat a wider model),
     # one history frame (M=1; M=2 is the `history-2` ablation), a higher learning rate for
-    # the small model, bf16 autocast, prompts cut to the instruction (the reference's
-    # sentences are ~65 byte tokens per sample, as long as the image), and the mean
-    # action readout instead of greedy decoding (the mode overshoots where the small model
-    # is unsure when to stop: 74-76% instead of 58-59% success over 120 held-out episodes
-    # with the same weights, docs/training.md).
+    # the small model, bf16 autocast and prompts cut to the instruction (the reference's
+    # sentences are ~65 byte tokens per sample, as long as the image).
     mw_quick = TrainConfig(
         name="mw-quick",
         model="mini",
@@ -310,14 +313,12 @@ def _presets() -> dict[str, TrainConfig]:
         precision="bf16",
         action_prompt="{instruction}",
         world_prompt="",
-        action_readout="mean",
         log_every=10,
         val_every=250,
         val_batches=4,
         ckpt_every=250,
     )
-    out = {
-        "debug": debug,
+    mw_family = {
         "mw-quick": mw_quick,
         # Tiny sibling of mw-quick: the same layout and schedule shape in seconds.
         "mw-quick-debug": replace(
@@ -344,13 +345,25 @@ def _presets() -> dict[str, TrainConfig]:
         "split-loss": {"loss_form": "split"},
     }
     for suffix, change in ablations.items():
-        out[f"mw-quick-{suffix}"] = replace(mw_quick, name=f"mw-quick-{suffix}", **change)
-    return out
+        mw_family[f"mw-quick-{suffix}"] = replace(mw_quick, name=f"mw-quick-{suffix}", **change)
+    # Checkpoints of mw-quick and its family read actions out as the expected bin (the mean
+    # readout) instead of greedily: the mode overshoots where the small model is unsure when
+    # to stop (74-76% instead of 58-59% success over 120 held-out episodes with the same
+    # weights, docs/training.md).
+    inference = dict.fromkeys(mw_family, InferenceDefaults(action_readout="mean"))
+    return {"debug": debug, **mw_family}, inference
 
 
-TRAIN_PRESETS: dict[str, TrainConfig] = _presets()
+TRAIN_PRESETS, _PRESET_INFERENCE = _presets()
 
 
 def train_preset(name: str) -> TrainConfig:
     """A named preset; a typo gets a "did you mean" (ConfigError)."""
     return lookup(TRAIN_PRESETS, name, "training preset")
+
+
+def preset_inference(name: str) -> InferenceDefaults:
+    """The inference defaults the checkpoints of preset ``name`` carry (the trainer writes them
+    into every checkpoint); :data:`DEFAULT_INFERENCE` for a preset that sets none, such as the
+    LIBERO presets."""
+    return _PRESET_INFERENCE.get(name, DEFAULT_INFERENCE)
