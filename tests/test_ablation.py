@@ -14,19 +14,16 @@ from worldvla.ablation.runner import plan, run_ablation
 from worldvla.commands.ablate import main as ablate_main
 from worldvla.errors import ConfigError
 from worldvla.train.config import VARIANTS as TRAIN_VARIANTS
-from worldvla.train.config import config_diff, train_preset
+from worldvla.train.config import config_diff, preset_inference, train_preset
 
 
 def test_each_variant_changes_only_its_fields_and_the_budget():
     cfg = ablation_preset("mw-ablation")
     base = train_preset(cfg.train)
-    # The readout is the ablation's (greedy, as the committed results), not mw-quick's.
-    budget = {"name", "steps", "warmup_steps", "seed", "action_readout"}
+    budget = {"name", "steps", "warmup_steps", "seed"}
     for v in map(VARIANTS.get, VARIANTS):
         t = resolve(cfg, v.name, 7)
-        assert t.steps == cfg.steps * v.step_scale and t.seed == 7 and t.action_readout == "argmax"
-        # An inference-only field does not make another run.
-        assert run_key(replace(t, action_readout="mean")) == run_key(t)
+        assert t.steps == cfg.steps * v.step_scale and t.seed == 7
         changed = set(config_diff(base, t)) - budget
         expected = set(dict(v.changes))
         # K=1 runs always carry the (then irrelevant) chunk mask.
@@ -68,6 +65,30 @@ def test_variants_are_built_from_the_training_presets_changes():
         **TRAIN_VARIANTS["action-only"],
         **TRAIN_VARIANTS["no-chunk"],
     }
+
+
+def test_the_readout_is_the_ablations_and_no_part_of_a_runs_key():
+    """Every run's checkpoints read actions out greedily (as the committed results were
+    evaluated), whatever the base preset's checkpoints carry; the readout shapes no weights."""
+    cfg = ablation_preset("mw-ablation")
+    assert cfg.inference.action_readout == "argmax" != preset_inference(cfg.train).action_readout
+    mean = replace(cfg, action_readout="mean")
+    assert [r.key for r in plan(mean)] == [r.key for r in plan(cfg)]
+    with pytest.raises(ConfigError, match="action_readout"):
+        replace(cfg, action_readout="mode")
+
+
+def test_run_keys_of_existing_ablation_runs_are_kept():
+    """A run directory is found by its key: the keys of runs trained before must not move (the
+    readout left the training config; it was never part of a key)."""
+    keys = {
+        ("mw-ablation", "full", 0): "75b9152450",
+        ("mw-ablation", "world-only", 0): "97cbaa50d3",
+        ("mw-ablation", "action-only-k1", 1): "3965581575",
+        ("mw-ablation-claims", "full-matched", 2): "e3dafeb126",
+    }
+    for (preset, name, seed), key in keys.items():
+        assert run_key(resolve(ablation_preset(preset), name, seed)) == key, (preset, name, seed)
 
 
 def test_identical_configs_train_once_and_report_under_every_name():

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from worldvla.artifacts.inference import InferenceDefaults
 from worldvla.data.datasets import InMemoryCache
 from worldvla.errors import ConfigError
 from worldvla.train import checkpoint as ckpt
-from worldvla.train.config import TRAIN_PRESETS, TrainConfig, apply_overrides, config_diff, train_preset
+from worldvla.train.config import (
+    TRAIN_PRESETS,
+    TrainConfig,
+    apply_overrides,
+    config_diff,
+    preset_inference,
+    train_preset,
+)
 from worldvla.train.loop import train
 from worldvla.train.optim import lr_at, param_groups
 
@@ -121,11 +131,13 @@ def test_checkpoint_layout_and_latest_pointer(trained):
         "vocab.json",
         "action_stats.json",
         "image_tokenizer.json",
+        "inference.json",
         "trainer_state.pt",
     ):
         assert (found[-1] / name).is_file(), name
     config = json.loads((found[-1] / "config.json").read_text())
     assert config["train"] == cfg.to_dict()
+    assert json.loads((found[-1] / "inference.json").read_text()) == {"action_readout": "argmax"}
     assert config["layout"]["history"] == cfg.history and config["layout"]["chunk_len"] == cfg.chunk_len
     state = ckpt.load_trainer_state(found[-1])
     assert state["step"] == 4 and state["data_pos"] == 4 * cfg.batch_size
@@ -196,3 +208,90 @@ def test_action_bins_shape_the_vocabulary_and_a_mismatched_cache_is_refused(tmp_
     cache.vocab = Vocab.build(VocabConfig(text_size=text.size, image_codes=64, action_bins=256))
     with pytest.raises(ConfigError, match="256 action bins.*asks for 16"):
         cache_vocab(cache, text, 16)
+
+
+# ---------------------------------------------------------------------------- inference defaults
+
+
+@pytest.fixture(scope="module")
+def halfway(tmp_path_factory):
+    """A run stopped at step 2 of 4 (to be copied and resumed)."""
+    run = tmp_path_factory.mktemp("halfway")
+    cache = InMemoryCache.synthetic()
+    cfg = replace(train_preset("debug"), keep_last=1)
+    train(cfg, cache, run, progress=False, stop_after=2)
+    return run, cache, cfg
+
+
+def _copy(halfway, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(halfway[0], tmp_path / "run"))
+
+
+def test_presets_choose_the_inference_defaults_of_their_checkpoints():
+    for name in TRAIN_PRESETS:
+        want = "mean" if name.startswith("mw-quick") else "argmax"
+        assert preset_inference(name).action_readout == want, name
+    assert preset_inference("libero-spatial-256") == InferenceDefaults()  # a preset that sets none
+    assert "action_readout" not in TrainConfig.__dataclass_fields__
+    with pytest.raises(ConfigError, match="readout"):
+        InferenceDefaults(action_readout="mode")
+
+
+def test_inference_defaults_are_stored_beside_the_training_config(halfway, tmp_path):
+    _, cache, cfg = halfway
+    run = _copy(halfway, tmp_path)
+    assert ckpt.load_bundle(run).inference == InferenceDefaults()
+    # Resuming with other inference defaults is no other configuration: the new checkpoints
+    # carry the ones given now, the training config is untouched.
+    mean = InferenceDefaults(action_readout="mean")
+    train(cfg, cache, run, resume=True, progress=False, inference=mean)
+    last = ckpt.latest_checkpoint(run)
+    assert last.name == "step_00000004" and ckpt.load_bundle(run).inference == mean
+    assert json.loads((last / ckpt.CONFIG_FILE).read_text())["train"] == cfg.to_dict()
+    assert ckpt.INFERENCE_FILE in ckpt.read_manifest(last)
+    # An edited inference.json does not verify, like any other file of the checkpoint.
+    (last / ckpt.INFERENCE_FILE).write_text(json.dumps({"action_readout": "argmax"}))
+    with pytest.raises(ckpt.CorruptCheckpointError, match="inference.json"):
+        ckpt.load_bundle(last)
+
+
+def _as_written_before_inference_json(ckpt_dir: Path, readout: str | None, manifest: bool) -> None:
+    """Rewrite a checkpoint as older releases wrote it: no inference.json, the readout (if any)
+    among the training fields, with or without a manifest."""
+    (ckpt_dir / ckpt.INFERENCE_FILE).unlink()
+    doc = json.loads((ckpt_dir / ckpt.CONFIG_FILE).read_text())
+    if readout is not None:
+        doc["train"]["action_readout"] = readout
+    (ckpt_dir / ckpt.CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    (ckpt_dir / ckpt.MANIFEST_FILE).unlink()
+    if manifest:
+        ckpt.write_manifest(ckpt_dir)
+
+
+@pytest.mark.parametrize(
+    "readout, manifest, want",
+    [("mean", True, "mean"), ("mean", False, "mean"), ("argmax", True, "argmax"), (None, False, "argmax")],
+)
+def test_a_checkpoint_with_the_readout_in_its_training_config_loads_with_it(
+    halfway, tmp_path, readout, manifest, want
+):
+    _, cache, cfg = halfway
+    run = _copy(halfway, tmp_path)
+    _as_written_before_inference_json(ckpt.latest_checkpoint(run), readout, manifest)
+    model, bundle = ckpt.load_for_inference(run)
+    assert bundle.inference.action_readout == want
+    assert bundle.config == cfg  # the legacy key is accepted and left out of the training config
+    assert TrainConfig.from_dict({**cfg.to_dict(), "action_readout": "mean"}) == cfg
+    # Such a run resumes (the readout never was part of what must match) and goes on with
+    # checkpoints that store their inference defaults apart.
+    train(cfg, cache, run, resume=True, progress=False)
+    last = ckpt.latest_checkpoint(run)
+    assert last.name == "step_00000004" and ckpt.load_bundle(run).inference == InferenceDefaults()
+    assert "action_readout" not in json.loads((last / ckpt.CONFIG_FILE).read_text())["train"]
+
+
+def test_a_checkpoint_whose_manifest_lists_a_missing_inference_json_is_corrupt(halfway, tmp_path):
+    run = _copy(halfway, tmp_path)
+    (ckpt.latest_checkpoint(run) / ckpt.INFERENCE_FILE).unlink()
+    with pytest.raises(ckpt.CorruptCheckpointError, match="inference.json: missing"):
+        ckpt.load_bundle(run)

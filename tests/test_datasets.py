@@ -34,7 +34,7 @@ def setup():
     tok = ByteTokenizer()
     bins = encode_actions(cache.actions, ActionTokenizer(ActionStats.from_actions(cache.actions)))
     layout = DataLayout(action_dim=2, grid=(3, 3), history=M, chunk_len=K)
-    args = (cache, [0, 1, 2, 3], layout, vocab, tok, bins, 0.04)
+    args = (cache, [0, 1, 2, 3], layout, vocab, tok, bins)
     return cache, vocab, tok, bins, ActionSamples(*args), WorldSamples(*args)
 
 
@@ -77,7 +77,7 @@ def test_world_samples_pair_consecutive_frames(setup):
 def test_world_samples_with_a_horizon_span_every_k_that_fits(setup):
     cache, vocab, tok, bins, _, _ = setup
     layout = DataLayout(action_dim=2, grid=(3, 3), history=M, chunk_len=K, world_horizon=3)
-    world = WorldSamples(cache, [0, 1, 2, 3], layout, vocab, tok, bins, 0.04)
+    world = WorldSamples(cache, [0, 1, 2, 3], layout, vocab, tok, bins)
     assert len(world) == 4 * (6 + 5 + 4)  # (t, k) with t + k <= 6 in episodes of 7 frames
     assert sorted(set(world.span.tolist())) == [1, 2, 3]
     for i in range(len(world)):  # every sample: IMG(t), ACT(t..t+k-1) -> IMG(t+k), inside its episode
@@ -159,3 +159,21 @@ def test_layout_lengths_match_samples(setup):
     assert layout.action_sample_length(prompt) == len(action[0])
     assert layout.world_sample_length(len(tok.encode(layout.prompts.world_prompt))) == len(world[0])
     assert DataLayout.from_dict(layout.to_dict()) == layout
+
+
+def test_the_training_config_weighs_changed_world_codes_and_leaves_alpha_to_the_loss():
+    """``world_changed_weight`` reaches the world-model samples through the data assembly; α
+    (``image_weight``) does not: it is the loss's (worldvla.train.loss)."""
+    from dataclasses import replace
+
+    from worldvla.train.config import train_preset
+    from worldvla.train.data import build_data
+
+    cache = InMemoryCache.synthetic(n_episodes=4, length=6, grid=(2, 2), codebook_size=32)
+    cache.codes[:, 0, 0] = 0  # a code that never changes; the others drift every step
+    cfg = replace(train_preset("debug"), world_changed_weight=3.0, image_weight=0.5)
+    world = build_data(cfg, cache, 4096).train.sets[WORLD]
+    s = world[0]
+    codes = s.weights[world.vocab.is_image_code(s.ids) & (s.weights > 0)]  # the target frame's, in grid order
+    assert codes.tolist() == [1.0, 3.0, 3.0, 3.0]
+    assert set(s.weights[s.weights > 0].tolist()) == {1.0, 3.0}

@@ -11,7 +11,7 @@ from worldvla.data.datasets import InMemoryCache
 from worldvla.errors import DataError
 from worldvla.policy import PolicyConfig, WorldVLAPolicy
 from worldvla.train.checkpoint import load_for_inference
-from worldvla.train.config import train_preset
+from worldvla.train.config import preset_inference, train_preset
 from worldvla.train.loop import train
 from worldvla.world_model import WorldModel
 
@@ -182,16 +182,16 @@ def test_action_readout_comes_from_the_checkpoint_unless_overridden(checkpoint, 
     from worldvla.errors import ConfigError
 
     model, bundle = _load(checkpoint)
-    assert bundle.config.action_readout == "argmax"  # the debug preset: greedy, as the reference
+    assert bundle.inference.action_readout == "argmax"  # the default: greedy, as the reference
     greedy = WorldVLAPolicy(model, bundle)
     assert greedy.action_readout == "argmax"
     mean = WorldVLAPolicy(model, bundle, PolicyConfig(action_readout="mean"))
     assert mean.action_readout == "mean"
     assert not np.array_equal(greedy.predict_action_chunk(_obs()), mean.predict_action_chunk(_obs()))
-    # A run trained with the mean readout (mw-quick) hands it to the policy by default.
+    # A run whose checkpoints carry the mean readout (mw-quick's) hands it to the policy by default.
     run = tmp_path / "mean"
-    cfg = replace(train_preset("debug"), keep_last=1, action_readout="mean")
-    train(cfg, InMemoryCache.synthetic(), run, progress=False)
+    cfg = replace(train_preset("debug"), keep_last=1)
+    train(cfg, InMemoryCache.synthetic(), run, progress=False, inference=preset_inference("mw-quick"))
     model2, bundle2 = load_for_inference(run)
     bundle2.image_tokenizer = PoolTokenizer()
     assert WorldVLAPolicy(model2, bundle2).action_readout == "mean"
@@ -200,4 +200,4 @@ def test_action_readout_comes_from_the_checkpoint_unless_overridden(checkpoint, 
         WorldVLAPolicy(model2, bundle2, PolicyConfig(temperature=0.5))
     with pytest.raises(ConfigError, match="readout"):
         WorldVLAPolicy(model, bundle, PolicyConfig(action_readout="mode"))
-    assert train_preset("mw-quick").action_readout == "mean"
+    assert preset_inference("mw-quick").action_readout == "mean"

@@ -196,6 +196,14 @@ def _garble_manifest(c: Path) -> None:
     (c / ckpt.MANIFEST_FILE).write_text("{")
 
 
+def _edit_inference(c: Path) -> None:
+    (c / ckpt.INFERENCE_FILE).write_text(json.dumps({"action_readout": "mean"}) + "\n")
+
+
+def _drop_inference(c: Path) -> None:
+    (c / ckpt.INFERENCE_FILE).unlink()
+
+
 F, R = "fallback", "refuse"
 FAULTS = [
     Fault(
@@ -228,8 +236,24 @@ FAULTS = [
     Fault(
         "manifest unreadable", _garble_manifest, r"manifest\.json: unreadable", F, "manifest.json: unreadable"
     ),
+    Fault(
+        "inference defaults edited",
+        _edit_inference,
+        r"inference\.json: \d+ bytes, manifest\.json records",
+        F,
+        "inference.json: ",
+    ),
+    Fault(
+        "inference defaults missing",
+        _drop_inference,
+        r"inference\.json: missing",
+        F,
+        "inference.json: missing",
+    ),
     # Checkpoints written before manifests: what the formats allow to check.
     Fault("legacy, intact", _legacy(), None, "continue", ""),
+    # ... and before inference.json (the readout then was a training field).
+    Fault("legacy, no inference defaults", _legacy(_drop_inference), None, "continue", ""),
     Fault(
         "legacy, weights truncated",
         _legacy(_truncate_weights),
@@ -424,6 +448,30 @@ def test_training_refuses_a_cache_whose_episode_file_changed(world, tmp_path, ca
     # A cache whose episode file is gone is self-contained: it opens (unverifiable, not wrong).
     episodes.unlink()
     assert len(TokenCache.open(tmp_path / "cache", verify_source=True)) == 6
+
+
+def test_the_train_command_sets_the_inference_defaults_of_its_checkpoints(world, tmp_path, capsys):
+    """mw-quick's checkpoints read actions out as the expected bin; --readout chooses another."""
+    base = [
+        "train",
+        "--cache",
+        str(world.caches[0]),
+        "--no-progress",
+        "--set",
+        "steps=1",
+        "--set",
+        "val_every=0",
+    ]
+    for preset, readout, want in (
+        ("debug", None, "argmax"),
+        ("mw-quick-debug", None, "mean"),
+        ("debug", "mean", "mean"),
+    ):
+        out = tmp_path / f"{preset}-{readout}"
+        extra = ["--readout", readout] if readout else []
+        code, _, err = _cli([*base, "--preset", preset, "--out", str(out), *extra], capsys)
+        assert code == 0, err
+        assert ckpt.load_bundle(out).inference.action_readout == want, (preset, readout)
 
 
 # ---------------------------------------------------------------------------- byte reproducibility

@@ -45,7 +45,7 @@ def test_action_chunk_round_trip():
 def test_action_sample_layout_and_weights():
     frames = [np.zeros((2, 2), int), np.ones((2, 2), int)]
     chunk = np.full((3, 4), 7)
-    s = build_action_sample(V, T, "open the drawer", frames, chunk, image_weight=0.04)
+    s = build_action_sample(V, T, "open the drawer", frames, chunk)
     prompt = PromptConfig().action_prompt.format(instruction="open the drawer")
     n_ctx = 1 + len(prompt.encode()) + 2 * frame_length(2, 2) + 1
     assert s.ids[0] == V.bos and s.ids[n_ctx - 1] == V.sep
@@ -55,30 +55,30 @@ def test_action_sample_layout_and_weights():
     assert (s.weights[n_ctx:] == 1).all()  # no image code among action targets
 
 
-def test_world_sample_weights_image_codes_with_alpha():
-    s = build_world_sample(
-        V, T, np.zeros((2, 2), int), np.full(4, 3), np.ones((2, 2), int), image_weight=0.04
-    )
+def test_world_sample_weighs_every_target_one():
+    """α is the loss's (worldvla.train.loss): a sample weighs its image codes like any target."""
+    s = build_world_sample(V, T, np.zeros((2, 2), int), np.full(4, 3), np.zeros((2, 2), int))
     target_start = len(s) - frame_length(2, 2) - 1
     assert s.ids[target_start - 1] == V.sep and s.ids[target_start] == V.boi and s.ids[-1] == V.sep
     assert (s.weights[:target_start] == 0).all()
     tw = s.weights[target_start:]
     is_code = V.is_image_code(s.ids[target_start:])
     assert is_code.sum() == 4
-    assert np.allclose(tw[is_code], 0.04) and np.allclose(tw[~is_code], 1.0)
+    assert (tw == 1).all()
 
 
 def test_world_sample_weighs_changed_codes_more():
     frame = np.array([[1, 2], [3, 4]])
     nxt = np.array([[1, 9], [3, 8]])  # codes (0, 1) and (1, 1) change
-    s = build_world_sample(V, T, frame, np.full(4, 3), nxt, image_weight=0.04, changed_weight=5.0)
+    s = build_world_sample(V, T, frame, np.full(4, 3), nxt, changed_weight=5.0)
     target_start = len(s) - frame_length(2, 2) - 1
     is_code = V.is_image_code(s.ids[target_start:])
     codes_w = s.weights[target_start:][is_code]  # in grid order
-    assert np.allclose(codes_w, [0.04, 0.2, 0.04, 0.2])
-    plain = build_world_sample(V, T, frame, np.full(4, 3), nxt, image_weight=0.04)
+    assert np.array_equal(codes_w, [1, 5, 1, 5])
+    assert (s.weights[target_start:][~is_code] == 1).all()  # structure tokens keep weight 1
+    plain = build_world_sample(V, T, frame, np.full(4, 3), nxt)
     assert np.array_equal(plain.ids, s.ids)
-    assert np.allclose(plain.weights[target_start:][is_code], 0.04)
+    assert (plain.weights[target_start:] == 1).all()
 
 
 def test_prompt_config_needs_instruction_slot():

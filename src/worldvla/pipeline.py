@@ -172,7 +172,7 @@ def run_pipeline(
         raise ConfigError(f"the wall-clock cap per stage must be a positive number of minutes, got {cap}")
     from worldvla.envs.suites import suite_preset
     from worldvla.tokenizers.vq import vq_preset
-    from worldvla.train.config import apply_overrides, train_preset
+    from worldvla.train.config import apply_overrides, preset_inference, train_preset
 
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
@@ -245,7 +245,15 @@ def run_pipeline(
         if cap is not None:  # what is left of the cap after earlier, interrupted attempts
             minutes = max(1e-6, cap - st.get("seconds", 0.0) / 60)  # spent: one step, then stop
         resume = latest_checkpoint(train_dir) is not None
-        result = train(train_cfg, cache_dir, train_dir, resume=resume, minutes=minutes, progress=progress)
+        result = train(
+            train_cfg,
+            cache_dir,
+            train_dir,
+            resume=resume,
+            minutes=minutes,
+            progress=progress,
+            inference=preset_inference(exp.train),
+        )
         stopped = None
         if result.stopped_by_budget:
             stopped = "time cap"

@@ -49,7 +49,7 @@ from worldvla.envs.base import Observation as EnvObservation
 from worldvla.errors import ConfigError, DataError
 from worldvla.model.generation import Sampling, generate_actions
 from worldvla.sequence import action_length, action_prompt_ids, frame_length, state_length
-from worldvla.tokenizers.action import ActionTokenizer
+from worldvla.tokenizers.action import ActionTokenizer, Readout
 from worldvla.tokenizers.state import StateTokenizer
 
 Observation = dict[str, Any]
@@ -78,15 +78,16 @@ def _as_dict(obs: Any) -> Observation:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Inference options; the data layout (M, K, D, prompts) comes from the checkpoint."""
+    """Inference options; the data layout (M, K, D, prompts) comes from the checkpoint, and an
+    option left at None takes the checkpoint's inference default (``Bundle.inference``)."""
 
     replan_every: int | None = None  # None: execute the whole chunk open-loop (reference)
     temperature: float = 0.0  # 0 = greedy (reference)
     top_k: int | None = None
     chunk_mask: bool | None = None  # None: as trained
-    # "argmax" (greedy, reference) or "mean" (the bin nearest to the expected action);
-    # None: the checkpoint's (Bundle.action_readout, from its training config) ("argmax" if it has none).
-    action_readout: str | None = None
+    # "argmax" (greedy, reference) or "mean" (the bin nearest to the expected action)
+    # (worldvla.tokenizers.action.READOUTS); None: the checkpoint's default.
+    action_readout: Readout | None = None
     seed: int = 0
 
 
@@ -116,10 +117,7 @@ class WorldVLAPolicy:
                 )
             self.state_tokenizer = StateTokenizer(stats, n_bins=self.vocab.state_bins)
         self.chunk_mask = self.layout.chunk_mask if self.config.chunk_mask is None else self.config.chunk_mask
-        trained = getattr(bundle, "action_readout", None) or getattr(
-            getattr(bundle, "config", None), "action_readout", "argmax"
-        )
-        self.action_readout = self.config.action_readout or trained
+        self.action_readout = self.config.action_readout or bundle.inference.action_readout
         self.sampling = Sampling(
             temperature=self.config.temperature,
             top_k=self.config.top_k,

@@ -16,9 +16,11 @@ before the ``SEP`` that ends the prompt, so it is the freshest context the first
 reads; it is context (loss weight 0), and its own delimiters keep it out of the action
 blocks of the attention mask (:mod:`worldvla.model.masks`). Each sample comes with
 per-token loss weights aligned with its ids (``weights[i]`` weighs the prediction of
-``ids[i]`` from ``ids[:i]``): 0 on the context, ``image_weight`` (α, SPEC §4, default 0.04)
-on image-code targets and 1 on every other target token (action bins, BOA/EOA, BOI, grid
-tokens, ROW_SEP, EOI, SEP).
+``ids[i]`` from ``ids[:i]``): 0 on the context and 1 on every target token (action bins,
+BOA/EOA, BOI, grid tokens, image codes, ROW_SEP, EOI, SEP), except that a world-model sample
+may weigh the image codes that change more (``changed_weight``). The image-loss weight α
+(SPEC §4) is not part of a sample: the loss applies it to image-code targets
+(:mod:`worldvla.train.loss`), so the samples do not depend on the loss form.
 
 Default prompts follow the reference implementation's wording (configurable in
 :class:`PromptConfig`): the action prompt is ``"What action should the robot take to
@@ -232,17 +234,10 @@ def world_prompt_ids(
     )
 
 
-def _target_weights(vocab: Vocab, target: np.ndarray, image_weight: float) -> np.ndarray:
-    w = np.ones(len(target), dtype=np.float32)
-    w[vocab.is_image_code(target)] = image_weight
-    return w
-
-
-def _join(context: np.ndarray, target: np.ndarray, vocab: Vocab, image_weight: float) -> Sample:
+def _join(context: np.ndarray, target: np.ndarray) -> Sample:
+    """``context`` then ``target``, weighted 0 and 1."""
     ids = np.concatenate([context, target])
-    weights = np.concatenate(
-        [np.zeros(len(context), np.float32), _target_weights(vocab, target, image_weight)]
-    )
+    weights = np.concatenate([np.zeros(len(context), np.float32), np.ones(len(target), np.float32)])
     return Sample(ids=ids, weights=weights)
 
 
@@ -253,7 +248,6 @@ def build_action_sample(
     frames: Sequence[np.ndarray],
     chunk_bins: np.ndarray,
     prompts: PromptConfig = PromptConfig(),
-    image_weight: float = 0.04,
     state_bins: np.ndarray | None = None,
 ) -> Sample:
     """Action-model sample (SPEC §2): history ``frames`` (oldest first) [+ the ``(S,)`` state
@@ -263,7 +257,7 @@ def build_action_sample(
         raise ValueError(f"chunk_bins must be (K, D), got shape {chunk_bins.shape}")
     context = action_prompt_ids(vocab, text_tokenizer, instruction, frames, prompts, state_bins)
     target = np.concatenate([action_ids(vocab, chunk_bins), np.array([vocab.sep], dtype=np.int64)])
-    return _join(context, target, vocab, image_weight)
+    return _join(context, target)
 
 
 def build_world_sample(
@@ -273,7 +267,6 @@ def build_world_sample(
     action_bins: np.ndarray,
     next_frame: np.ndarray,
     prompts: PromptConfig = PromptConfig(),
-    image_weight: float = 0.04,
     changed_weight: float = 1.0,
 ) -> Sample:
     """World-model sample (SPEC §2): ``IMG(t), ACT(t) -> IMG(t+1)``; with ``(k, D)`` action
@@ -285,7 +278,7 @@ def build_world_sample(
     """
     context = world_prompt_ids(vocab, text_tokenizer, frame, action_bins, prompts)
     target = np.concatenate([frame_ids(vocab, next_frame), np.array([vocab.sep], dtype=np.int64)])
-    sample = _join(context, target, vocab, image_weight)
+    sample = _join(context, target)
     if changed_weight != 1.0:
         changed = np.asarray(next_frame).reshape(-1) != np.asarray(frame).reshape(-1)  # (h*w,)
         codes_at = len(context) + np.flatnonzero(vocab.is_image_code(target))  # (h*w,) in grid order

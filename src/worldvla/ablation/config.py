@@ -18,7 +18,9 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from worldvla.artifacts.inference import InferenceDefaults
 from worldvla.errors import ConfigError
+from worldvla.tokenizers.action import READOUTS, Readout
 from worldvla.train.config import VARIANTS as TRAIN_VARIANTS
 from worldvla.train.config import TrainConfig, train_preset
 from worldvla.utils.registry import Registry
@@ -97,9 +99,10 @@ class AblationConfig:
     rollout_lengths: tuple[int, ...] = (10, 50)
     gifs: int = 0  # GIFs per evaluation (0: tables only)
     offline_stride: int = 2  # every 2nd step of the held-out episodes (worldvla.eval.offline_actions)
-    # The policy's action readout in every run (TrainConfig.action_readout): greedy, as the
-    # reference and as the committed results were evaluated, whatever the base preset says.
-    action_readout: str = "argmax"
+    # The policy's action readout in every run (the inference default of its checkpoints):
+    # greedy, as the reference and as the committed results were evaluated, whatever the base
+    # preset says. It shapes no weights, so it is not part of a run's key.
+    action_readout: Readout = "argmax"
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,11 +117,18 @@ class AblationConfig:
             )
         if self.eval_episodes_per_task < 1 or self.eval_world_episodes < 1 or not self.rollout_lengths:
             problems.append("evaluation sizes must be >= 1")
+        if self.action_readout not in READOUTS:
+            problems.append(f"action_readout must be one of {READOUTS}, got {self.action_readout!r}")
         if problems:
             raise ConfigError(f"ablation {self.name!r}: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def inference(self) -> InferenceDefaults:
+        """The inference defaults every run's checkpoints carry."""
+        return InferenceDefaults(action_readout=self.action_readout)
 
     def select(self, only: list[str] | None = None, seeds: list[int] | None = None) -> AblationConfig:
         """The same ablation restricted to some variants and/or with other seeds."""
@@ -143,7 +153,6 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
         steps=cfg.steps * v.step_scale,
         warmup_steps=cfg.warmup_steps,
         seed=seed,
-        action_readout=cfg.action_readout,
         **dict(v.changes),
     )
     if out.chunk_len == 1:
@@ -152,11 +161,9 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
 
 
 def run_key(train_cfg: TrainConfig) -> str:
-    """A short hash of everything that shapes the trained weights (not the run's name, nor
-    the inference-only action readout)."""
+    """A short hash of everything that shapes the trained weights (not the run's name)."""
     d = train_cfg.to_dict()
     d.pop("name")
-    d.pop("action_readout")
     # Fields added later: at their defaults a run keeps the key it had before.
     if d.get("world_data") == "all":
         d.pop("world_data")

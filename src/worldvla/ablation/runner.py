@@ -183,7 +183,9 @@ def _run_one(
     if "step" not in doc:
         t0 = time.perf_counter()
         resume = latest_checkpoint(out / "train") is not None
-        result = train(r.train, data / "cache", out / "train", resume=resume, progress=progress)
+        result = train(
+            r.train, data / "cache", out / "train", resume=resume, progress=progress, inference=cfg.inference
+        )
         seconds["train"] = time.perf_counter() - t0
         doc.update(
             key=r.key,

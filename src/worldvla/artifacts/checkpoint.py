@@ -12,6 +12,8 @@ Layout of a run directory::
         model.safetensors      fp32 weights (full, unsharded, unwrapped names)
         config.json            {"format", "model", "train", "layout", "vocab_fingerprint",
                                 "val_episodes", "step", "episodes" (the episode file's identity)}
+        inference.json         the inference defaults (worldvla.artifacts.inference): how the
+                               policy reads actions out unless told otherwise
         vocab.json             the token id layout (worldvla.vocab)
         action_stats.json      action normalization bounds (STYLE §8: stats are assets)
         state_stats.json       state normalization bounds, only for a model trained with use_state
@@ -41,8 +43,10 @@ sha256 (safetensors orders tensors by dtype and name; the metadata is one key, s
 
 :func:`load_for_inference` is what the policy and the world model use: it rebuilds the
 model from ``config.json`` and returns a :class:`Bundle` with everything needed to build
-prompts and decode outputs. The training config is kept as stored (``Bundle.train``):
-inference reads from it only the action readout the run was trained for.
+prompts and decode outputs, and the checkpoint's inference defaults (``Bundle.inference``,
+from ``inference.json``; a checkpoint written before the file has the readout its training
+config recorded). The training config is kept as stored (``Bundle.train``); inference
+reads nothing from it.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from worldvla.artifacts.inference import DEFAULT_INFERENCE, InferenceDefaults
 from worldvla.config import ModelConfig
 from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError, DataError, WorldVLAError
@@ -81,6 +86,7 @@ VOCAB_FILE = "vocab.json"
 STATS_FILE = "action_stats.json"
 STATE_STATS_FILE = "state_stats.json"  # optional: models trained with the state in the prompt
 TOKENIZER_FILE = "image_tokenizer.json"
+INFERENCE_FILE = "inference.json"  # absent from checkpoints written before it (read_inference)
 TRAINER_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
 # What a loader reads: the bundle (inference and resume), the weights, the trainer state.
@@ -125,17 +131,12 @@ class Bundle:
     val_episodes: list[str]
     step: int
     train: dict[str, Any] = field(default_factory=dict)  # the training config, as stored
+    inference: InferenceDefaults = field(default_factory=InferenceDefaults)
     state_stats: ActionStats | None = None  # with a state block in the layout (use_state)
     # The training config as a worldvla.train.config.TrainConfig, when the bundle was loaded
     # through worldvla.train.checkpoint (inference does not need it).
     config: Any = None
     _image_tokenizer: Any = None
-
-    @property
-    def action_readout(self) -> str:
-        """How the run reads an action out of the bin logits by default ("argmax" before the
-        option existed)."""
-        return str(self.train.get("action_readout") or "argmax")
 
     @property
     def image_tokenizer(self) -> Any:
@@ -236,12 +237,14 @@ def write_checkpoint(
     keep_last: int,
     episodes: dict[str, Any] | None = None,
     state_stats: ActionStats | None = None,
+    inference: InferenceDefaults = DEFAULT_INFERENCE,
 ) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, move ``latest`` to it, prune old ones.
 
     ``train`` is the training config as a JSON object (``TrainConfig.to_dict()``);
     ``episodes`` is the identity (name, size, sha256) of the episode file the token cache was
     built from, when the cache records it; resuming refuses a cache built from another file.
+    ``inference`` is what the checkpoint's policy does unless told otherwise (its readout).
     """
     root = checkpoints_dir(run_dir)
     name = f"step_{step:08d}"
@@ -261,6 +264,7 @@ def write_checkpoint(
         if episodes is not None:
             config["episodes"] = dict(episodes)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        inference.save(tmp / INFERENCE_FILE)
         vocab.save(tmp / VOCAB_FILE)
         action_stats.save(tmp / STATS_FILE)
         if state_stats is not None:
@@ -378,6 +382,20 @@ def read_config(ckpt: Path) -> dict[str, Any]:
     if d.get("format") != FORMAT:
         raise ConfigError(f"{path}: checkpoint format {d.get('format')!r}, this version reads {FORMAT}")
     return d
+
+
+def read_inference(ckpt: Path, train: dict[str, Any]) -> InferenceDefaults:
+    """The checkpoint's inference defaults, verified: ``inference.json`` where the checkpoint has
+    one (or its manifest lists one), else those an older checkpoint kept in its training
+    config ``train``."""
+    manifest = read_manifest(ckpt)
+    if (ckpt / INFERENCE_FILE).exists() or (manifest is not None and INFERENCE_FILE in manifest):
+        verify_files(ckpt, [INFERENCE_FILE])
+        return parse_file(ckpt, INFERENCE_FILE, InferenceDefaults.load)
+    try:
+        return InferenceDefaults.from_legacy_train(train)
+    except ConfigError as e:
+        raise ConfigError(f"{ckpt / CONFIG_FILE}: {e}") from e
 
 
 def read_tokenizer_ref(path: Path) -> ImageTokenizerRef:
@@ -506,6 +524,7 @@ def load_bundle(path: str | Path) -> Bundle:
         val_episodes=list(d.get("val_episodes", [])),
         step=int(d.get("step", 0)),
         train=train,
+        inference=read_inference(ckpt, train),
     )
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from worldvla.tokenizers.action import READOUTS
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="worldvla eval-policy", description=__doc__.split("\n")[0])
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--readout",
-        choices=("argmax", "mean"),
+        choices=READOUTS,
         default=None,
         help="how action bins are read out: argmax (greedy, reference) or mean (expected bin); "
         "default: the checkpoint's",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from worldvla.errors import ConfigError
 from worldvla.serving.server import API_KEY_ENV, PolicyServer, ServerLimits, StandInPolicy
+from worldvla.tokenizers.action import READOUTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--readout",
-        choices=("argmax", "mean"),
+        choices=READOUTS,
         default=None,
         help="action readout: argmax (greedy) or mean (expected bin); default: the checkpoint's",
     )

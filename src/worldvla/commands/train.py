@@ -1,11 +1,14 @@
 """``worldvla train``: train the action world model on a token cache.
 
     worldvla train --preset mw-quick --cache CACHE_DIR --out RUN_DIR [--resume] [--set key=value ...]
+                   [--readout argmax|mean]
     torchrun --nproc_per_node=4 -m worldvla.cli train --preset ... (DDP, or FSDP with --set fsdp=true)
 
 ``--preset`` names a training preset (:mod:`worldvla.train.config`) or a LIBERO preset
 (:mod:`worldvla.libero_presets`, whose step count follows from the cache size and the
-number of processes). ``--set`` overrides any field of the training config.
+number of processes). ``--set`` overrides any field of the training config. ``--readout``
+sets the action readout the checkpoints carry as their inference default (default: the
+preset's; it does not change training).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from worldvla.train.config import TrainConfig, apply_overrides, train_preset
+from worldvla.tokenizers.action import READOUTS
+from worldvla.train.config import TrainConfig, apply_overrides, preset_inference, train_preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a training config field (repeatable), e.g. --set steps=500",
+    )
+    p.add_argument(
+        "--readout",
+        choices=READOUTS,
+        default=None,
+        help="the action readout the checkpoints carry as their inference default: argmax (greedy) or "
+        "mean (expected bin); it does not change training (default: the preset's)",
     )
     p.add_argument(
         "--minutes",
@@ -113,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     check_output_dir(args.out, "run folder")
     cfg = _libero_config(args.preset, args.cache) or train_preset(args.preset)
     cfg = apply_overrides(cfg, args.overrides)
+    inference = preset_inference(args.preset)
+    if args.readout is not None:
+        inference = replace(inference, action_readout=args.readout)
     check_cache_codes(args.cache)
 
     from worldvla.train.loop import train
@@ -125,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         minutes=args.minutes,
         device=args.device,
         progress=not args.no_progress,
+        inference=inference,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         if result.step < cfg.steps:

@@ -255,14 +255,12 @@ class _SampleSet(ABC):
         vocab: Vocab,
         text_tokenizer: TextTokenizer,
         bins: np.ndarray,
-        image_weight: float,
     ) -> None:
         self.cache = cache
         self.layout = layout
         self.vocab = vocab
         self.text_tokenizer = text_tokenizer
         self.bins = bins  # (N_frames, D) action bins of the whole cache, encoded once
-        self.image_weight = image_weight
         self.instructions: list[str] = []
         frames, eps = [], []
         for j, e in enumerate(episode_ids):
@@ -309,10 +307,9 @@ class ActionSamples(_SampleSet):
         vocab: Vocab,
         text_tokenizer: TextTokenizer,
         bins: np.ndarray,
-        image_weight: float,
         state_bins: np.ndarray | None = None,
     ) -> None:
-        super().__init__(cache, episode_ids, layout, vocab, text_tokenizer, bins, image_weight)
+        super().__init__(cache, episode_ids, layout, vocab, text_tokenizer, bins)
         if self.layout.state_dim:
             if state_bins is None:
                 raise DataError(
@@ -340,7 +337,6 @@ class ActionSamples(_SampleSet):
             hist,
             self.bins[g : g + k],
             self.layout.prompts,
-            self.image_weight,
             state_bins=None if self.state_bins is None else self.state_bins[g],
         )
 
@@ -379,7 +375,6 @@ class WorldSamples(_SampleSet):
             self.bins[g : g + k] if k > 1 else self.bins[g],
             self._codes(g + k),
             self.layout.prompts,
-            self.image_weight,
             self.changed_weight,
         )
 

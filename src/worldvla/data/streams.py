@@ -58,7 +58,6 @@ class StreamConfig:
     state_bins: int  # bins per state dimension; 0 = no state in the action-model prompt
     world_fraction: float  # share of world-model samples in the stream (0: none, 1: only them)
     world_data: str  # "all" or "demos": the episodes world-model samples come from
-    image_weight: float  # loss weight of image-code targets carried by the samples
     world_changed_weight: float  # multiplier on world-model target codes that change
     world_horizon: int  # world-model samples span k = 1..world_horizon steps (recorded in the layout)
     val_fraction: float  # share of each episode kind held out
@@ -224,16 +223,11 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
         common = (layout, vocab, text_tokenizer)
         action = None
         if f < 1:
-            action = ActionSamples(cache, demos, *common, bins, cfg.image_weight, state_bins=state_bins)
+            action = ActionSamples(cache, demos, *common, bins, state_bins=state_bins)
         world = None
         if f > 0:
             world = WorldSamples(
-                cache,
-                world_eps,
-                *common,
-                world_bins,
-                cfg.image_weight,
-                changed_weight=cfg.world_changed_weight,
+                cache, world_eps, *common, world_bins, changed_weight=cfg.world_changed_weight
             )
         return MixedStream(action, world, f, seed)
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from worldvla.errors import ConfigError
 from worldvla.eval.stats import wilson_interval
+from worldvla.tokenizers.action import Readout
 from worldvla.utils.io import atomic_write_text
 
 K = TypeVar("K")
@@ -310,7 +311,7 @@ def evaluate_policy(
     progress: bool = True,
     replan_every: int | None = None,
     model: bool = True,
-    action_readout: str | None = None,
+    action_readout: Readout | None = None,
     blind_baselines: bool = False,
 ) -> dict[str, Any]:
     """Closed-loop success of a checkpoint on the suite's held-out variations, plus baselines.

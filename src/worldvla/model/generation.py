@@ -60,6 +60,7 @@ from worldvla.errors import ConfigError
 from worldvla.model.masks import attention_mask
 from worldvla.model.transformer import KVCache, Transformer
 from worldvla.sequence import frame_template
+from worldvla.tokenizers.action import Readout, check_readout
 from worldvla.vocab import Vocab
 
 TokenRows = Sequence[torch.Tensor | np.ndarray]
@@ -79,9 +80,6 @@ class Slot:
     ordered: bool = False
 
 
-READOUTS = ("argmax", "mean")
-
-
 @dataclass(frozen=True)
 class Sampling:
     """How every sampled slot picks its id; one value handed down from the policy to :func:`_sample`.
@@ -93,21 +91,21 @@ class Sampling:
         generator: the random generator of the draws (reproducible samples); None: torch's.
         readout: ``"argmax"`` (greedy, or a sample at temperature > 0) or ``"mean"``: on
             ordered slots (action bins), the bin nearest to the expected one (module
-            docstring). The mean is deterministic, so it needs temperature 0.
+            docstring; the allowed values: :data:`worldvla.tokenizers.action.READOUTS`).
+            The mean is deterministic, so it needs temperature 0.
     """
 
     temperature: float = 0.0
     top_k: int | None = None
     generator: torch.Generator | None = None
-    readout: str = "argmax"
+    readout: Readout = "argmax"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be None or >= 1, got {self.top_k}")
-        if self.readout not in READOUTS:
-            raise ConfigError(f"action readout must be one of {READOUTS}, got {self.readout!r}")
+        check_readout(self.readout)
         if self.readout == "mean" and self.temperature > 0:
             raise ConfigError(
                 "the mean action readout is deterministic; use temperature 0 or readout 'argmax'"

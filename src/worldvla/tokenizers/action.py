@@ -50,6 +50,7 @@ maps them to ids. The statistics are an asset saved next to every checkpoint
 from __future__ import annotations
 
 import json
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ from typing import Literal
 
 import numpy as np
 
-from worldvla.errors import DataError
+from worldvla.errors import ConfigError, DataError
 from worldvla.utils.io import atomic_write_text
 
 StatsMode = Literal["minmax", "percentile"]
@@ -71,6 +72,20 @@ _REFERENCE_EPS = 1e-8  # the reference adds it to every range (its item_processo
 OUTLIER_FACTOR = 4.0
 _MIN_ROBUST_SPAN = 1e-3  # action units: the robust range of a dimension that barely moves
 _MIN_CHECKED = 20  # fewer actions cannot tell an outlier from the data
+
+# How the policy reads an action bin out of the model's distribution over the bins of a
+# dimension: "argmax" takes the most likely bin (greedy, the reference), "mean" the bin
+# nearest to the expected one — the bins are uniform, so that is the expected action within
+# half a bin (worldvla.model.generation decodes both). The one list of the allowed values.
+Readout = Literal["argmax", "mean"]
+READOUTS: tuple[str, ...] = typing.get_args(Readout)
+
+
+def check_readout(readout: str) -> str:
+    """``readout`` if it is one of :data:`READOUTS`, else ConfigError."""
+    if readout not in READOUTS:
+        raise ConfigError(f"action readout must be one of {READOUTS}, got {readout!r}")
+    return readout
 
 
 class ActionOutlierWarning(UserWarning):

@@ -36,6 +36,7 @@ from worldvla.artifacts.checkpoint import (  # noqa: F401 - re-exported: the nam
     CONFIG_FILE,
     CORRUPT_SUFFIX,
     FORMAT,
+    INFERENCE_FILE,
     LATEST,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -56,12 +57,14 @@ from worldvla.artifacts.checkpoint import (  # noqa: F401 - re-exported: the nam
     load_trainer_state,
     parse_file,
     read_config,
+    read_inference,
     read_manifest,
     read_tokenizer_ref,
     resolve_checkpoint,
     verify_files,
     write_manifest,
 )
+from worldvla.artifacts.inference import DEFAULT_INFERENCE, InferenceDefaults
 from worldvla.config import ModelConfig
 from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError, DataError, WorldVLAError
@@ -109,8 +112,10 @@ def save_checkpoint(
     keep_last: int,
     episodes: dict[str, Any] | None = None,
     state_stats: ActionStats | None = None,
+    inference: InferenceDefaults = DEFAULT_INFERENCE,
 ) -> Path:
-    """:func:`worldvla.artifacts.checkpoint.write_checkpoint` with the training config ``cfg``."""
+    """:func:`worldvla.artifacts.checkpoint.write_checkpoint` with the training config ``cfg``
+    and the inference defaults ``inference`` (stored apart from it)."""
     return artifacts.write_checkpoint(
         run_dir,
         step,
@@ -126,6 +131,7 @@ def save_checkpoint(
         keep_last,
         episodes,
         state_stats,
+        inference,
     )
 
 
@@ -182,6 +188,9 @@ def check_resumable(
         saved = TrainConfig.from_dict(d["train"])
     except (ConfigError, KeyError, TypeError) as e:
         raise ConfigError(f"{ckpt}/config.json: cannot read the training config: {e}") from e
+    # Verified like every file of the checkpoint, but not compared: a resumed run writes the
+    # inference defaults it is given.
+    read_inference(ckpt, d["train"])
     diffs = [
         f"{k}: checkpoint {a!r} != requested {b!r}"
         for k, (a, b) in config_diff(saved, cfg, RESUMABLE_FIELDS).items()

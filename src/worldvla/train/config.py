@@ -8,6 +8,10 @@ paper's ablations (SPEC §1, §8) are field changes of ``mw-quick`` defined once
 variants (:mod:`worldvla.ablation.config`); a test asserts each preset differs from its
 parent only in the intended fields. All presets sit in one registry (``TRAIN_PRESETS``).
 
+What the policy does at inference (its action readout) is not a training field: a preset
+chooses the inference defaults its checkpoints carry (:func:`preset_inference`,
+:mod:`worldvla.artifacts.inference`), and changing them makes no other run.
+
 Batch sizes are *global*: ``batch_size`` samples per optimizer step, split into
 ``grad_accum`` micro-batches and then across the data-parallel ranks. The same config
 therefore trains the same model on 1 process or under ``torchrun`` with N processes.
@@ -21,6 +25,7 @@ import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from worldvla.artifacts.inference import DEFAULT_INFERENCE, LEGACY_TRAIN_KEYS, InferenceDefaults
 from worldvla.config import MODEL_PRESETS
 from worldvla.errors import ConfigError
 from worldvla.sequence import PromptConfig
@@ -29,7 +34,6 @@ from worldvla.utils.registry import Registry
 LossForm = Literal["reference", "split"]
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["bf16", "fp32"]
-Readout = Literal["argmax", "mean"]
 WorldData = Literal["all", "demos"]
 
 
@@ -64,14 +68,12 @@ class TrainConfig:
     world_prompt: str = PromptConfig.world_prompt
     val_fraction: float = 0.1  # share of episodes held out for validation
     split_seed: int = 0  # the held-out episodes depend only on this seed
-    # How the policy reads an action bin out of the model's distribution (saved with the
-    # checkpoint as its inference default; it does not change training): "argmax" greedy
-    # (reference), "mean" the bin nearest to the expected one (worldvla.model.generation).
-    action_readout: Readout = "argmax"
 
     # ---- loss (SPEC §4)
     loss_form: LossForm = "reference"
-    image_weight: float = 0.04  # α
+    # α: the loss weight of image-code targets (SPEC §4), applied by worldvla.train.loss (the
+    # samples weigh every target 1).
+    image_weight: float = 0.04
     # Multiplier on the weight of world-model target codes that differ from the input frame's
     # code at the same position (where the picture changes; docs/world_model.md). 1.0: the
     # paper's loss.
@@ -174,7 +176,6 @@ class TrainConfig:
             ("loss_form", LossForm),
             ("schedule", Schedule),
             ("precision", Precision),
-            ("action_readout", Readout),
             ("world_data", WorldData),
         ):
             if getattr(self, name) not in typing.get_args(allowed):
@@ -206,6 +207,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config as stored (``to_dict``). Older checkpoints and runs kept inference defaults
+        among these fields (``action_readout``): they are accepted and left out here, and
+        :meth:`InferenceDefaults.from_legacy_train` makes them the checkpoint's inference
+        defaults when it is loaded (:func:`worldvla.artifacts.checkpoint.read_inference`)."""
+        d = {k: v for k, v in d.items() if k not in LEGACY_TRAIN_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -215,7 +221,7 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they do not affect the trained weights.
 RESUMABLE_FIELDS = frozenset(
-    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile", "action_readout"}
+    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile"}
 )
 
 
@@ -315,11 +321,9 @@ def _mw_quick() -> TrainConfig:
     The CPU budget decides the deviations from the reference recipe (SPEC §5), each measured
     in docs/training.md: the `mini` model (more epochs in 14 minutes beat a wider model),
     one history frame (M=1; M=2 is the `history-2` ablation), a higher learning rate for
-    the small model, bf16 autocast, prompts cut to the instruction (the reference's
-    sentences are ~65 byte tokens per sample, as long as the image), and the mean
-    action readout instead of greedy decoding (the mode overshoots where the small model
-    is unsure when to stop: 74-76% instead of 58-59% success over 120 held-out episodes
-    with the same weights, docs/training.md).
+    the small model, bf16 autocast and prompts cut to the instruction (the reference's
+    sentences are ~65 byte tokens per sample, as long as the image). Its checkpoints read
+    actions out with the mean readout (:func:`preset_inference`).
     """
     return TrainConfig(
         name="mw-quick",
@@ -334,7 +338,6 @@ def _mw_quick() -> TrainConfig:
         precision="bf16",
         action_prompt="{instruction}",
         world_prompt="",
-        action_readout="mean",
         log_every=10,
         val_every=250,
         val_batches=4,
@@ -372,7 +375,24 @@ def _presets() -> Registry[TrainConfig]:
 
 TRAIN_PRESETS: Registry[TrainConfig] = _presets()
 
+# Checkpoints of mw-quick and its family read actions out as the expected bin (the mean
+# readout) instead of greedily: the mode overshoots where the small model is unsure when to
+# stop (74-76% instead of 58-59% success over 120 held-out episodes with the same weights,
+# docs/training.md).
+_PRESET_INFERENCE: dict[str, InferenceDefaults] = {
+    name: InferenceDefaults(action_readout="mean")
+    for name in TRAIN_PRESETS.names()
+    if name.startswith("mw-quick")
+}
+
 
 def train_preset(name: str) -> TrainConfig:
     """A named preset; a typo gets a "did you mean" (ConfigError)."""
     return TRAIN_PRESETS.get(name)
+
+
+def preset_inference(name: str) -> InferenceDefaults:
+    """The inference defaults the checkpoints of preset ``name`` carry (the trainer writes them
+    into every checkpoint); :data:`DEFAULT_INFERENCE` for a preset that sets none, such as the
+    LIBERO presets."""
+    return _PRESET_INFERENCE.get(name, DEFAULT_INFERENCE)

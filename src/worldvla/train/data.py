@@ -40,8 +40,6 @@ def stream_config(cfg: TrainConfig) -> StreamConfig:
         state_bins=cfg.state_bins if cfg.use_state else 0,
         world_fraction=cfg.effective_world_fraction,
         world_data=cfg.world_data,
-        # Sample weights carry α only for the reference loss; the split form applies α itself.
-        image_weight=cfg.image_weight if cfg.loss_form == "reference" else 1.0,
         world_changed_weight=cfg.world_changed_weight,
         world_horizon=cfg.world_horizon,
         val_fraction=cfg.val_fraction,

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worldvla.artifacts.inference import DEFAULT_INFERENCE, InferenceDefaults
 from worldvla.config import ModelConfig, model_preset
 from worldvla.data.datasets import Batch, CacheLike, MixedStream
 from worldvla.data.token_cache import open_cache
@@ -116,8 +117,10 @@ class Trainer:
         run_dir: str | Path,
         info: DistInfo,
         progress: bool = True,
+        inference: InferenceDefaults = DEFAULT_INFERENCE,
     ) -> None:
         self.cfg = cfg
+        self.inference = inference  # written into every checkpoint, not used in training
         self.info = info
         self.run_dir = Path(run_dir)
         self.device = info.device
@@ -196,6 +199,7 @@ class Trainer:
                 self.cfg.keep_last,
                 episodes=self.data.episodes,
                 state_stats=self.data.state_stats,
+                inference=self.inference,
             )
         barrier(self.info)
         return path if path is not None else ckpt.latest_checkpoint(self.run_dir)
@@ -300,7 +304,7 @@ class Trainer:
         The returned vector is ``STAT_NAMES`` sums, then the loss, then the token count.
         """
         batches = self.micro_batches(self.data.train, step)
-        sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
+        sums = all_reduce_sum(LossNorm.local_sums(batches, self.vocab, self.cfg.image_weight), self.info)
         norm = LossNorm.from_global_sums(sums, self.info.world_size)
         self.module.train()
         total = torch.zeros(len(STAT_NAMES) + 2, dtype=torch.float64)
@@ -344,7 +348,7 @@ class Trainer:
             return {}
         cfg = self.cfg
         batches = [b for s in range(cfg.val_batches) for b in self.micro_batches(self.data.val, s)]
-        sums = all_reduce_sum(LossNorm.local_sums(batches), self.info)
+        sums = all_reduce_sum(LossNorm.local_sums(batches, self.vocab, self.cfg.image_weight), self.info)
         norm = LossNorm.from_global_sums(sums, self.info.world_size)
         self.module.eval()
         total = torch.zeros(len(STAT_NAMES) + 1, dtype=torch.float64)
@@ -379,6 +383,7 @@ def train(
     device: str | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    inference: InferenceDefaults = DEFAULT_INFERENCE,
 ) -> TrainResult:
     """Train (or resume) a run; returns where it ended. See the module docstring.
 
@@ -388,6 +393,9 @@ def train(
     latest checkpoint and is refused when there is none (a mistyped run directory must not
     start a new run unnoticed). ``stop_after`` ends this call after that many optimizer steps
     (tests and tools), also with a checkpoint, as if the process had been stopped there.
+    ``inference`` are the inference defaults every checkpoint of the call carries (a
+    preset's: :func:`worldvla.train.config.preset_inference`); they do not change training,
+    and a resumed run writes the ones given now.
     """
     if minutes is not None and not 0 < minutes < math.inf:
         raise ConfigError(f"the time cap must be a positive number of minutes, got {minutes}")
@@ -397,7 +405,7 @@ def train(
         )
     info = init_distributed(device)
     try:
-        return _train(cfg, cache, Path(run_dir), resume, minutes, info, progress, stop_after)
+        return _train(cfg, cache, Path(run_dir), resume, minutes, info, progress, stop_after, inference)
     finally:
         shutdown(info)
 
@@ -411,9 +419,10 @@ def _train(
     info: DistInfo,
     progress: bool,
     stop_after: int | None,
+    inference: InferenceDefaults,
 ) -> TrainResult:
     t_start = time.monotonic()
-    trainer = Trainer(cfg, cache, run_dir, info, progress)
+    trainer = Trainer(cfg, cache, run_dir, info, progress, inference)
     existing = ckpt.latest_checkpoint(run_dir)
     if existing is not None and not resume:
         raise ConfigError(

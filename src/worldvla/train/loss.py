@@ -1,20 +1,24 @@
 """Cross-entropy on the target tokens in the two forms of SPEC §4, plus the z-loss.
 
-Notation: the *targets* of a batch are the positions with loss weight > 0 (everything
-after the ``|`` of SPEC §2; context and PAD have weight 0). ``ce_i`` is the cross-entropy
-of target ``i``, ``w_i`` its weight (α on image codes, 1 elsewhere), ``A`` the targets of
-action-model samples, ``W`` the targets of world-model samples, ``T = A ∪ W``.
+Notation: the *targets* of a batch are the positions whose sample weight is > 0
+(everything after the ``|`` of SPEC §2; context and PAD have weight 0). ``ce_i`` is the
+cross-entropy of target ``i``, ``w_i`` its sample weight (1, or the world-model
+``changed_weight`` on image codes that change, :func:`worldvla.sequence.build_world_sample`),
+``A`` the targets of action-model samples, ``W`` the targets of world-model samples,
+``T = A ∪ W``. The image-loss weight α (SPEC §4) is not in the samples: this module applies
+it, knowing the image-code targets from the vocabulary.
 
-- ``"reference"`` (the default; what the reference code trains with): one weighted mean
-  ``L = Σ_T w_i·ce_i / Σ_T w_i`` — a per-class weight of α on image-code targets inside a
+- ``"reference"`` (what the reference code trains with): one weighted mean
+  ``L = Σ_T a_i·w_i·ce_i / Σ_T a_i·w_i`` with ``a_i = α`` on image-code targets and 1
+  elsewhere (:func:`loss_weights`) — a per-class weight of α on image codes inside a
   weighted-mean cross-entropy. With α = 0.04 a world-model sample's ~65 image codes
   weigh about as much as a few structural tokens, so the action tokens dominate.
 - ``"split"`` (the paper's formula): ``L = L_action + α·L_world`` with
   ``L_action = mean_A ce_i`` (action bins, BOA/EOA and the closing SEP of action-model
   samples) and ``L_world = mean_W ce_i`` (every target of world-model samples: the image
-  codes and the frame's BOI, grid, ROW_SEP, EOI tokens and the closing SEP). Here the
-  samples carry weight 1 on all targets (the datasets are built with ``image_weight=1``)
-  and α enters only through this formula. A term whose set is empty in a step is 0.
+  codes and the frame's BOI, grid, ROW_SEP, EOI tokens and the closing SEP). The sample
+  weights only mark the targets here, and α enters only through this formula. A term whose
+  set is empty in a step is 0.
 
 Both add the z-loss ``z · mean_T logsumexp(logits_i)²`` (z = 1e-5, reference), which keeps
 the softmax normalizer near 1 in bf16.
@@ -69,12 +73,13 @@ class LossNorm:
     world_count: float
 
     @staticmethod
-    def local_sums(batches: list[Batch]) -> torch.Tensor:
-        """``(4,)`` float64 sums of this rank's micro-batches, to be all-reduced."""
+    def local_sums(batches: list[Batch], vocab: Vocab, image_weight: float) -> torch.Tensor:
+        """``(4,)`` float64 sums of this rank's micro-batches, to be all-reduced; the weight sum
+        with α on image codes, as :func:`compute_loss` weighs them."""
         out = torch.zeros(4, dtype=torch.float64)
         for b in batches:
-            w = b.weights[:, 1:].double()  # (B, L-1): weights of targets 1..L-1
-            t = (w > 0).double()
+            t = (b.weights[:, 1:] > 0).double()  # (B, L-1): the targets 1..L-1
+            w = loss_weights(b.ids[:, 1:], b.weights[:, 1:], vocab, image_weight).double()
             world = b.is_world[:, None].double()
             out += torch.stack([w.sum(), t.sum(), (t * (1 - world)).sum(), (t * world).sum()])
         return out
@@ -83,6 +88,15 @@ class LossNorm:
     def from_global_sums(cls, sums: torch.Tensor, world_size: int = 1) -> LossNorm:
         s = (sums.double() / world_size).tolist()
         return cls(*s)
+
+
+def loss_weights(
+    targets: torch.Tensor, weights: torch.Tensor, vocab: Vocab, image_weight: float
+) -> torch.Tensor:
+    """The reference form's weight of each target: its sample weight, times α where the
+    target is an image code (``targets`` and ``weights`` aligned, any shape; float32)."""
+    weights = weights.float()
+    return torch.where(vocab.is_image_code(targets), weights * image_weight, weights)
 
 
 def target_index(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,25 +116,26 @@ def compute_loss(
     cols: torch.Tensor,
     vocab: Vocab,
     norm: LossNorm,
-    form: str = "reference",
-    image_weight: float = 0.04,
+    form: str,
+    image_weight: float,
     z_loss: float = 1e-5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one micro-batch and its ``(len(STAT_NAMES),)`` metric sums.
 
     ``logits`` (N, V) are the model's outputs at the N positions ``(rows, cols)`` of
     :func:`target_index` only — the vocabulary matmul is skipped everywhere else.
+    ``image_weight`` is α (module docstring); ``norm`` must come from the same α.
     """
     if form not in LOSS_FORMS:
         raise ValueError(f"unknown loss form {form!r} (use one of {LOSS_FORMS})")
     logits = logits.float()  # (N, V); CE in fp32 even under bf16 autocast
     targets = batch.ids[rows, cols + 1]  # (N,)
-    weights = batch.weights[rows, cols + 1].float()  # (N,)
     world = batch.is_world[rows]  # (N,)
     lse = torch.logsumexp(logits, dim=-1)  # (N,)
     ce = lse - logits.gather(1, targets[:, None]).squeeze(1)  # (N,)
     zero = logits.new_zeros(())
     if form == "reference":
+        weights = loss_weights(targets, batch.weights[rows, cols + 1], vocab, image_weight)  # (N,)
         main = (weights * ce).sum() / norm.weight_sum if norm.weight_sum > 0 else zero
     else:
         a = ce[~world].sum() / norm.action_count if norm.action_count > 0 else zero
