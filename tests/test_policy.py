@@ -201,3 +201,42 @@ def test_action_readout_comes_from_the_checkpoint_unless_overridden(checkpoint, 
     with pytest.raises(ConfigError, match="readout"):
         WorldVLAPolicy(model, bundle, PolicyConfig(action_readout="mode"))
     assert preset_inference("mw-quick").action_readout == "mean"
+
+
+class _ActionBlind(torch.nn.Module):
+    """The checkpoint's model with every action bin replaced by bin 0 before it runs."""
+
+    def __init__(self, model, vocab):
+        super().__init__()
+        self.model, self.vocab = model, vocab
+
+    def forward(self, ids, attn_mask=None):
+        bins = torch.as_tensor(self.vocab.is_action_bin(ids))
+        return self.model(torch.where(bins, self.vocab.action_ids(0), ids), attn_mask=attn_mask)
+
+
+def test_action_sensitivity_is_zero_for_a_model_blind_to_its_actions(checkpoint):
+    from worldvla.eval.action_sensitivity import action_sensitivity, format_sensitivity, transitions
+
+    model, bundle = _load(checkpoint)
+    wm = WorldModel(model, bundle)
+    rng = np.random.default_rng(0)
+    d = bundle.layout.action_dim
+    episodes = [
+        (rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), rng.uniform(-1, 1, (5, d)).astype(np.float32))
+        for _ in range(3)
+    ]
+    doc = action_sensitivity(wm, episodes, per_span=8)
+    row = doc["per_span"]["1"]
+    assert row["transitions"] == 8 and np.isfinite(row["ce_true"])
+    assert row["gain_shuffled_ci95"][0] <= row["gain_shuffled"] <= row["gain_shuffled_ci95"][1]
+    assert "span 1" in format_sensitivity(doc)
+    wm.model = _ActionBlind(model, bundle.vocab)
+    blind = action_sensitivity(wm, episodes, per_span=8)["per_span"]["1"]
+    assert blind["gain_shuffled"] == pytest.approx(0.0, abs=1e-6)
+    assert blind["gain_zero"] == pytest.approx(0.0, abs=1e-6)
+    assert blind["ce_true"] == pytest.approx(row["ce_true"], abs=1.0)
+    # Spans stay inside their episodes: (t, k) with t + k <= n transitions.
+    picks = transitions([5, 2], horizon=3, per_span=100, seed=0)
+    assert all(t + k <= (5, 2)[e] for e, t, k in picks)
+    assert sum(k == 3 for _, _, k in picks) == 3  # only episode 0 has room for 3 steps

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in doc["rows"]:
         print(f"{r['method']:12s} {r['length']:3d} frames  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:5.1f}")
+    from worldvla.eval.action_sensitivity import format_sensitivity
+
+    print(format_sensitivity(doc["action_sensitivity"]))
     cf = doc.get("counterfactual")
     if cf:
         from worldvla.eval.counterfactual import format_table

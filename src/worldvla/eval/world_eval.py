@@ -200,6 +200,9 @@ def evaluate_world(
                 scale=1,
                 fps=8,
             )
+    from worldvla.eval.action_sensitivity import action_sensitivity
+
+    sensitivity = action_sensitivity(wm, episodes)
     cf_doc = None
     if counterfactual:
         cf_doc = _counterfactual(wm, suite, starts, counterfactual_length, out, gifs, progress)
@@ -210,7 +213,7 @@ def evaluate_world(
         lengths=list(lengths),
         wall_seconds=time.perf_counter() - t0,
     )
-    doc: dict[str, Any] = {"meta": meta, "rows": rows}
+    doc: dict[str, Any] = {"meta": meta, "rows": rows, "action_sensitivity": sensitivity}
     if cf_doc is not None:
         doc["counterfactual"] = cf_doc
     atomic_write_text(out / "results.json", json.dumps(doc, indent=2) + "\n")
