@@ -323,7 +323,9 @@ def _mw_quick() -> TrainConfig:
     one history frame (M=1; M=2 is the `history-2` ablation), a higher learning rate for
     the small model, bf16 autocast and prompts cut to the instruction (the reference's
     sentences are ~65 byte tokens per sample, as long as the image). Its checkpoints read
-    actions out with the mean readout (:func:`preset_inference`).
+    actions out with the mean readout (:func:`preset_inference`). World-model samples span
+    up to 5 control steps and weigh the codes that change 4× (docs/world_model.md: with
+    one-step samples the world model ignores its actions).
     """
     return TrainConfig(
         name="mw-quick",
@@ -338,6 +340,8 @@ def _mw_quick() -> TrainConfig:
         precision="bf16",
         action_prompt="{instruction}",
         world_prompt="",
+        world_changed_weight=4.0,
+        world_horizon=5,
         log_every=10,
         val_every=250,
         val_batches=4,
@@ -350,6 +354,12 @@ def _presets() -> Registry[TrainConfig]:
     out: Registry[TrainConfig] = Registry("training preset")
     out.register("debug", _debug(), "tests and the smoke run: tiny model, 4 steps in seconds")
     out.register("mw-quick", mw_quick, "the quickstart's recipe: mini model, 1,500 steps on CPU")
+    # The recipe of the committed ablations and of the earlier quickstart results.
+    out.register(
+        "mw-quick-one-step",
+        replace(mw_quick, name="mw-quick-one-step", world_changed_weight=1.0, world_horizon=1),
+        "mw-quick with the paper's one-step world samples and loss (the committed ablations)",
+    )
     out.register(
         "mw-quick-debug",
         replace(
