@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from worldvla.cli import main as cli_main
 from worldvla.convert.checkpoints import REFERENCE_LIBERO_ACTION_STATS, convert_from_hf, convert_to_hf
+from worldvla.convert.reference_prompts import reference_vocab
 from worldvla.errors import WorldVLAError
 from worldvla.model.generation import action_plan, frame_plan, generate_actions, generate_frame
 from worldvla.model.masks import attention_mask
@@ -107,7 +108,7 @@ def vq_dir(tmp_path_factory):
 
 
 def _convert(src, out, vq_dir, **kw):
-    kw.setdefault("image_size", 48)  # 48² -> 3×3 codes: keeps prompts short
+    kw.setdefault("image_size", 32)  # 32² -> 2×2 codes, one 32-pixel patch: keeps prompts short
     return convert_from_hf(src, out, image_tokenizer=vq_dir, text_tokenizer="bytes", **kw)[0]
 
 
@@ -131,7 +132,7 @@ def test_converted_logits_equal_transformers_under_causal_and_chunk_masks(case, 
     hf = _hf_model(**dict(CASES[case]))
     ckpt = _convert(_save(hf, tmp_path / "hf"), tmp_path / "ours", vq_dir)
     ours, bundle = load_for_inference(ckpt)
-    assert bundle.vocab == V and bundle.model_config.swin_norm == (case == "swin")
+    assert bundle.vocab == reference_vocab() and bundle.model_config.swin_norm == (case == "swin")
     ids = _mixed_ids(np.random.default_rng(1))
     for chunk in (False, True):
         mask = attention_mask(ids, V, chunk_mask=chunk)
@@ -264,7 +265,7 @@ def test_cli_convert_both_ways_and_one_line_errors(tmp_path, vq_dir, capsys):
     src = _save(_hf_model(seed=4), tmp_path / "hf")
     out = tmp_path / "ours"
     args = ["convert", str(src), str(out), "--image-tokenizer", str(vq_dir), "--text-tokenizer", "bytes"]
-    assert cli_main([*args, "--image-size", "48", "--dtype", "bf16"]) == 0
+    assert cli_main([*args, "--image-size", "32", "--dtype", "bf16"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
     assert cli_main(args) == 2  # the output exists: refused, not replaced
@@ -320,7 +321,7 @@ def test_converted_checkpoint_served_to_the_libero_reference_protocol_client(tmp
     hf = _hf_model(seed=6, max_position_embeddings=1024)
     ckpt = _convert(_save(hf, tmp_path / "hf"), tmp_path / "ours", vq_dir, image_size=256)
     policy = WorldVLAPolicy.from_pretrained(ckpt)
-    assert policy.image_tokenizer.grid == (16, 16) and policy.vocab == V
+    assert policy.image_tokenizer.grid == (16, 16) and policy.vocab == reference_vocab()
     server = PolicyServer(policy, host="127.0.0.1", port=0, metadata={"checkpoint": str(ckpt)})
     thread = server.start_in_thread()
     client = PolicyClient("127.0.0.1", server.port, connect_timeout=10, request_timeout=60)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldvla.vocab import SPECIAL_NAMES, Vocab, VocabConfig
+from worldvla.vocab import SPECIAL_NAMES, Vocab, VocabConfig, chameleon_image_code, chameleon_token_names
 
 
 def test_compact_layout_ranges_are_disjoint_and_padded():
@@ -33,6 +33,33 @@ def test_chameleon_reference_layout_matches_the_reference_checkpoints():
     assert (v.boa, v.eoa) == (10004, 15004)
     assert (v.action_ids(0), v.action_ids(255)) == (10006, 10261)
     assert v.size == 65536
+
+
+def test_grid_unit_of_the_released_checkpoints_counts_32_pixel_patches():
+    v = Vocab.chameleon_reference(grid_unit=2)
+    assert (v.grid_id(16), v.grid_id(32), v.grid_id(2)) == (8804 + 8, 8804 + 16, 8804 + 1)
+    with pytest.raises(ValueError, match="whole number of 2-code units"):
+        v.grid_id(3)
+    with pytest.raises(ValueError, match="outside"):
+        v.grid_id(2 * (v.max_grid + 1))
+    assert Vocab.from_dict(v.to_dict()) == v and v.to_dict()["grid_unit"] == 2
+    # The default unit (one code) leaves vocab.json and the fingerprint as they were.
+    plain = Vocab.chameleon_reference()
+    assert "grid_unit" not in plain.to_dict() and plain.fingerprint() != v.fingerprint()
+    with pytest.raises(ValueError, match="grid_unit"):
+        Vocab.chameleon_reference(grid_unit=0)
+
+
+def test_chameleon_token_names_and_image_code_names():
+    v = Vocab.chameleon_reference(grid_unit=2)
+    names = chameleon_token_names(v)
+    assert (names["<s>"], names["<racm3:break>"], names["<eoss>"]) == (0, 8197, 8196)
+    assert (names["<reserved08706>"], names["<reserved08799>"]) == (8710, 8803)
+    assert names["<reserved08808>"] == 8812  # 8 patches: a 256² frame
+    assert (names["<reserved10000>"], names["<reserved15000>"]) == (10004, 15004)
+    assert chameleon_image_code("IMGIMGAZ") == 0 and chameleon_image_code("IMGIMGIBJBZ") == 8191
+    assert chameleon_image_code("IMGIMGBAZ") == 10
+    assert chameleon_image_code("<reserved08706>") is None and chameleon_image_code("IMGIMGZ") is None
 
 
 def test_maps_and_predicates_work_on_numpy_and_torch():

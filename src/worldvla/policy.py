@@ -15,6 +15,11 @@ list of such dicts (one per env). ``"images": {camera: array}`` is accepted too,
 case the checkpoint's camera is used, and so is what an ``Env`` returns
 (``worldvla.envs.base.Observation``, read the same way).
 
+History. The prompt holds the frames of the last M control steps; at an episode start
+the first frame is repeated to fill M, as the datasets do, unless the checkpoint's layout
+has ``pad_history`` False (a converted WorldVLA release, whose reference prompts hold only
+the frames seen so far).
+
 Proprioceptive state. A checkpoint trained with ``use_state`` (its layout has
 ``state_dim > 0``) needs ``"state"``: a finite ``(S,)`` vector (Meta-World: hand xyz +
 gripper opening; an ``Env`` observation's ``.state``), normalized and binned with the
@@ -292,7 +297,7 @@ class WorldVLAPolicy:
             codes = self.image_tokenizer.encode(frames).cpu().numpy()  # (N, h, w)
         for i, c in zip(env_ids, codes):
             hist = self._history[i]
-            if not hist:
+            if not hist and self.layout.pad_history:
                 # Episode start: pad the history with the first frame, as the datasets do.
                 hist.extend([c] * (self.layout.history - 1))
             hist.append(c)
@@ -322,7 +327,8 @@ class WorldVLAPolicy:
         """Chunks ``(N, K, D)`` for N explicit frame histories, without touching env state.
 
         ``frames[i]``: uint8 ``(m, H, W, 3)``, the frames up to the query (oldest first); fewer
-        than M are padded with the first, as at an episode start. ``states[i]``: the state at
+        than M are padded with the first, as at an episode start (unless the layout's
+        ``pad_history`` is False: then the prompt holds only those). ``states[i]``: the state at
         the query (only for a checkpoint trained with the state). For offline evaluation on
         recorded episodes.
         """
@@ -354,12 +360,10 @@ class WorldVLAPolicy:
                 )
             checked = [self.check_state(s) for s in states]  # all validated before any compute
             state_bins = list(self.state_tokenizer.encode(np.stack(checked)))  # (N, S)
-        m = self.layout.history
-        prompts = []
-        for text, c, sb in zip(instructions, codes, state_bins):
-            c = list(c)[-m:]
-            hist = [c[0]] * (m - len(c)) + c
-            prompts.append(torch.from_numpy(self._prompt_ids(text, hist, sb)))
+        prompts = [
+            torch.from_numpy(self._prompt_ids(text, self._frames_of(c), sb))
+            for text, c, sb in zip(instructions, codes, state_bins)
+        ]
         bins = generate_actions(
             self.model,
             self.vocab,
@@ -370,6 +374,16 @@ class WorldVLAPolicy:
             chunk_mask=self.chunk_mask,
         )  # (N, K, D)
         return self.action_tokenizer.decode(bins.cpu().numpy())
+
+    def _frames_of(self, codes: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        """The prompt's frames from the codes seen so far (oldest first): the last M, with the
+        first repeated to fill M at an episode start unless the layout says otherwise
+        (``DataLayout.pad_history``)."""
+        m = self.layout.history
+        c = list(codes)[-m:]
+        if not self.layout.pad_history:
+            return c
+        return [c[0]] * (m - len(c)) + c
 
     def _plan(self, env_ids: Sequence[int], observations: Sequence[Observation]) -> np.ndarray:
         return self.predict_chunks_from_codes(

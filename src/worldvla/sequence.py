@@ -9,6 +9,9 @@ Layouts (SPEC §2; ``|`` marks where the loss starts)::
                          | ACT(t), ..., ACT(t+K-1), SEP
     world-model sample:  BOS, world prompt, IMG(t), ACT(t), SEP | IMG(t+1), SEP
 
+``grid(n)`` announces ``n`` codes as ``n / vocab.grid_unit`` units (one code in the compact
+layout; a 32-pixel patch of 2×2 codes for the released Chameleon checkpoints).
+
 ``ACT(t)`` is the action executed after observing ``IMG(t)``; ``STATE(t)`` is the
 proprioceptive state observed with ``IMG(t)`` (optional: only for a model trained with
 ``use_state``, whose vocabulary has state tokens). It sits after the last image, right
@@ -25,7 +28,10 @@ may weigh the image codes that change more (``changed_weight``). The image-loss 
 Default prompts follow the reference implementation's wording (configurable in
 :class:`PromptConfig`): the action prompt is ``"What action should the robot take to
 {instruction}?"`` and the world prompt is ``"Generate the next image based on the provided
-image and action."``.
+image and action."``. The reference writes an action query as a one-turn conversation
+(its message, then the turn separator, after BOS); with the reference vocabulary's SEP and
+a layout without history padding that is this action prompt token for token
+(:mod:`worldvla.convert.reference_prompts`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,18 @@ attention mask (:mod:`worldvla.model.masks`) keys on BOA/EOA only.
 (65,536 ids): image codes 4–8195, EOI 8196, BOI 8197, SEP 8710, row separator 8803, grid
 token 8804+n, BOA 10004, EOA 15004, action bins 10006–10261. There the BPE text tokenizer
 owns the whole id space, so the text range overlaps the carved-out image and action ranges.
+The reference code looks these ids up by token name (:data:`CHAMELEON_TOKEN_NAMES`,
+:func:`chameleon_token_names`), so a converted checkpoint can check them against the real
+tokenizer file.
+
+**Grid unit.** A grid token says how many *units* a frame has per side. In the compact
+layout, and in ``chameleon_reference()`` as every earlier checkpoint recorded it, the unit
+is one code. The released WorldVLA checkpoints count 32-pixel patches instead: their
+VQGAN makes one code per 16 pixels, so a 256² frame (16×16 codes) is announced as 8×8
+(``item_processor.py``: ``get_n_grids_token(image.size[1] // 32)``).
+``chameleon_reference(grid_unit=2)`` is that layout; ``grid_unit`` appears in
+``to_dict()`` (and the fingerprint) only when it is not 1, so every vocabulary written
+before it existed keeps its meaning.
 
 Functions here work on Python ints, numpy arrays and torch tensors alike.
 """
@@ -49,6 +61,22 @@ SPECIAL_NAMES = ("pad", "bos", "sep", "boi", "eoi", "row_sep", "boa", "eoa")
 # Fields of the optional state tokens; absent from to_dict() when state_bins == 0.
 STATE_FIELDS = ("bos_state", "eos_state", "state_start", "state_bins")
 _NO_STATE = {"bos_state": -1, "eos_state": -1, "state_start": -1, "state_bins": 0}
+# Codes per grid-token unit of the released Chameleon checkpoints: one 32-pixel patch is
+# 2×2 codes of the 16-pixel VQGAN (module docstring).
+CHAMELEON_GRID_UNIT = 2
+
+# Names the reference code gives the special tokens of Vocab.chameleon_reference() (its
+# item processors look them up in the tokenizer by these names), by Vocab field.
+CHAMELEON_TOKEN_NAMES = {
+    "bos": "<s>",
+    "pad": "<pad>",
+    "boi": "<racm3:break>",
+    "eoi": "<eoss>",
+    "sep": "<reserved08706>",
+    "row_sep": "<reserved08799>",
+    "boa": "<reserved10000>",
+    "eoa": "<reserved15000>",
+}
 
 
 @dataclass(frozen=True)
@@ -99,8 +127,12 @@ class Vocab:
     eos_state: int = -1
     state_start: int = -1
     state_bins: int = 0
+    # Codes per unit of a grid token (module docstring); 1 = grid tokens count codes.
+    grid_unit: int = 1
 
     def __post_init__(self) -> None:
+        if self.grid_unit < 1:
+            raise ValueError(f"vocab {self.name!r}: grid_unit must be >= 1, got {self.grid_unit}")
         special_names = list(SPECIAL_NAMES)
         if self.state_bins < 0 or self.state_bins == 1:
             raise ValueError(f"vocab {self.name!r}: state_bins must be 0 or >= 2, got {self.state_bins}")
@@ -170,8 +202,13 @@ class Vocab:
         )
 
     @classmethod
-    def chameleon_reference(cls) -> Vocab:
-        """Layout of the reference WorldVLA / Chameleon-7B checkpoints (see module docstring)."""
+    def chameleon_reference(cls, grid_unit: int = 1) -> Vocab:
+        """Layout of the reference WorldVLA / Chameleon-7B checkpoints (see module docstring).
+
+        ``grid_unit``: codes per grid-token unit; :data:`CHAMELEON_GRID_UNIT` is what the
+        released checkpoints were trained with, 1 (the default) what this project's own
+        Chameleon-sized presets and every earlier converted checkpoint use.
+        """
         return cls(
             name="chameleon-reference",
             size=65536,
@@ -191,6 +228,7 @@ class Vocab:
             action_bins=256,
             text_start=0,  # the BPE owns the whole space; image/action ids are carved out of it
             text_size=65536,
+            grid_unit=grid_unit,
         )
 
     # ------------------------------------------------------------------ id <-> value maps
@@ -232,10 +270,15 @@ class Vocab:
         return ids - self.text_start
 
     def grid_id(self, n: int) -> int:
-        """Token announcing a grid side of ``n`` codes."""
-        if not 1 <= n <= self.max_grid:
-            raise ValueError(f"grid side {n} outside [1, {self.max_grid}] for vocab {self.name!r}")
-        return self.grid_start + n
+        """Token announcing a grid side of ``n`` codes (``n / grid_unit`` units)."""
+        units, rest = divmod(n, self.grid_unit)
+        if rest:
+            raise ValueError(
+                f"grid side {n} is not a whole number of {self.grid_unit}-code units for vocab {self.name!r}"
+            )
+        if not 1 <= units <= self.max_grid:
+            raise ValueError(f"grid side {n} outside [1, {self.max_grid}] units for vocab {self.name!r}")
+        return self.grid_start + units
 
     # ------------------------------------------------------------------ predicates
     def is_image_code(self, ids: ArrayLike) -> ArrayLike:
@@ -268,6 +311,8 @@ class Vocab:
         if not self.has_state:  # vocab.json and the fingerprint stay as they were before state tokens
             for k in STATE_FIELDS:
                 del d[k]
+        if self.grid_unit == 1:  # ... and as they were before the grid unit
+            del d["grid_unit"]
         return d
 
     @classmethod
@@ -276,7 +321,7 @@ class Vocab:
         unknown = set(d) - known
         # The state fields come all together or not at all (a layout without state tokens).
         given_state = set(STATE_FIELDS) & set(d)
-        missing = known - set(d) - (set(STATE_FIELDS) if not given_state else set())
+        missing = known - set(d) - (set(STATE_FIELDS) if not given_state else set()) - {"grid_unit"}
         if unknown or missing:
             raise ValueError(
                 f"vocab dict does not match: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
@@ -304,3 +349,31 @@ class Vocab:
         """Short hash of the layout; checkpoints and caches record it."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def chameleon_token_names(vocab: Vocab) -> dict[str, int]:
+    """Reference token name -> id in ``vocab``, for every special and grid token the reference
+    looks up by name (:data:`CHAMELEON_TOKEN_NAMES`; grid tokens ``<reserved0{8800 + n}>`` for
+    ``n`` units, ``FlexARItemProcessor.get_n_grids_token``).
+
+    A converted checkpoint checks these against the real tokenizer file, so that its ids are
+    the ones the reference's ``token2id`` returns rather than a transcription of them.
+    """
+    names = {name: getattr(vocab, field) for field, name in CHAMELEON_TOKEN_NAMES.items()}
+    for n in range(1, vocab.max_grid + 1):
+        names[f"<reserved{8800 + n:05d}>"] = vocab.grid_start + n
+    return names
+
+
+def chameleon_image_code(name: str) -> int | None:
+    """The image code a Chameleon tokenizer entry stands for (None for other entries).
+
+    The tokenizer names code ``c`` ``IMGIMG<digits of c as letters A-J>Z``; the reference's
+    ``VocabTranslation.bpe2img`` reads the names this way to map codes to token ids.
+    """
+    if not (name.startswith("IMGIMG") and name.endswith("Z")):
+        return None
+    letters = name[len("IMGIMG") : -1]
+    if not letters or not all("A" <= c <= "J" for c in letters):
+        return None
+    return int("".join(str(ord(c) - ord("A")) for c in letters))

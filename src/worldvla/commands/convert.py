@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Chameleon's text tokenizer JSON (required; 'bytes' only for plumbing tests)",
     )
     p.add_argument(
-        "--image-size", type=int, default=None, help="frame size, 256 or 512 (default: the VQGAN's)"
+        "--image-size",
+        type=int,
+        default=None,
+        help="frame size: the rendering size, 256 or 512 (a multiple of 32; default: the VQGAN's)",
     )
     p.add_argument("--history", type=int, default=2, help="history frames M of the prompt (reference: 2)")
     p.add_argument(

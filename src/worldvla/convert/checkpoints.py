@@ -4,8 +4,9 @@ From Hugging Face (:func:`convert_from_hf`) the output is a checkpoint directory
 ``worldvla serve`` and ``WorldVLAPolicy.from_pretrained`` load like a trained one::
 
     OUT/model.safetensors        the language model (streamed; the source dtype unless told)
-    OUT/config.json              model config, data layout, vocabulary fingerprint (format 1)
-    OUT/vocab.json               Vocab.chameleon_reference(): the reference token layout
+    OUT/config.json              model config, data layout (the reference's prompts:
+                                 reference_prompts.py), vocabulary fingerprint (format 1)
+    OUT/vocab.json               the reference token layout, grids in 32-pixel patches
     OUT/action_stats.json        the reference's fixed LIBERO bounds on its own bin grid
     OUT/image_tokenizer/         the Chameleon VQGAN (vqgan.yaml + vqgan.ckpt) at the image size
     OUT/image_tokenizer.json     its fingerprint (the codes mean nothing without it)
@@ -40,6 +41,13 @@ from worldvla.convert.chameleon import (
     hf_tensors,
     model_config_from_hf,
     read_hf_config,
+)
+from worldvla.convert.reference_prompts import (
+    REFERENCE_PAD_HISTORY,
+    REFERENCE_PROMPTS,
+    check_frame_grid,
+    check_text_tokenizer,
+    reference_vocab,
 )
 from worldvla.convert.safetensors_io import TensorFile
 from worldvla.data.datasets import DataLayout
@@ -105,6 +113,22 @@ def _image_tokenizer(path: str | Path, image_size: int | None, vocab: Vocab) -> 
     return ChameleonTokenizer(model)
 
 
+def _train_config(layout: DataLayout, vocab: Vocab) -> TrainConfig:
+    """The training config a converted checkpoint records: the reference recipe's model, and M, K,
+    the text tokenizer and the prompt wording of its layout."""
+    return TrainConfig(
+        name="converted-chameleon",
+        model="chameleon-7b",
+        history=layout.history,
+        chunk_len=layout.chunk_len,
+        chunk_mask=layout.chunk_mask,
+        action_bins=vocab.action_bins,
+        text_tokenizer=layout.text_tokenizer,
+        action_prompt=layout.prompts.action_prompt,
+        world_prompt=layout.prompts.world_prompt,
+    )
+
+
 def convert_from_hf(
     src: str | Path,
     out: str | Path,
@@ -124,14 +148,17 @@ def convert_from_hf(
     copied into the checkpoint at ``image_size`` (default: its own). ``text_tokenizer``:
     Chameleon's ``tokenizers`` JSON (``"bytes"`` only for plumbing tests). ``history`` (M),
     ``chunk_len`` (K), ``action_dim`` (D) and ``camera`` are the data layout the policy
-    builds prompts with (reference: M=2, K=5, or K=10 on LIBERO-10, D=7, agent view).
+    builds prompts with (reference: M=2, K=5, or K=10 on LIBERO-10, D=7, agent view); the
+    rest of the layout and the vocabulary make those prompts the reference's
+    (:mod:`worldvla.convert.reference_prompts`), so ``image_size`` must be a multiple of 32
+    and a tokenizer JSON must name the reference's tokens with the reference's ids.
     ``action_stats`` default: the reference's LIBERO bounds.
     """
     src, out = Path(src), Path(out).resolve()
     hf = read_hf_config(src)
     cfg, info = model_config_from_hf(hf, src / "config.json")
     _fresh_output(out)
-    vocab = Vocab.chameleon_reference()
+    vocab = reference_vocab()
     if cfg.vocab_size != vocab.size:
         raise ConfigError(
             f"{src}/config.json: vocab_size={cfg.vocab_size}, the reference vocabulary has {vocab.size} ids"
@@ -140,28 +167,23 @@ def convert_from_hf(
     if stats.dim != action_dim:
         raise ConfigError(f"the action statistics have {stats.dim} dimensions, action_dim is {action_dim}")
     tok = _image_tokenizer(image_tokenizer, image_size, vocab)
+    check_frame_grid(tuple(tok.grid), vocab)
     text_spec = "bytes" if text_tokenizer == "bytes" else str(Path(text_tokenizer).resolve())
     text = load_text_tokenizer(text_spec)
     if text.size > vocab.text_size:
         raise ConfigError(f"{text_tokenizer}: {text.size} text ids do not fit the reference vocabulary")
+    check_text_tokenizer(text, vocab, text_tokenizer)
     layout = DataLayout(
         action_dim=action_dim,
         grid=tuple(tok.grid),
         history=history,
         chunk_len=chunk_len,
         chunk_mask=True,
+        prompts=REFERENCE_PROMPTS,
         text_tokenizer=text_spec,
         camera=camera,
         image_size=tok.image_size,
-    )
-    train = TrainConfig(
-        name="converted-chameleon",
-        model="chameleon-7b",
-        history=history,
-        chunk_len=chunk_len,
-        chunk_mask=True,
-        action_bins=vocab.action_bins,
-        text_tokenizer=text_spec,
+        pad_history=REFERENCE_PAD_HISTORY,
     )
     with atomic_dir(out) as tmp:
         tok.save(tmp / TOKENIZER_DIR)
@@ -173,7 +195,7 @@ def convert_from_hf(
             "format": FORMAT,
             "step": 0,
             "model": asdict(cfg),
-            "train": train.to_dict(),
+            "train": _train_config(layout, vocab).to_dict(),
             "layout": layout.to_dict(),
             "vocab_fingerprint": vocab.fingerprint(),
             "val_episodes": [],

@@ -198,6 +198,11 @@ class DataLayout:
     # Longest span of a world-model sample: IMG(t), ACT(t..t+k-1) -> IMG(t+k) for k = 1..H
     # (training config ``world_horizon``); 1 = the paper's IMG(t), ACT(t) -> IMG(t+1).
     world_horizon: int = 1
+    # Episode start, fewer than ``history`` frames seen: True = repeat the first frame to
+    # fill M (these datasets, every layout saved before the option existed); False = the
+    # prompt holds only the frames seen so far (the released WorldVLA checkpoints: their
+    # data and evaluation take ``max(0, t - M + 1) .. t``). Read by the policy.
+    pad_history: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -67,6 +67,10 @@ class HFTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def vocabulary(self) -> dict[str, int]:
+        """Every entry of the file, added tokens included: name -> id."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     def fingerprint(self) -> str:
         return f"hf-{self._hash}"
 
