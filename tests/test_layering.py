@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "cli", "commands"),  # entry points: parse, call a library function
     ("ablation",),  # controlled comparisons over the pipeline
     ("pipeline",),  # collect -> tokenize -> train -> evaluate, staged and resumable
-    ("presets", "libero_presets", "convert"),  # experiment recipes; checkpoint conversion
+    ("experiments", "libero_presets", "convert"),  # experiment recipes; checkpoint conversion
     ("eval",),  # closed-loop and offline evaluation, world-model metrics, reports
     ("serving",),  # the policy over a websocket
     ("train",),  # the training loop, losses, optimizer, resume

@@ -2,7 +2,7 @@
 
 Every preset has a tiny sibling that tests and laptops run in seconds (``tiny``). Other
 subsystems keep their own frozen configs next to their code (tokenizers, data, training);
-:mod:`worldvla.presets` composes them into the named experiment presets.
+:mod:`worldvla.experiments` composes them into the named experiment presets.
 """
 
 from __future__ import annotations

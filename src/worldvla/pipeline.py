@@ -32,7 +32,7 @@ from typing import Any
 
 from worldvla.errors import ConfigError
 from worldvla.eval.report import NOT_COMPARABLE, STAGE_NAMES, cut_short, cut_summary, stage_shortfall
-from worldvla.presets import ExperimentConfig, upgrade_stored_experiment
+from worldvla.experiments import ExperimentConfig, upgrade_stored_experiment
 from worldvla.utils.paths import check_output_dir
 from worldvla.utils.stages import StageRecord
 from worldvla.utils.stored import with_defaults

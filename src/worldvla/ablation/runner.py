@@ -113,8 +113,8 @@ def run_ablation(
     """Prepare the data, run every missing (variant, seed), then aggregate; returns table.md."""
     from worldvla.ablation.aggregate import aggregate
     from worldvla.envs.suites import suite_preset
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, run_pipeline
-    from worldvla.presets import experiment_preset
 
     run = Path(run_dir)
     exp = experiment_preset(cfg.experiment)
