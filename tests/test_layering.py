@@ -30,8 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("artifacts",),  # checkpoints and run directories: written by train, read by everyone
     ("data",),  # episode store, demo collection, token cache, datasets, data layout
     ("envs",),  # simulator adapters and benchmark constants
-    ("model",),  # transformer, mask, decoding, model construction
-    ("config",),  # ModelConfig and the model presets
+    ("model",),  # ModelConfig and the model sizes, transformer, mask, decoding, construction
     ("sequence",),  # action-model / world-model samples
     ("tokenizers",),  # action, text and image tokenizers
     ("vocab",),  # token ids

@@ -66,9 +66,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from worldvla.artifacts.inference import DEFAULT_INFERENCE, InferenceDefaults
-from worldvla.config import ModelConfig
 from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError, DataError, WorldVLAError
+from worldvla.model.config import ModelConfig
 from worldvla.tokenizers.action import ActionStats
 from worldvla.tokenizers.text import TextTokenizer, load_text_tokenizer
 from worldvla.utils.io import atomic_dir, atomic_write_text, file_sha256

@@ -24,7 +24,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "experiment": ("worldvla.experiments", "EXPERIMENTS"),
     "suite": ("worldvla.envs.suites", "SUITES"),
     "tokenizer": ("worldvla.tokenizers.vq", "PRESETS"),
-    "model": ("worldvla.config", "MODEL_PRESETS"),
+    "model": ("worldvla.model.config", "MODEL_PRESETS"),
     "train": ("worldvla.train.config", "TRAIN_PRESETS"),
     "libero": ("worldvla.libero_presets", "LIBERO_PRESETS"),
     "ablation": ("worldvla.ablation.config", "ABLATIONS"),
