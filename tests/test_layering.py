@@ -180,6 +180,6 @@ def test_the_walker_sees_function_level_and_submodule_imports():
     """The checks above are only as good as the import reader: it must see lazy imports."""
     graph = _graph()
     # artifacts.checkpoint loads the image tokenizer with a function-level import.
-    assert "worldvla.tokenizers.image" in graph["worldvla.artifacts.checkpoint"]
+    assert "worldvla.tokenizers.image_loader" in graph["worldvla.artifacts.checkpoint"]
     # `from worldvla.train import checkpoint as ckpt` is an import of the submodule.
     assert "worldvla.train.checkpoint" in graph["worldvla.train.loop"]

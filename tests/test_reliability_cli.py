@@ -45,7 +45,7 @@ def inputs(tmp_path_factory) -> Path:
     """Inputs shared by the cases (read-only by contract: every case checks they are unchanged)."""
     from worldvla.data.token_cache import CODES_FILE, build_token_cache
     from worldvla.serving.random_checkpoint import TOKENIZER_DIR, write_random_checkpoint
-    from worldvla.tokenizers.image import load_image_tokenizer
+    from worldvla.tokenizers.image_loader import load_image_tokenizer
 
     root = tmp_path_factory.mktemp("inputs")
     write_episodes(root / "eps4.hdf5", _episodes(4))

@@ -213,7 +213,7 @@ def run_pipeline(
 
     def tokenize_stage(st: dict[str, Any]) -> None:
         from worldvla.data.token_cache import build_token_cache
-        from worldvla.tokenizers.image import load_image_tokenizer
+        from worldvla.tokenizers.image_loader import load_image_tokenizer
 
         cache = build_token_cache(
             episodes,

@@ -154,7 +154,7 @@ def _load_image_tokenizer(ref: ImageTokenizerRef, ckpt: Path) -> Any:
     if not ref.path:
         raise ConfigError(f"{ckpt}: the checkpoint records no image tokenizer path (image_tokenizer.json)")
     try:
-        from worldvla.tokenizers.image import load_image_tokenizer
+        from worldvla.tokenizers.image_loader import load_image_tokenizer
     except ImportError as e:
         raise ConfigError(f"{ckpt}: cannot import the image tokenizer loader: {e}") from e
     # The recorded path first, then the same place relative to the checkpoint (a run directory
