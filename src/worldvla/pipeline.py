@@ -33,9 +33,9 @@ from typing import Any
 from worldvla.errors import ConfigError
 from worldvla.eval.report import NOT_COMPARABLE, STAGE_NAMES, cut_short, cut_summary, stage_shortfall
 from worldvla.experiments import ExperimentConfig, upgrade_stored_experiment
+from worldvla.utils.field_defaults import with_defaults
 from worldvla.utils.paths import check_output_dir
 from worldvla.utils.stages import StageRecord
-from worldvla.utils.stored import with_defaults
 
 STAGES = ("collect", "tokenizer", "tokenize", "train", "eval_policy", "eval_world", "report")
 DATA_STAGES = STAGES[:3]

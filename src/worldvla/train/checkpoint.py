@@ -70,7 +70,7 @@ from worldvla.errors import ConfigError, DataError, WorldVLAError
 from worldvla.model.config import ModelConfig
 from worldvla.tokenizers.action import ActionStats
 from worldvla.train.config import RESUMABLE_FIELDS, TrainConfig, config_diff
-from worldvla.utils.stored import with_defaults
+from worldvla.utils.field_defaults import with_defaults
 from worldvla.vocab import Vocab
 
 
