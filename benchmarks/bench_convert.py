@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from worldvla.config import ModelConfig
 from worldvla.convert.chameleon import hf_config_from_model, hf_tensors
+from worldvla.model.config import ModelConfig
 
 # Linux /proc: VmRSS is the resident memory now, VmHWM its peak so far (ru_maxrss would
 # include transient peaks of the imports, hiding the conversion's own).

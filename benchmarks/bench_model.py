@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from worldvla.config import model_preset
+from worldvla.model.config import model_preset
 from worldvla.model.generation import Slot, action_plan, decode, decode_chunk, frame_plan
 from worldvla.model.masks import attention_mask
 from worldvla.model.transformer import Transformer

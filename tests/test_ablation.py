@@ -223,8 +223,8 @@ def test_debug_ablation_end_to_end_then_resumes_only_what_is_missing(tmp_path):
 
 def test_reusing_finished_data_stages_leaves_the_runs_provenance_alone(tmp_path):
     from worldvla.envs.suites import suite_preset
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, run_pipeline
-    from worldvla.presets import experiment_preset
 
     exp = experiment_preset("debug")
     doc = {

@@ -13,7 +13,8 @@ import yaml
 
 from worldvla.errors import DataError
 from worldvla.tokenizers.chameleon import ChameleonTokenizer, ChameleonVQConfig, ChameleonVQGAN
-from worldvla.tokenizers.image import ImageTokenizer, load_image_tokenizer
+from worldvla.tokenizers.image_base import ImageTokenizer
+from worldvla.tokenizers.image_loader import load_image_tokenizer
 
 SMALL = ChameleonVQConfig(
     embed_dim=8,

@@ -312,7 +312,8 @@ class _FakeLiberoEnv:
 
 def test_converted_checkpoint_served_to_the_libero_reference_protocol_client(tmp_path, vq_dir):
     """Reference vocabulary, reference action grid and bounds, Chameleon VQGAN at 256²: the 7B path."""
-    from worldvla.eval.libero_protocol import NOOP_ACTION, chunk_actor, run_episode
+    from worldvla.envs.libero_benchmark import NOOP_ACTION
+    from worldvla.eval.libero_loop import chunk_actor, run_episode
     from worldvla.policy import WorldVLAPolicy
     from worldvla.serving.client import PolicyClient
     from worldvla.serving.server import PolicyServer

@@ -113,7 +113,7 @@ def test_ablation_suite_is_the_first_task_set_with_the_experts_asked_per_control
     assert len(quick.train_variations) == 200 and quick.test_variations == tuple(range(40, 50))
     # Its experiment preset runs the quickstart's recipe on it, as it was before exploratory
     # world data (its committed results were made on demonstrations only).
-    from worldvla.presets import experiment_preset
+    from worldvla.experiments import experiment_preset
 
     exp_v1 = experiment_preset("mw-quick-v1")
     assert exp_v1.explore_per_task == 0

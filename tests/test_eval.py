@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from worldvla.eval.metrics.image import frame_metrics
 from worldvla.eval.policy_eval import (
     EpisodeResult,
     RandomAgent,
@@ -11,7 +12,7 @@ from worldvla.eval.policy_eval import (
     summarize,
 )
 from worldvla.eval.stats import mean_ci, wilson_interval
-from worldvla.eval.world_eval import evaluate_rollouts, frame_metrics, side_by_side
+from worldvla.eval.world_eval import evaluate_rollouts, side_by_side
 
 
 def test_wilson_interval_properties():

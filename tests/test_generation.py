@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldvla.config import model_preset
 from worldvla.errors import ConfigError
+from worldvla.model.config import model_preset
 from worldvla.model.generation import (
     Sampling,
     Slot,

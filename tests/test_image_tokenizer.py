@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from worldvla.data.episodes import Episode, write_episodes
 from worldvla.errors import ConfigError, DataError
-from worldvla.tokenizers.image import ImageTokenizer, load_image_tokenizer, psnr
+from worldvla.tokenizers.image_base import ImageTokenizer, psnr
+from worldvla.tokenizers.image_loader import load_image_tokenizer
 from worldvla.tokenizers.vq import PRESETS, VQConfig, VQTokenizer, vq_preset
 from worldvla.tokenizers.vq_train import VQTrainConfig, code_stability, code_stats, train_vq
 

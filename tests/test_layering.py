@@ -5,16 +5,19 @@ a lazy import is still a dependency — and fails on an import that points up th
 below, on an import circle between modules, on a package or top-level module that has no
 place in the order, and on inference code that reaches the training package.
 
-The layer order is written once here and once in docs/ARCHITECTURE.md; change both together.
+The layer order is written once here and once in docs/ARCHITECTURE.md; change both together
+(the last test checks that they agree).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "worldvla"
+ARCHITECTURE = SRC.parents[1] / "docs" / "ARCHITECTURE.md"
 
 # Top to bottom. A unit (a subpackage or a top-level module of worldvla) may import units of
 # its own layer or of any layer below it, never one above.
@@ -22,20 +25,19 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "cli", "commands"),  # entry points: parse, call a library function
     ("ablation",),  # controlled comparisons over the pipeline
     ("pipeline",),  # collect -> tokenize -> train -> evaluate, staged and resumable
-    ("presets", "libero_presets", "convert"),  # experiment recipes; checkpoint conversion
+    ("experiments", "libero_presets", "convert"),  # experiment recipes; checkpoint conversion
     ("eval",),  # closed-loop and offline evaluation, world-model metrics, reports
     ("serving",),  # the policy over a websocket
     ("train",),  # the training loop, losses, optimizer, resume
     ("policy", "world_model"),  # the two inference roles
     ("artifacts",),  # checkpoints and run directories: written by train, read by everyone
     ("data",),  # episode store, demo collection, token cache, datasets, data layout
-    ("envs",),  # simulator adapters and benchmark constants
-    ("model",),  # transformer, mask, decoding, model construction
-    ("config",),  # ModelConfig and the model presets
+    ("envs",),  # simulator adapters, task suites and benchmark constants
+    ("model",),  # ModelConfig and the model sizes, transformer, mask, decoding, construction
     ("sequence",),  # action-model / world-model samples
-    ("tokenizers",),  # action, text and image tokenizers
+    ("tokenizers",),  # action, state, text and image tokenizers
     ("vocab",),  # token ids
-    ("utils",),  # io, paths, registry, provenance
+    ("utils",),  # io, paths, registry, provenance, field defaults, resumable stages
     ("errors",),  # the error types
 )
 
@@ -43,10 +45,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 INFERENCE = ("worldvla.policy", "worldvla.world_model", "worldvla.serving.server", "worldvla.artifacts")
 # Builds a checkpoint without training: may read the training config, never the loop.
 NO_TRAINING_LOOP = ("worldvla.serving.random_checkpoint",)
-
-# Module circles known and not yet broken, each with why. An entry that no longer forms a
-# circle fails the test, so this list only shrinks.
-KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def _modules() -> dict[str, Path]:
@@ -158,11 +156,8 @@ def test_no_import_points_up_the_layers():
 
 
 def test_no_import_circles():
-    cycles = _cycles(_graph())
-    new = [sorted(c) for c in cycles if c not in KNOWN_CYCLES]
-    assert not new, f"import circles: {new}"
-    gone = [sorted(c) for c in KNOWN_CYCLES if c not in cycles]
-    assert not gone, f"no longer circles: remove them from KNOWN_CYCLES: {gone}"
+    cycles = [sorted(c) for c in _cycles(_graph())]
+    assert not cycles, f"import circles: {cycles}"
 
 
 def test_inference_never_reaches_training():
@@ -181,6 +176,14 @@ def test_the_walker_sees_function_level_and_submodule_imports():
     """The checks above are only as good as the import reader: it must see lazy imports."""
     graph = _graph()
     # artifacts.checkpoint loads the image tokenizer with a function-level import.
-    assert "worldvla.tokenizers.image" in graph["worldvla.artifacts.checkpoint"]
+    assert "worldvla.tokenizers.image_loader" in graph["worldvla.artifacts.checkpoint"]
     # `from worldvla.train import checkpoint as ckpt` is an import of the submodule.
     assert "worldvla.train.checkpoint" in graph["worldvla.train.loop"]
+
+
+def test_the_architecture_page_draws_the_same_layers():
+    """docs/ARCHITECTURE.md's layer table (``| 4 | `experiments` | ...``) names the units of LAYERS."""
+    drawn: dict[int, list[str]] = defaultdict(list)
+    for m in re.finditer(r"^\| (\d+) \| ((?:`[^`]+`(?:, )?)+) \|", ARCHITECTURE.read_text(), re.M):
+        drawn[int(m[1])] += re.findall(r"`([^`]+)`", m[2])
+    assert [tuple(drawn[i]) for i in sorted(drawn)] == list(LAYERS)

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from worldvla.config import model_preset
 from worldvla.errors import ConfigError
 from worldvla.libero_presets import LIBERO_PRESETS, libero_preset
+from worldvla.model.config import model_preset
 from worldvla.sequence import action_length, frame_length
 from worldvla.vocab import Vocab
 

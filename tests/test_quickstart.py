@@ -86,8 +86,8 @@ def test_data_of_another_suite_definition_is_refused_not_reused(tmp_path):
     """Same preset names, but the suite's definition changed since the data was made."""
     from worldvla.envs.suites import suite_preset
     from worldvla.errors import ConfigError
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import RunState
-    from worldvla.presets import experiment_preset
 
     exp = experiment_preset("debug")
     suite = json.loads(json.dumps(suite_preset("debug").to_dict()))
@@ -112,8 +112,8 @@ def test_a_run_made_before_a_suite_field_existed_is_still_reused(tmp_path):
     """Fields added to SuiteConfig / ExperimentConfig later count at their defaults."""
     from worldvla.envs.suites import suite_preset
     from worldvla.errors import ConfigError
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import RunState
-    from worldvla.presets import experiment_preset
 
     exp = experiment_preset("debug")
     suite = json.loads(json.dumps(suite_preset(exp.suite).to_dict()))

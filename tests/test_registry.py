@@ -57,7 +57,7 @@ def test_presets_command_lists_every_kind_with_descriptions(capsys):
 def test_presets_command_lists_one_kind_and_rejects_an_unknown_one(capsys):
     assert cli_main(["presets", "model"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("model (worldvla.config.MODEL_PRESETS):") and "chameleon-7b" in out
+    assert out.startswith("model (worldvla.model.config.MODEL_PRESETS):") and "chameleon-7b" in out
     assert "mw-quick" not in out
     assert cli_main(["presets", "modle"]) == 2
     assert "unknown preset kind 'modle'. Did you mean 'model'?" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def inputs(tmp_path_factory) -> Path:
     """Inputs shared by the cases (read-only by contract: every case checks they are unchanged)."""
     from worldvla.data.token_cache import CODES_FILE, build_token_cache
     from worldvla.serving.random_checkpoint import TOKENIZER_DIR, write_random_checkpoint
-    from worldvla.tokenizers.image import load_image_tokenizer
+    from worldvla.tokenizers.image_loader import load_image_tokenizer
 
     root = tmp_path_factory.mktemp("inputs")
     write_episodes(root / "eps4.hdf5", _episodes(4))
@@ -329,8 +329,8 @@ def _synthetic_run(run: Path) -> None:
     synthetic 64×64 episodes: the quickstart then runs only the tokenizer, the token cache,
     training and the report — no simulator."""
     from worldvla.envs.suites import suite_preset
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import RunState
-    from worldvla.presets import experiment_preset
 
     exp = experiment_preset("debug")
     suite = suite_preset(exp.suite)
@@ -398,7 +398,7 @@ def test_the_debug_preset_runs_its_full_step_budget(tmp_path, capsys, one_thread
 def _legacy_run(run: Path, **experiment) -> dict:
     """stages.json of a debug run as versions that budgeted in minutes wrote it."""
     from worldvla.envs.suites import suite_preset
-    from worldvla.presets import experiment_preset
+    from worldvla.experiments import experiment_preset
 
     exp = json.loads(json.dumps(experiment_preset("debug").to_dict()))
     exp.update(experiment)
@@ -422,8 +422,8 @@ def _legacy_run(run: Path, **experiment) -> dict:
 def test_runs_stored_with_minute_budgets_are_still_reused_and_reported(tmp_path):
     from worldvla.errors import ConfigError
     from worldvla.eval.report import write_report
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, RunState, run_pipeline, stopped_stages
-    from worldvla.presets import experiment_preset
 
     exp = experiment_preset("debug")
     # A step-budgeted tokenizer (tokenizer_steps ruled over tokenizer_minutes): the same recipe.

@@ -136,7 +136,7 @@ def test_the_libero_client_imports_neither_torch_nor_the_rest_of_worldvla():
         "worldvla.serving.protocol",
         "worldvla.serving.client",
         "worldvla.eval",
-        "worldvla.eval.libero_protocol",
+        "worldvla.eval.libero_loop",
         "worldvla.envs",
         "worldvla.envs.base",
         "worldvla.envs.libero_benchmark",

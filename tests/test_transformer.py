@@ -3,8 +3,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from worldvla.config import MODEL_PRESETS, ModelConfig, model_preset
 from worldvla.errors import ConfigError
+from worldvla.model.config import MODEL_PRESETS, ModelConfig, model_preset
 from worldvla.model.masks import attention_mask
 from worldvla.model.transformer import KVCache, Transformer
 from worldvla.vocab import Vocab

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from worldvla.config import ModelConfig, model_preset
 from worldvla.envs.libero_benchmark import MAX_STEPS, RESOLUTIONS, suite_name
 from worldvla.errors import ConfigError
+from worldvla.model.config import ModelConfig, model_preset
 from worldvla.train.config import TrainConfig
 from worldvla.utils.registry import Registry
 from worldvla.vocab import Vocab, VocabConfig

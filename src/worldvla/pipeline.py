@@ -1,10 +1,10 @@
 """The main job: collect → train tokenizer → tokenize → train → evaluate → report.
 
 Every stage writes into its own folder of the run directory and is recorded in
-``stages.json`` (atomically) when it completes, with its wall time. Running the same
-command again skips completed stages and resumes the interrupted one: collection and the
-tokenizer restart (minutes), the token cache and training resume from where they were
-killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
+``stages.json`` (atomically, :mod:`worldvla.utils.stages`) when it completes, with its wall
+time. Running the same command again skips completed stages and resumes the interrupted
+one: collection and the tokenizer restart (minutes), the token cache and training resume
+from where they were killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
 
 Budgets are steps (``ExperimentConfig.tokenizer_steps``, the training preset's ``steps``),
 so the same preset gives the same model on any machine. ``max_minutes_per_stage`` caps the
@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from worldvla.errors import ConfigError
 from worldvla.eval.report import NOT_COMPARABLE, STAGE_NAMES, cut_short, cut_summary, stage_shortfall
-from worldvla.presets import ExperimentConfig, upgrade_stored_experiment
-from worldvla.utils.io import atomic_write_text
+from worldvla.experiments import ExperimentConfig, upgrade_stored_experiment
+from worldvla.utils.field_defaults import with_defaults
 from worldvla.utils.paths import check_output_dir
-from worldvla.utils.provenance import provenance
-from worldvla.utils.stored import with_defaults
+from worldvla.utils.stages import StageRecord
 
 STAGES = ("collect", "tokenizer", "tokenize", "train", "eval_policy", "eval_world", "report")
 DATA_STAGES = STAGES[:3]
@@ -50,8 +48,8 @@ class RunState:
         """``suite``: the suite's definition (``SuiteConfig.to_dict``); a run whose data came
         from another definition of the same suite name (or from before definitions were
         recorded) is refused rather than silently reused."""
-        self.path = run_dir / "stages.json"
-        existing = _read_stages(self.path)
+        self.record = _read_stages(run_dir / "stages.json")
+        existing = self.record.doc
         wanted = json.loads(json.dumps(exp.to_dict()))  # tuples -> lists, as stored
         from worldvla.envs.suites import SuiteConfig
 
@@ -67,43 +65,40 @@ class RunState:
             else:
                 what = f"a run of another configuration (preset {existing.get('preset')!r})"
             raise ConfigError(f"{run_dir} holds {what}; use another --out directory")
-        self.doc = existing or {
-            "preset": exp.name,
-            "experiment": exp.to_dict(),
-            "seed": exp.seed,
-            "stages": {},
-        }
+        if not existing:
+            self.record.doc = {
+                "preset": exp.name,
+                "experiment": exp.to_dict(),
+                "seed": exp.seed,
+                "stages": {},
+            }
         self.exp = exp
         self.doc["experiment"] = exp.to_dict()
-        tok = self.doc["stages"].get("tokenizer", {})
+        tok = self.doc.setdefault("stages", {}).get("tokenizer", {})
         if legacy.get("tokenizer_minutes") is not None and tok.get("done"):
             # Reused as made: keep the record of its time budget once the legacy fields are gone.
             tok.setdefault("time_budget_minutes", legacy["tokenizer_minutes"])
         if suite is not None:
             self.doc["suite"] = suite
 
+    @property
+    def doc(self) -> dict[str, Any]:
+        return self.record.doc
+
     def claim(self) -> None:
         """Record this command as the run's maker (only when it is going to run a stage)."""
-        self.doc.update(provenance(preset=self.exp.name, seed=self.exp.seed))
+        self.record.stamp(preset=self.exp.name, seed=self.exp.seed)
         self.save()
 
     def stage(self, name: str) -> dict[str, Any]:
-        return self.doc["stages"].setdefault(name, {"done": False, "seconds": 0.0})
+        return self.record.entry(name)
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
+        self.record.save()
 
 
-def _read_stages(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not a readable stages file ({e}); use another --out directory") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("stages", {}), dict):
-        raise ConfigError(f"{path}: not a stages file of a run; use another --out directory")
-    return doc
+def _read_stages(path: Path) -> StageRecord:
+    return StageRecord(path, "stages file", "use another --out directory")
 
 
 def _cut_warning(name: str, st: dict[str, Any], run: Path) -> str:
@@ -121,22 +116,15 @@ def _run_stage(
     run: Path,
 ) -> None:
     st = state.stage(name)
-    if st["done"]:
+    if state.record.done(name):
         if stage_shortfall(name, st, run):
             log(f"[{name}] cut short by an earlier command, kept as it is; a full run needs a new --out")
             log(_cut_warning(name, st, run))
         else:
-            log(f"[{name}] done earlier ({st['seconds'] / 60:.1f} min), skipped")
+            log(f"[{name}] done earlier ({st.get('seconds', 0.0) / 60:.1f} min), skipped")
         return
     log(f"[{name}] ...")
-    t0 = time.perf_counter()
-    try:
-        fn(st)
-    finally:
-        st["seconds"] = st.get("seconds", 0.0) + time.perf_counter() - t0
-        state.save()
-    st["done"] = True
-    state.save()
+    state.record.run(name, fn)
     log(f"[{name}] finished in {st['seconds'] / 60:.1f} min")
     if stage_shortfall(name, st, run):
         log(_cut_warning(name, st, run))
@@ -145,7 +133,7 @@ def _run_stage(
 def stopped_stages(run_dir: str | Path) -> dict[str, str]:
     """Stages of ``run_dir`` that ended before their step budget: name -> what happened."""
     path = Path(run_dir) / "stages.json"
-    return cut_short(_read_stages(path), Path(run_dir)) if path.exists() else {}
+    return cut_short(_read_stages(path).doc, Path(run_dir)) if path.exists() else {}
 
 
 def run_pipeline(
@@ -181,7 +169,7 @@ def run_pipeline(
     vq_preset(exp.tokenizer)
     train_cfg = apply_overrides(train_preset(exp.train), list(exp.train_overrides))
     state = RunState(run, exp, json.loads(json.dumps(suite.to_dict())))
-    if "report" in stages or not all(state.stage(n)["done"] for n in stages):
+    if "report" in stages or not all(state.record.done(n) for n in stages):
         # Reusing finished stages (e.g. the ablation reading a quickstart's data) only reads
         # the folder and leaves the run's provenance to the command that made it.
         check_output_dir(run, "run folder")  # before any stage starts
@@ -225,7 +213,7 @@ def run_pipeline(
 
     def tokenize_stage(st: dict[str, Any]) -> None:
         from worldvla.data.token_cache import build_token_cache
-        from worldvla.tokenizers.image import load_image_tokenizer
+        from worldvla.tokenizers.image_loader import load_image_tokenizer
 
         cache = build_token_cache(
             episodes,

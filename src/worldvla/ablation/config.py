@@ -87,7 +87,7 @@ PAPER_VARIANTS = tuple(n for n in VARIANTS if n not in MATCHED_VARIANTS)
 @dataclass(frozen=True)
 class AblationConfig:
     name: str
-    experiment: str  # worldvla.presets experiment: suite, tokenizer and data stages (shared)
+    experiment: str  # worldvla.experiments experiment: suite, tokenizer and data stages (shared)
     train: str  # base training preset of every variant
     steps: int  # optimizer steps per run (the budget; warmup and cosine follow it)
     warmup_steps: int

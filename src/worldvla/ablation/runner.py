@@ -16,7 +16,9 @@ The data stages (episodes, image tokenizer, token cache) run once, in ``data_dir
 (default ``RUN/data``), or are reused from a quickstart of the same experiment preset.
 Running the same command again skips every run whose ``result.json`` is complete, resumes
 the interrupted one from its last checkpoint, and adds to finished runs any metric their
-result lacks (computed from the saved checkpoint, without retraining).
+result lacks (computed from the saved checkpoint, without retraining). The stages of a run
+(train, eval_policy, eval_offline, eval_world) and their record follow
+:mod:`worldvla.utils.stages`, as the quickstart's do.
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ from typing import Any
 from worldvla.ablation.config import VARIANTS, AblationConfig, resolve, run_key
 from worldvla.errors import ConfigError
 from worldvla.train.config import TrainConfig
-from worldvla.utils.io import atomic_write_text
-from worldvla.utils.provenance import provenance
+from worldvla.utils.stages import StageRecord, reuse, timed
 
 # Fields of the ablation that decide what every run computes: a directory holds one budget.
 BUDGET_FIELDS = (
@@ -82,25 +83,24 @@ def budget(cfg: AblationConfig) -> dict[str, Any]:
     return {k: d[k] for k in BUDGET_FIELDS}
 
 
-def _check_budget(run_dir: Path, cfg: AblationConfig) -> None:
-    path = run_dir / "ablation.json"
-    if not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text()).get("budget", {})
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"{path}: not valid JSON ({e}); move the directory away or repair the file"
-        ) from None
+def _ablation_record(run_dir: Path) -> StageRecord:
+    return StageRecord(
+        run_dir / "ablation.json", "ablation record", "move the directory away or repair the file"
+    )
+
+
+def _result_record(out: Path) -> StageRecord:
+    return StageRecord(out / "result.json", "run result", "delete it to run this run again")
+
+
+def _check_budget(record: StageRecord, cfg: AblationConfig) -> None:
+    old = record.doc.get("budget", {})
     diff = {k: (old.get(k), v) for k, v in budget(cfg).items() if old.get(k) != v}
-    if diff:
+    if record.path.exists() and diff:
         raise ConfigError(
-            f"{run_dir} holds an ablation with another budget ({diff}: stored vs. asked); use another --out"
+            f"{record.path.parent} holds an ablation with another budget ({diff}: stored vs. asked); "
+            "use another --out"
         )
-
-
-def _load_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def run_ablation(
@@ -113,25 +113,26 @@ def run_ablation(
     """Prepare the data, run every missing (variant, seed), then aggregate; returns table.md."""
     from worldvla.ablation.aggregate import aggregate
     from worldvla.envs.suites import suite_preset
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, run_pipeline
-    from worldvla.presets import experiment_preset
 
     run = Path(run_dir)
     exp = experiment_preset(cfg.experiment)
-    _check_budget(run, cfg)
+    record = _ablation_record(run)
+    _check_budget(record, cfg)
     run.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir) if data_dir is not None else run / "data"
-    doc = _load_json(run / "ablation.json") or {}
-    doc.update(provenance(preset=cfg.name), budget=budget(cfg), data_dir=str(data))
-    doc.setdefault("requested", [])
-    doc["requested"].append({"variants": list(cfg.variants), "seeds": list(cfg.seeds)})
-    atomic_write_text(run / "ablation.json", json.dumps(doc, indent=2) + "\n")
+    record.stamp(preset=cfg.name)
+    record.doc.update(budget=budget(cfg), data_dir=str(data))
+    record.doc.setdefault("requested", [])
+    record.doc["requested"].append({"variants": list(cfg.variants), "seeds": list(cfg.seeds)})
+    record.save()
 
     log(f"[data] {data}")
     run_pipeline(exp, data, progress=progress, log=log, stages=DATA_STAGES)
     suite = suite_preset(exp.suite)
     runs = plan(cfg)
-    todo = [r for r in runs if _missing(r, _load_json(run / "runs" / r.key / "result.json"))]
+    todo = [r for r in runs if _missing(r, _result_record(run / "runs" / r.key).doc)]
     steps = " or ".join(str(n) for n in sorted({r.train.steps for r in runs}))
     log(f"[runs] {len(runs)} distinct runs ({len(runs) - len(todo)} done earlier), {steps} steps each")
     t_start = time.perf_counter()
@@ -150,16 +151,19 @@ def run_ablation(
     return aggregate(run, cfg)
 
 
-def _missing(r: Run, doc: dict[str, Any] | None) -> list[str]:
-    """Parts of a run's result still to compute (older results may lack newer metrics)."""
-    if doc is None:
-        return ["train"]
-    need = []
+def _stages(r: Run) -> dict[str, str]:
+    """The stages of run ``r``, in order -> the key of ``result.json`` that records each."""
+    stages = {"train": "step"}
     if r.policy_eval:
-        need += [p for p in ("policy", "offline") if p not in doc]
-    if r.world_eval and "world" not in doc:
-        need.append("world")
-    return need
+        stages.update(eval_policy="policy", eval_offline="offline")
+    if r.world_eval:
+        stages["eval_world"] = "world"
+    return stages
+
+
+def _missing(r: Run, doc: dict[str, Any]) -> list[str]:
+    """Stages of a run still to run (a result of an older version may lack newer metrics)."""
+    return [name for name, key in _stages(r).items() if key not in doc]
 
 
 def _run_one(
@@ -171,6 +175,7 @@ def _run_one(
     progress: bool,
     log: Callable[[str], None],
 ) -> None:
+    """Run the missing stages of ``r`` into ``out``, then write its ``result.json`` (once)."""
     from worldvla.eval.offline_actions import evaluate_offline_actions
     from worldvla.eval.policy_eval import evaluate_policy
     from worldvla.eval.world_eval import evaluate_world
@@ -178,15 +183,14 @@ def _run_one(
     from worldvla.train.loop import train
 
     episodes = data / "data" / "episodes.hdf5"
-    doc: dict[str, Any] = _load_json(out / "result.json") or {}
-    seconds: dict[str, float] = doc.get("seconds", {})
-    if "step" not in doc:
-        t0 = time.perf_counter()
+    record = _result_record(out)
+    doc = record.doc
+
+    def train_stage() -> None:
         resume = latest_checkpoint(out / "train") is not None
         result = train(
             r.train, data / "cache", out / "train", resume=resume, progress=progress, inference=cfg.inference
         )
-        seconds["train"] = time.perf_counter() - t0
         doc.update(
             key=r.key,
             variants=list(r.variants),
@@ -196,18 +200,21 @@ def _run_one(
             tokens_per_s=result.tokens_per_s,
             last_val=result.last_val,
         )
-    if r.policy_eval and "policy" not in doc:
-        t0 = time.perf_counter()
-        pol = _load_json(out / "eval_policy" / "results.json") or evaluate_policy(
-            out / "train",
-            suite,
-            out / "eval_policy",
-            cfg.eval_episodes_per_task,
-            cfg.eval_envs,
-            gifs=cfg.gifs,
-            seed=r.seed,
-            baselines=False,
-            progress=progress,
+
+    def policy_stage() -> None:
+        pol = reuse(
+            out / "eval_policy" / "results.json",
+            lambda: evaluate_policy(
+                out / "train",
+                suite,
+                out / "eval_policy",
+                cfg.eval_episodes_per_task,
+                cfg.eval_envs,
+                gifs=cfg.gifs,
+                seed=r.seed,
+                baselines=False,
+                progress=progress,
+            ),
         )
         s = pol["summary"]["worldvla"]
         doc["policy"] = {
@@ -216,42 +223,57 @@ def _run_one(
             "episodes": s["episodes"],
             "per_task": {t: v["success"] for t, v in s["per_task"].items()},
         }
-        seconds["eval_policy"] = time.perf_counter() - t0
-    if r.policy_eval and "offline" not in doc:
-        t0 = time.perf_counter()
-        off = _load_json(out / "eval_offline" / "results.json") or evaluate_offline_actions(
-            out / "train", episodes, out / "eval_offline", stride=cfg.offline_stride
+
+    def offline_stage() -> None:
+        off = reuse(
+            out / "eval_offline" / "results.json",
+            lambda: evaluate_offline_actions(
+                out / "train", episodes, out / "eval_offline", stride=cfg.offline_stride
+            ),
         )
         doc["offline"] = {
             k: off[k] for k in ("l1", "l1_first", "l1_per_position", "baseline_mean_action_l1", "samples")
         }
-        seconds["eval_offline"] = time.perf_counter() - t0
+
+    def world_stage() -> None:
+        wd = reuse(
+            out / "eval_world" / "results.json",
+            lambda: evaluate_world(
+                out / "train",
+                episodes,
+                out / "eval_world",
+                cfg.eval_world_episodes,
+                cfg.rollout_lengths,
+                gifs=cfg.gifs,
+            ),
+        )
+        doc["world"] = [
+            {k: row[k] for k in ("method", "requested_length", "length", "videos", "psnr", "ssim")}
+            for row in wd["rows"]
+        ]
+
+    stages = {
+        "train": train_stage,
+        "eval_policy": policy_stage,
+        "eval_offline": offline_stage,
+        "eval_world": world_stage,
+    }
+    seconds: dict[str, float] = doc.get("seconds", {})
+    for name in _missing(r, doc):
+        with timed(seconds, name):
+            stages[name]()
     if r.policy_eval:
         log(
             f"  success {100 * doc['policy']['success']:.1f}% over {doc['policy']['episodes']} episodes, "
             f"held-out action L1 {doc['offline']['l1']:.3f} (mean-action baseline "
             f"{doc['offline']['baseline_mean_action_l1']:.3f})"
         )
-    if r.world_eval and "world" not in doc:
-        t0 = time.perf_counter()
-        wd = _load_json(out / "eval_world" / "results.json") or evaluate_world(
-            out / "train",
-            episodes,
-            out / "eval_world",
-            cfg.eval_world_episodes,
-            cfg.rollout_lengths,
-            gifs=cfg.gifs,
-        )
-        doc["world"] = [
-            {k: row[k] for k in ("method", "requested_length", "length", "videos", "psnr", "ssim")}
-            for row in wd["rows"]
-        ]
-        seconds["eval_world"] = time.perf_counter() - t0
-        psnr = {row["requested_length"]: row["psnr"] for row in wd["rows"] if row["method"] == "worldvla"}
+    if r.world_eval:
+        psnr = {row["requested_length"]: row["psnr"] for row in doc["world"] if row["method"] == "worldvla"}
         log("  world PSNR " + ", ".join(f"{n} frames {p:.2f} dB" for n, p in psnr.items()))
     doc["seconds"] = seconds
-    doc.update(provenance(preset=cfg.name, seed=r.seed))
-    atomic_write_text(out / "result.json", json.dumps(doc, indent=2) + "\n")
+    record.stamp(preset=cfg.name, seed=r.seed)
+    record.save()
 
 
 def _baselines(

@@ -66,9 +66,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from worldvla.artifacts.inference import DEFAULT_INFERENCE, InferenceDefaults
-from worldvla.config import ModelConfig
 from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError, DataError, WorldVLAError
+from worldvla.model.config import ModelConfig
 from worldvla.tokenizers.action import ActionStats
 from worldvla.tokenizers.text import TextTokenizer, load_text_tokenizer
 from worldvla.utils.io import atomic_dir, atomic_write_text, file_sha256
@@ -154,7 +154,7 @@ def _load_image_tokenizer(ref: ImageTokenizerRef, ckpt: Path) -> Any:
     if not ref.path:
         raise ConfigError(f"{ckpt}: the checkpoint records no image tokenizer path (image_tokenizer.json)")
     try:
-        from worldvla.tokenizers.image import load_image_tokenizer
+        from worldvla.tokenizers.image_loader import load_image_tokenizer
     except ImportError as e:
         raise ConfigError(f"{ckpt}: cannot import the image tokenizer loader: {e}") from e
     # The recorded path first, then the same place relative to the checkpoint (a run directory

@@ -21,10 +21,10 @@ from worldvla.utils.registry import Registry, lookup
 # (module, registry in it). The heading of a kind's listing names both, so a listing also
 # says which file to edit.
 KINDS: dict[str, tuple[str, str]] = {
-    "experiment": ("worldvla.presets", "EXPERIMENTS"),
+    "experiment": ("worldvla.experiments", "EXPERIMENTS"),
     "suite": ("worldvla.envs.suites", "SUITES"),
     "tokenizer": ("worldvla.tokenizers.vq", "PRESETS"),
-    "model": ("worldvla.config", "MODEL_PRESETS"),
+    "model": ("worldvla.model.config", "MODEL_PRESETS"),
     "train": ("worldvla.train.config", "TRAIN_PRESETS"),
     "libero": ("worldvla.libero_presets", "LIBERO_PRESETS"),
     "ablation": ("worldvla.ablation.config", "ABLATIONS"),

@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-from worldvla.presets import EXPERIMENTS
+from worldvla.experiments import EXPERIMENTS
 
 EXIT_CUT_SHORT = 3  # finished, but some stage ended before its step budget
 
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from worldvla.errors import ConfigError
+    from worldvla.experiments import experiment_preset
     from worldvla.pipeline import run_pipeline
-    from worldvla.presets import experiment_preset
 
     cap = args.max_minutes_per_stage
     if cap is not None and not 0 < cap < math.inf:

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from worldvla.data.token_cache import build_token_cache
-    from worldvla.tokenizers.image import load_image_tokenizer
+    from worldvla.tokenizers.image_loader import load_image_tokenizer
     from worldvla.utils.paths import check_output_dir, require_input
 
     require_input(args.episodes, "episode file")

@@ -51,9 +51,9 @@ from typing import Any
 
 import torch
 
-from worldvla.config import ModelConfig
 from worldvla.convert.safetensors_io import StreamingWriter, TensorFile
 from worldvla.errors import ConfigError, DataError
+from worldvla.model.config import ModelConfig
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

@@ -53,7 +53,7 @@ from worldvla.convert.safetensors_io import TensorFile
 from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError, DataError
 from worldvla.tokenizers.action import ActionStats
-from worldvla.tokenizers.image import load_image_tokenizer
+from worldvla.tokenizers.image_loader import load_image_tokenizer
 from worldvla.tokenizers.text import load_text_tokenizer
 from worldvla.train.config import TrainConfig
 from worldvla.utils.io import atomic_dir

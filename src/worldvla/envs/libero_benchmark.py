@@ -3,8 +3,8 @@
 What the benchmark fixes (SPEC §7) rather than what an evaluation chooses, so it lives with
 the simulators: the env adapter (:mod:`worldvla.envs.libero`), the demonstration ingest
 (:mod:`worldvla.data.libero_ingest`, :mod:`worldvla.data.lerobot_ingest`), the LIBERO
-training presets and the evaluation protocol (:mod:`worldvla.eval.libero_protocol`) all read
-them here.
+training presets and the evaluation loop (:mod:`worldvla.eval.libero_loop`) all read them
+here.
 
 The 180° rotation (``img[::-1, ::-1]``) is applied identically to the training frames by the
 ingest and to the evaluation frames (LIBERO renders images upside down), so training and

@@ -2,9 +2,10 @@
 
 LIBERO pins robosuite 1.4 and an older MuJoCo/NumPy, so it lives in its own virtual
 environment (``scripts/setup_libero.sh`` -> ``.venv-libero``). This module therefore imports
-only numpy, msgpack, websockets and LIBERO, plus the torch-free protocol modules
-(:mod:`worldvla.eval.libero_protocol`, :mod:`worldvla.serving.client`); the model runs in
-``worldvla serve`` in the main environment. Protocol: SPEC §7, see ``libero_protocol``.
+only numpy, msgpack, websockets and LIBERO, plus the torch-free modules of the loop and the
+protocol (:mod:`worldvla.eval.libero_loop`, :mod:`worldvla.envs.libero_benchmark`,
+:mod:`worldvla.serving.client`); the model runs in ``worldvla serve`` in the main
+environment. Protocol: SPEC §7, see ``libero_loop``.
 
 Usage (see docs/libero.md)::
 
@@ -28,15 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from worldvla.eval.libero_protocol import (
-    EPISODES_PER_TASK,
-    MAX_STEPS,
-    SUITES,
-    LiberoEvalConfig,
-    chunk_actor,
-    run_episode,
-    summarize,
-)
+from worldvla.envs.libero_benchmark import EPISODES_PER_TASK, MAX_STEPS, SUITES
+from worldvla.eval.libero_loop import LiberoEvalConfig, chunk_actor, run_episode, summarize
 from worldvla.serving.client import PolicyClient
 
 _DISTRIBUTIONS = (

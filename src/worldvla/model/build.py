@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from worldvla.config import ModelConfig, model_preset
+from worldvla.model.config import ModelConfig, model_preset
 from worldvla.model.transformer import Transformer
 
 

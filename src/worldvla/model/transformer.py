@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from worldvla.config import ModelConfig
+from worldvla.model.config import ModelConfig
 
 
 class KVCache:

@@ -1,8 +1,8 @@
 """What every image tokenizer shares: the interface, pixel and code conversions, file names.
 
 Image tokenizers map frames <-> grids of discrete codes (SPEC §2). This module sits below
-the implementations, which import it; :mod:`worldvla.tokenizers.image` sits above them and
-loads a saved tokenizer of either kind.
+the implementations, which import it; :mod:`worldvla.tokenizers.image_loader` sits above
+them and loads a saved tokenizer of either kind.
 
 Every image tokenizer in the project — our small VQ model trained on CPU
 (:mod:`worldvla.tokenizers.vq`) and the reference Chameleon VQGAN
@@ -13,8 +13,8 @@ Every image tokenizer in the project — our small VQ model trained on CPU
 - ``decode(codes)``: ``(N, h, w)`` codes -> uint8 numpy ``(N, H, W, 3)``;
 - ``fingerprint()``: a hash of the configuration *and* the weights. A token cache and a model
   checkpoint record it, so codes are never paired with a tokenizer that did not make them;
-- ``save(dir)``: write the tokenizer so that :func:`worldvla.tokenizers.image.load_image_tokenizer`
-  reads it back.
+- ``save(dir)``: write the tokenizer so that
+  :func:`worldvla.tokenizers.image_loader.load_image_tokenizer` reads it back.
 
 Pixels enter the networks scaled to ``[-1, 1]`` (``x / 127.5 - 1``, SPEC §2) and leave
 through the inverse with rounding and clipping. A wrong size, dtype or channel count is a

@@ -65,12 +65,12 @@ from worldvla.artifacts.checkpoint import (  # noqa: F401 - re-exported: the nam
     write_manifest,
 )
 from worldvla.artifacts.inference import DEFAULT_INFERENCE, InferenceDefaults
-from worldvla.config import ModelConfig
 from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError, DataError, WorldVLAError
+from worldvla.model.config import ModelConfig
 from worldvla.tokenizers.action import ActionStats
 from worldvla.train.config import RESUMABLE_FIELDS, TrainConfig, config_diff
-from worldvla.utils.stored import with_defaults
+from worldvla.utils.field_defaults import with_defaults
 from worldvla.vocab import Vocab
 
 

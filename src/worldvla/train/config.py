@@ -26,8 +26,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from worldvla.artifacts.inference import DEFAULT_INFERENCE, LEGACY_TRAIN_KEYS, InferenceDefaults
-from worldvla.config import MODEL_PRESETS
 from worldvla.errors import ConfigError
+from worldvla.model.config import MODEL_PRESETS
 from worldvla.sequence import PromptConfig
 from worldvla.utils.registry import Registry
 
@@ -42,7 +42,7 @@ class TrainConfig:
     """Everything that defines a training run (model size by preset name)."""
 
     name: str = "custom"
-    model: str = "tiny"  # a key of worldvla.config.MODEL_PRESETS
+    model: str = "tiny"  # a key of worldvla.model.config.MODEL_PRESETS
     dropout: float | None = None  # None: the model preset's residual dropout
 
     # ---- data / sample layout (SPEC §2, §5)

@@ -33,12 +33,12 @@ import torch
 from torch import nn
 
 from worldvla.artifacts.inference import DEFAULT_INFERENCE, InferenceDefaults
-from worldvla.config import ModelConfig, model_preset
 from worldvla.data.datasets import Batch, CacheLike, MixedStream
 from worldvla.data.token_cache import open_cache
 from worldvla.errors import ConfigError
 from worldvla.model import build as model_build
 from worldvla.model.build import build_model
+from worldvla.model.config import ModelConfig, model_preset
 from worldvla.train import checkpoint as ckpt
 from worldvla.train.config import TrainConfig
 from worldvla.train.data import build_data

@@ -3,7 +3,7 @@
 import json
 
 from worldvla.data.datasets import DataLayout
-from worldvla.utils.stored import with_defaults
+from worldvla.utils.field_defaults import with_defaults
 
 
 def test_missing_fields_take_their_defaults_and_stored_values_win():

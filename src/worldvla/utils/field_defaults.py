@@ -1,4 +1,9 @@
-"""Definitions stored by an older version (JSON of a config dataclass), read back by a newer one."""
+"""Config fields added since a definition was stored: filled in at their defaults when it is read back.
+
+A run directory or checkpoint records its configs as JSON; a newer version that adds a field
+reads them through :func:`with_defaults`, so adding a field does not orphan older runs
+(``stages.json``, checkpoints).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The reference LIBERO evaluation protocol (SPEC §7), as data and one episode loop.
+"""The LIBERO evaluation loop (SPEC §7): a run's settings, one episode, the summary.
 
-Protocol of the reference evaluation, followed here:
+What the loop does, following the reference evaluation:
 
 =================  =================================================================
 suites             libero_spatial, libero_object, libero_goal, libero_10 (10 tasks each)
@@ -16,7 +16,9 @@ success           the env's ``done`` flag (LIBERO sets it when the goal predicat
 =================  =================================================================
 
 The benchmark's constants (suites, step limits, camera, no-op action, the 180° rotation)
-live in :mod:`worldvla.envs.libero_benchmark` and are re-exported here.
+live in :mod:`worldvla.envs.libero_benchmark`; :class:`LiberoEvalConfig` records how a run
+deviates from them. The client that drives the loop against a policy server is
+:mod:`worldvla.eval.libero_client`.
 
 This module imports only numpy: the evaluation client runs in LIBERO's own environment.
 """
@@ -29,15 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from worldvla.envs.libero_benchmark import (  # noqa: F401 - re-exported: the protocol's constants
+from worldvla.envs.libero_benchmark import (
     ACTION_DIM,
     CAMERA,
     EPISODES_PER_TASK,
     MAX_STEPS,
     NOOP_ACTION,
     NUM_WAIT_STEPS,
-    RESOLUTIONS,
-    SUITE_ALIASES,
     SUITES,
     TASKS_PER_SUITE,
     rotate_180,

@@ -1,8 +1,11 @@
-"""Model configuration: a typed, frozen dataclass with named presets.
+"""Model configuration: a typed, frozen dataclass with named presets (the model sizes).
 
-Every preset has a tiny sibling that tests and laptops run in seconds (``tiny``). Other
-subsystems keep their own frozen configs next to their code (tokenizers, data, training);
-:mod:`worldvla.presets` composes them into the named experiment presets.
+It sits next to the model it shapes (:mod:`worldvla.model.build` sizes a preset to a
+vocabulary and builds the transformer) and imports nothing but the registry, so the
+training presets read it without loading torch. Every preset has a tiny sibling that tests
+and laptops run in seconds (``tiny``). Other subsystems keep their own frozen configs next
+to their code (tokenizers, data, training); :mod:`worldvla.experiments` composes them into
+the named experiment presets.
 """
 
 from __future__ import annotations

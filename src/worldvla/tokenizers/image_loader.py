@@ -1,11 +1,11 @@
-"""Image tokenizers: frames <-> grids of discrete codes (SPEC §2), and loading a saved one.
+"""Loading a saved image tokenizer of either kind: the one place that knows both formats.
 
 Every image tokenizer in the project — our small VQ model trained on CPU
 (:mod:`worldvla.tokenizers.vq`) and the reference Chameleon VQGAN
-(:mod:`worldvla.tokenizers.chameleon`) — implements :class:`ImageTokenizer`, defined with
-the helpers both share in :mod:`worldvla.tokenizers.image_base` (below both, re-exported
-here). This module sits above both and holds the one loader: :func:`load_image_tokenizer`
-detects the format of a saved tokenizer and builds it.
+(:mod:`worldvla.tokenizers.chameleon`) — implements
+:class:`~worldvla.tokenizers.image_base.ImageTokenizer`. The interface and what both share
+sit below the implementations (:mod:`worldvla.tokenizers.image_base`); this loader sits
+above them, detects the format of a saved tokenizer and builds it.
 """
 
 from __future__ import annotations
@@ -15,22 +15,15 @@ from pathlib import Path
 import torch
 
 from worldvla.errors import DataError
-from worldvla.tokenizers.image_base import (  # noqa: F401 - re-exported: the interface's home until now
+from worldvla.tokenizers.image_base import (
     CHAMELEON_CONFIG_FILE,
     CHAMELEON_WEIGHTS_FILE,
     VQ_CONFIG_FILE,
-    VQ_FORMAT,
     VQ_WEIGHTS_FILE,
     ImageTokenizer,
-    check_codes,
-    images_to_tensor,
-    psnr,
-    state_fingerprint,
-    tensor_to_images,
 )
 
 
-# ---------------------------------------------------------------------------- factory
 def load_image_tokenizer(path: str | Path, device: torch.device | str = "cpu") -> ImageTokenizer:
     """Load the tokenizer saved at ``path``, detecting the format.
 
