@@ -37,7 +37,15 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
     methods = {row["method"] for row in world["rows"]}
     assert methods == {"worldvla", "repeat-last", "tokenizer"}
     md = (run / "report.md").read_text()
-    for needle in ("closed-loop success", "World model", "training curves", ".gif", "action readout mean"):
+    assert set(world["action_sensitivity"]["per_span"]) == {"1", "2", "3", "4", "5"}  # mw-quick's horizon
+    for needle in (
+        "closed-loop success",
+        "World model",
+        "training curves",
+        ".gif",
+        "action readout mean",
+        "does it read its actions",
+    ):
         assert needle in md
     assert (run / "report.html").read_text().startswith("<!doctype html>")
     assert list((run / "eval_policy" / "gifs").glob("*.gif")) and list(

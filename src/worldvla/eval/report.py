@@ -379,6 +379,22 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
         if gifs:
             md += ["Real (left) vs. imagined (right):", ""]
             md += [f"![{g.stem}](eval_world/gifs/{g.name})" for g in gifs] + [""]
+        sens = world.get("action_sensitivity")
+        if sens:
+            from worldvla.eval.action_sensitivity import format_sensitivity
+
+            md += [
+                "## World model: does it read its actions? (teacher-forced)",
+                "",
+                "Cross-entropy of the real next frame's codes with other actions than the executed "
+                "ones, minus with the executed ones (worldvla.eval.action_sensitivity); 0 = the "
+                "model ignores its actions.",
+                "",
+                "```",
+                format_sensitivity(sens),
+                "```",
+                "",
+            ]
         cf = world.get("counterfactual")
         if cf:
             from worldvla.eval.counterfactual import KINDS, format_table
