@@ -94,6 +94,10 @@ def test_world_samples_with_a_horizon_span_every_k_that_fits(setup):
     assert vocab.is_action_bin(ids).sum() == 3 * 2
     prompt = len(tok.encode(layout.prompts.world_prompt))
     assert layout.world_sample_length(prompt) == len(world[i]) and len(world[0]) < len(world[i])
+    # One-step samples repeated to about half of the set: 24 of 15 · 4 become 24 · 2 of 84.
+    half = WorldSamples(cache, [0, 1, 2, 3], layout, vocab, tok, bins, one_step_share=0.5)
+    assert (half.span == 1).sum() == 2 * 24 and len(half) == 2 * 24 + 4 * (5 + 4)
+    np.testing.assert_array_equal(half[0].ids, world[0].ids)
     old = {k: v for k, v in layout.to_dict().items() if k != "world_horizon"}
     assert DataLayout.from_dict(old).world_horizon == 1  # layouts saved before the option
 

@@ -171,6 +171,8 @@ def run_key(train_cfg: TrainConfig) -> str:
         d.pop("world_changed_weight")
     if d.get("world_horizon") == 1:
         d.pop("world_horizon")
+    if d.get("world_one_step_share") == 0.0:
+        d.pop("world_one_step_share")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

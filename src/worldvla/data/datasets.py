@@ -351,22 +351,30 @@ class WorldSamples(_SampleSet):
     IMG(t), ACT(t..t+k-1) -> IMG(t+k) for every k = 1..H that fits the episode, one sample
     per (t, k) (``changed_weight``: see :func:`worldvla.sequence.build_world_sample`)."""
 
-    def __init__(self, *args: Any, changed_weight: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, changed_weight: float = 1.0, one_step_share: float = 0.0, **kwargs: Any
+    ) -> None:
+        """``one_step_share`` > 0 repeats the one-step samples so that they make about that share
+        of the set (0: every (t, k) once; with H = 5 the one-step samples are then ~22%)."""
         super().__init__(*args, **kwargs)
         self.changed_weight = changed_weight
         horizon = self.layout.world_horizon
         self.span = np.ones(len(self.frame), np.int64)  # k of every sample
         if horizon > 1:
-            frames, eps, spans = [self.frame], [self.episode], [self.span]
             ends = self.episode_start[self.episode] + self._lengths[self.episode] - 1  # last frame
+            frames, eps, spans = [], [], []
             for k in range(2, horizon + 1):
                 ok = self.frame + k <= ends  # (t, k) fits: frame t + k exists
                 frames.append(self.frame[ok])
                 eps.append(self.episode[ok])
                 spans.append(np.full(int(ok.sum()), k, np.int64))
-            self.frame = np.concatenate(frames)
-            self.episode = np.concatenate(eps)
-            self.span = np.concatenate(spans)
+            longer = sum(len(f) for f in frames)
+            repeat = 1
+            if one_step_share > 0 and len(self.frame):
+                repeat = max(1, round(one_step_share * longer / ((1 - one_step_share) * len(self.frame))))
+            self.frame = np.concatenate([np.tile(self.frame, repeat), *frames])
+            self.episode = np.concatenate([np.tile(self.episode, repeat), *eps])
+            self.span = np.concatenate([np.tile(self.span, repeat), *spans])
 
     def _n_steps(self, length: int) -> int:
         return max(length - 1, 0)

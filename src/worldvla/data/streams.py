@@ -60,6 +60,7 @@ class StreamConfig:
     world_data: str  # "all" or "demos": the episodes world-model samples come from
     world_changed_weight: float  # multiplier on world-model target codes that change
     world_horizon: int  # world-model samples span k = 1..world_horizon steps (recorded in the layout)
+    world_one_step_share: float  # share of one-step samples among them (0: every (t, k) once)
     val_fraction: float  # share of each episode kind held out
     split_seed: int  # the held-out episodes depend only on this seed
     seed: int  # order of the training stream
@@ -227,7 +228,12 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
         world = None
         if f > 0:
             world = WorldSamples(
-                cache, world_eps, *common, world_bins, changed_weight=cfg.world_changed_weight
+                cache,
+                world_eps,
+                *common,
+                world_bins,
+                changed_weight=cfg.world_changed_weight,
+                one_step_share=cfg.world_one_step_share,
             )
         return MixedStream(action, world, f, seed)
 

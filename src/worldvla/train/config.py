@@ -82,6 +82,9 @@ class TrainConfig:
     # IMG(t+k), and rollouts imagine up to that many frames from one anchor frame
     # (docs/world_model.md). 1: the paper's IMG(t), ACT(t) -> IMG(t+1).
     world_horizon: int = 1
+    # With world_horizon > 1: the share of one-step samples among the world-model samples (the
+    # one-step samples are repeated to reach it); 0: every (t, k) once.
+    world_one_step_share: float = 0.0
     z_loss: float = 1e-5
 
     # ---- optimizer and schedule (SPEC §5)
@@ -166,6 +169,8 @@ class TrainConfig:
             problems.append(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
         if self.image_weight < 0:
             problems.append(f"image_weight must be >= 0, got {self.image_weight}")
+        if not 0.0 <= self.world_one_step_share < 1.0:
+            problems.append(f"world_one_step_share must be in [0, 1), got {self.world_one_step_share}")
         if self.world_horizon < 1:
             problems.append(f"world_horizon must be >= 1, got {self.world_horizon}")
         if not self.world_changed_weight > 0:

@@ -42,6 +42,7 @@ def stream_config(cfg: TrainConfig) -> StreamConfig:
         world_data=cfg.world_data,
         world_changed_weight=cfg.world_changed_weight,
         world_horizon=cfg.world_horizon,
+        world_one_step_share=cfg.world_one_step_share,
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
         seed=cfg.seed,
