@@ -183,7 +183,7 @@ def _presets() -> Registry[AblationConfig]:
         # episodes; K=1 runs query the model every step and take longer to evaluate).
         name="mw-ablation",
         experiment="mw-quick-control",  # the data of the committed results (envs/suites.py)
-        train="mw-quick-one-step",
+        train="mw-quick",
         steps=200,
         warmup_steps=15,
         seeds=(0, 1, 2),
