@@ -27,7 +27,6 @@ from worldvla.model.generation import action_plan, frame_plan, generate_actions,
 from worldvla.model.masks import attention_mask
 from worldvla.sequence import action_ids, frame_ids
 from worldvla.tokenizers.action import ActionTokenizer
-from worldvla.tokenizers.chameleon import ChameleonTokenizer, ChameleonVQConfig, ChameleonVQGAN
 from worldvla.train.checkpoint import load_for_inference
 from worldvla.vocab import Vocab
 
@@ -95,16 +94,6 @@ def _save(model, folder, shard="60KB"):
     model.save_pretrained(folder, max_shard_size=shard, safe_serialization=True)
     assert len(list(folder.glob("*.safetensors"))) > 2  # really sharded
     return folder
-
-
-@pytest.fixture(scope="module")
-def vq_dir(tmp_path_factory):
-    """A Chameleon VQGAN of the reference format at a tiny width (8,192 codes, 256² -> 16×16)."""
-    d = tmp_path_factory.mktemp("vqgan")
-    cfg = ChameleonVQConfig(ch=32, z_channels=8, embed_dim=8, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1)
-    torch.manual_seed(0)
-    ChameleonTokenizer(ChameleonVQGAN(cfg)).save(d)
-    return d
 
 
 def _convert(src, out, vq_dir, **kw):

@@ -46,7 +46,6 @@ from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError
 from worldvla.policy import WorldVLAPolicy
 from worldvla.sequence import action_prompt_ids, world_prompt_ids
-from worldvla.tokenizers.chameleon import ChameleonTokenizer, ChameleonVQConfig, ChameleonVQGAN
 from worldvla.tokenizers.text import HFTokenizer
 from worldvla.train.checkpoint import load_bundle
 
@@ -173,16 +172,6 @@ def hf_dir(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("hf")
     transformers.ChameleonForConditionalGeneration(cfg).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def vq_dir(tmp_path_factory):
-    """A Chameleon VQGAN of the reference format at a tiny width (8,192 codes, 16-pixel codes)."""
-    d = tmp_path_factory.mktemp("vqgan")
-    cfg = ChameleonVQConfig(ch=32, z_channels=8, embed_dim=8, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1)
-    torch.manual_seed(0)
-    ChameleonTokenizer(ChameleonVQGAN(cfg)).save(d)
     return d
 
 

@@ -58,7 +58,7 @@ class WorldModel:
         self.sampling = Sampling(
             temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed)
         )
-        self.horizon = int(getattr(self.layout, "world_horizon", 1))
+        self.horizon = self.layout.world_horizon
         # BOS, world prompt, IMG(t), ACT(t..t+H-1), SEP, then IMG(t+H) and SEP (sequence.py).
         text = len(self.text_tokenizer.encode(self.layout.prompts.world_prompt))
         span = action_length(self.horizon * self.layout.action_dim)

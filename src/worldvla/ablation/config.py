@@ -160,19 +160,22 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
     return out
 
 
+# Training fields added after the first ablation runs, with their defaults.
+ADDED_LATER: dict[str, Any] = {
+    "world_data": "all",
+    "world_changed_weight": 1.0,
+    "world_horizon": 1,
+    "world_one_step_share": 0.0,
+}
+
+
 def run_key(train_cfg: TrainConfig) -> str:
     """A short hash of everything that shapes the trained weights (not the run's name)."""
     d = train_cfg.to_dict()
     d.pop("name")
-    # Fields added later: at their defaults a run keeps the key it had before.
-    if d.get("world_data") == "all":
-        d.pop("world_data")
-    if d.get("world_changed_weight") == 1.0:
-        d.pop("world_changed_weight")
-    if d.get("world_horizon") == 1:
-        d.pop("world_horizon")
-    if d.get("world_one_step_share") == 0.0:
-        d.pop("world_one_step_share")
+    for name, default in ADDED_LATER.items():  # at their defaults a run keeps the key it had
+        if d.get(name) == default:
+            d.pop(name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

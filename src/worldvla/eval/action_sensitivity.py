@@ -88,9 +88,12 @@ def action_sensitivity(
             wm.vocab, wm.text_tokenizer, codes[e][t], acts, codes[e][t + k], wm.layout.prompts
         )
 
+    by_span: dict[int, list[tuple[int, int, int]]] = {}
+    for p in picks:
+        by_span.setdefault(p[2], []).append(p)
     variants: dict[str, list[Any]] = {"true": [], "shuffled": [], "zero": []}
     for e, t, k in picks:
-        same = [p for p in picks if p[2] == k and p[0] != e] or [p for p in picks if p[2] == k]
+        same = [p for p in by_span[k] if p[0] != e] or by_span[k]  # another episode's, if any
         e2, t2, _ = same[int(rng.integers(len(same)))]
         variants["true"].append(sample(e, t, k, bins[e][t : t + k]))
         variants["shuffled"].append(sample(e, t, k, bins[e2][t2 : t2 + k]))
