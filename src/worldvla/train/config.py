@@ -360,8 +360,14 @@ def _presets() -> Registry[TrainConfig]:
     # run, in policy success (docs/world_model.md).
     out.register(
         "mw-quick-multistep",
-        replace(mw_quick, name="mw-quick-multistep", world_changed_weight=4.0, world_horizon=5),
-        "mw-quick with world samples over 1-5 control steps, changed codes weighed 4x",
+        replace(
+            mw_quick,
+            name="mw-quick-multistep",
+            world_changed_weight=4.0,
+            world_horizon=5,
+            world_one_step_share=0.5,
+        ),
+        "mw-quick with world samples over 1-5 control steps (half of them one-step), changed codes weighed 4x",
     )
     out.register(
         "mw-quick-debug",
