@@ -240,3 +240,24 @@ def test_action_sensitivity_is_zero_for_a_model_blind_to_its_actions(checkpoint)
     picks = transitions([5, 2], horizon=3, per_span=100, seed=0)
     assert all(t + k <= (5, 2)[e] for e, t, k in picks)
     assert sum(k == 3 for _, _, k in picks) == 3  # only episode 0 has room for 3 steps
+
+
+def test_ordinal_action_embeddings_are_a_training_option(tmp_path):
+    """action_embedding_init="ordinal" starts the action bins' embeddings in order; the
+    other rows and the run's other weights start as with the default."""
+    from worldvla.train.distributed import DistInfo
+    from worldvla.train.loop import Trainer
+
+    cache, info = InMemoryCache.synthetic(), DistInfo(device="cpu")
+    plain = Trainer(replace(train_preset("debug"), steps=1), cache, tmp_path / "a", info)
+    cfg = replace(train_preset("debug"), steps=1, action_embedding_init="ordinal")
+    ordinal = Trainer(cfg, cache, tmp_path / "b", info)
+    v = plain.vocab
+    a, b = plain.model.tok_emb.weight.detach(), ordinal.model.tok_emb.weight.detach()
+    lo, hi = v.action_start, v.action_start + v.action_bins
+    assert torch.equal(a[:lo], b[:lo]) and not torch.equal(a[lo:hi], b[lo:hi])
+    assert torch.equal(plain.model.output.weight, ordinal.model.output.weight)
+    step = (b[lo + 1 : hi] - b[lo : hi - 1]).norm(dim=1).mean()
+    assert step < 0.5 * (a[lo + 1 : hi] - a[lo : hi - 1]).norm(dim=1).mean()
+    with pytest.raises(Exception, match="action_embedding_init"):
+        replace(train_preset("debug"), action_embedding_init="sorted")

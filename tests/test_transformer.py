@@ -166,3 +166,23 @@ def test_rope_preserves_norms_and_scores_depend_only_on_relative_position():
     assert torch.allclose(score, (rotated(q, 25) * rotated(k, 20)).sum(-1), atol=1e-4)
     assert not torch.allclose(score, (rotated(q, 25) * rotated(k, 21)).sum(-1), atol=1e-4)
     assert torch.allclose(rotated(q, 0), q)
+
+
+def test_ordinal_embeddings_order_the_bins_and_touch_nothing_else():
+    from worldvla.model.build import init_ordinal_embeddings
+
+    torch.manual_seed(0)
+    model = Transformer(model_preset("tiny").with_vocab(300))
+    before = model.tok_emb.weight.detach().clone()
+    init_ordinal_embeddings(model, 40, 256)
+    w = model.tok_emb.weight.detach()
+    assert torch.equal(w[:40], before[:40]) and torch.equal(w[296:], before[296:])
+    bins = w[40:296]
+    ends = bins[-1] - bins[0]
+    proj = (bins - bins[128]) @ ends / ends.norm()
+    # the projection on the end-to-end direction rises with the bin (up to the noise)
+    assert torch.corrcoef(torch.stack([proj, torch.arange(256.0)]))[0, 1] > 0.97
+    # neighbours start closer together than two random rows of the table
+    assert (bins[1:] - bins[:-1]).norm(dim=1).mean() < 0.5 * (before[1:40] - before[:39]).norm(dim=1).mean()
+    with pytest.raises(ValueError, match="outside a vocabulary"):
+        init_ordinal_embeddings(model, 200, 256)

@@ -85,6 +85,11 @@ class TrainConfig:
     # With world_horizon > 1: the share of one-step samples among the world-model samples (the
     # one-step samples are repeated to reach it); 0: every (t, k) once.
     world_one_step_share: float = 0.0
+    # Initial input embeddings of the action bins: "random" (N(0, init_std), every bin on its
+    # own, the paper's) or "ordinal" (bin b starts at e_mid + (2b/(n-1) - 1)·e_dir + noise:
+    # neighbouring bins start alike and an action's value is a direction, so what the model
+    # learns about one bin carries to its neighbours; docs/world_model.md).
+    action_embedding_init: Literal["random", "ordinal"] = "random"
     z_loss: float = 1e-5
 
     # ---- optimizer and schedule (SPEC §5)
@@ -173,6 +178,10 @@ class TrainConfig:
             problems.append(f"world_one_step_share must be in [0, 1), got {self.world_one_step_share}")
         if self.world_horizon < 1:
             problems.append(f"world_horizon must be >= 1, got {self.world_horizon}")
+        if self.action_embedding_init not in ("random", "ordinal"):
+            problems.append(
+                f"action_embedding_init must be 'random' or 'ordinal', got {self.action_embedding_init!r}"
+            )
         if not self.world_changed_weight > 0:
             problems.append(f"world_changed_weight must be > 0, got {self.world_changed_weight}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
@@ -367,7 +376,7 @@ def _presets() -> Registry[TrainConfig]:
             world_horizon=5,
             world_one_step_share=0.5,
         ),
-        "mw-quick with world samples over 1-5 control steps (half of them one-step), changed codes weighed 4x",
+        "mw-quick with world samples over 1-5 control steps (half one-step), changed codes weighed 4x",
     )
     out.register(
         "mw-quick-debug",

@@ -37,7 +37,7 @@ from worldvla.data.datasets import Batch, CacheLike, MixedStream
 from worldvla.data.token_cache import open_cache
 from worldvla.errors import ConfigError
 from worldvla.model import build as model_build
-from worldvla.model.build import build_model
+from worldvla.model.build import build_model, init_ordinal_embeddings
 from worldvla.model.config import ModelConfig, model_preset
 from worldvla.train import checkpoint as ckpt
 from worldvla.train.config import TrainConfig
@@ -137,6 +137,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(self.model_cfg)
+        if cfg.action_embedding_init == "ordinal":
+            init_ordinal_embeddings(self.model, self.vocab.action_start, self.vocab.action_bins)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         if cfg.compile:
