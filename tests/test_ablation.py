@@ -222,7 +222,6 @@ def test_debug_ablation_end_to_end_then_resumes_only_what_is_missing(tmp_path):
 
 
 def test_reusing_finished_data_stages_leaves_the_runs_provenance_alone(tmp_path):
-    from worldvla.envs.suites import suite_preset
     from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, run_pipeline
 
@@ -232,7 +231,7 @@ def test_reusing_finished_data_stages_leaves_the_runs_provenance_alone(tmp_path)
         "experiment": json.loads(json.dumps(exp.to_dict())),
         "seed": exp.seed,
         "stages": {s: {"done": True, "seconds": 1.0} for s in DATA_STAGES},
-        "suite": json.loads(json.dumps(suite_preset(exp.suite).to_dict())),
+        "suite": json.loads(json.dumps(exp.suite.to_dict())),
         "command": "worldvla quickstart --preset debug",
         "commit": "abc1234",
     }

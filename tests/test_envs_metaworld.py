@@ -118,7 +118,7 @@ def test_ablation_suite_is_the_first_task_set_with_the_experts_asked_per_control
     exp_v1 = experiment_preset("mw-quick-v1")
     assert exp_v1.explore_per_task == 0
     assert dataclasses.replace(
-        exp_v1, name="mw-quick", suite="mw-quick", tokenizer_steps=1200, explore_per_task=300
+        exp_v1, name="mw-quick", suite=quick, tokenizer_steps=1200, explore_per_task=300
     ) == experiment_preset("mw-quick")
     with pytest.raises(ConfigError, match="expert_rate"):
         dataclasses.replace(quick, expert_rate="native")

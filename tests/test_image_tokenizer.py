@@ -151,6 +151,9 @@ def test_config_validation_and_presets():
     with pytest.raises(ConfigError, match="quantizer"):
         VQConfig(quantizer="lfq")
     assert VQConfig.from_dict(vq_preset("tiny").to_dict()) == vq_preset("tiny")
+    # The preset's name is a label: not saved with the weights, not part of equality.
+    assert "name" not in vq_preset("tiny").to_dict()
+    assert VQConfig.from_dict(vq_preset("tiny").to_dict()).name == "custom"
 
 
 def test_code_stats():

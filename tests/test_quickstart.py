@@ -27,6 +27,18 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
     assert "report:" in r.stdout
     stages = json.loads((run / "stages.json").read_text())
     assert all(s["done"] for s in stages["stages"].values())
+    # The experiment's parts are objects, recorded by name as before (tests/test_experiments.py
+    # pins the whole record): an existing run directory resumes unchanged.
+    from worldvla.experiments import experiment_preset
+
+    recorded = stages["experiment"]
+    assert (recorded["suite"], recorded["tokenizer"], recorded["train"], recorded["train_overrides"]) == (
+        "debug",
+        "mw64",
+        "mw-quick-debug",
+        [],
+    )
+    assert recorded == json.loads(json.dumps(experiment_preset("debug").to_dict()))
     for name, steps in (("tokenizer", 20), ("train", 6)):  # the full step budgets, whatever the machine
         st = stages["stages"][name]
         assert st["step"] == st["total_steps"] == steps and st["stopped"] is None, st
@@ -118,13 +130,12 @@ def test_data_of_another_suite_definition_is_refused_not_reused(tmp_path):
 
 def test_a_run_made_before_a_suite_field_existed_is_still_reused(tmp_path):
     """Fields added to SuiteConfig / ExperimentConfig later count at their defaults."""
-    from worldvla.envs.suites import suite_preset
     from worldvla.errors import ConfigError
     from worldvla.experiments import experiment_preset
     from worldvla.pipeline import RunState
 
     exp = experiment_preset("debug")
-    suite = json.loads(json.dumps(suite_preset(exp.suite).to_dict()))
+    suite = json.loads(json.dumps(exp.suite.to_dict()))
     old_suite = {k: v for k, v in suite.items() if k not in ("camera_aim", "camera_zoom")}
     old_exp = {k: v for k, v in json.loads(json.dumps(exp.to_dict())).items() if k != "action_noise"}
     run = tmp_path / "qs"

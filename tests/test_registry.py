@@ -40,6 +40,14 @@ def test_every_registry_describes_its_presets_and_names_its_kind_on_a_typo(kind)
         reg.get(first + "x")
 
 
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "model"])  # model sizes carry no name
+def test_every_named_preset_carries_its_own_name(kind):
+    """A preset knows the name it is registered under: run records name the parts of an
+    experiment (suite, tokenizer, training) by it."""
+    reg = registry(kind)
+    assert [reg.get(name).name for name in reg.names()] == list(reg.names())
+
+
 def test_presets_command_lists_every_kind_with_descriptions(capsys):
     assert cli_main(["presets"]) == 0
     out = capsys.readouterr().out

@@ -328,12 +328,11 @@ def _synthetic_run(run: Path) -> None:
     """A debug-preset run directory whose collect and evaluation stages count as done, over
     synthetic 64×64 episodes: the quickstart then runs only the tokenizer, the token cache,
     training and the report — no simulator."""
-    from worldvla.envs.suites import suite_preset
     from worldvla.experiments import experiment_preset
     from worldvla.pipeline import RunState
 
     exp = experiment_preset("debug")
-    suite = suite_preset(exp.suite)
+    suite = exp.suite
     run.mkdir()
     episodes = _episodes(4, size=suite.resolution, n=6, length=12)
     write_episodes(run / "data" / "episodes.hdf5", episodes)
@@ -383,7 +382,19 @@ def test_the_debug_preset_runs_its_full_step_budget(tmp_path, capsys, one_thread
     _synthetic_run(run)
     assert cli(["quickstart", "--preset", "debug", "--out", str(run), "--no-progress"]) == 0
     assert "WARNING" not in capsys.readouterr().out
-    stages = json.loads((run / "stages.json").read_text())["stages"]
+    doc = json.loads((run / "stages.json").read_text())
+    # The experiment's parts by name, as before they were objects (tests/test_experiments.py
+    # pins the whole record).
+    from worldvla.experiments import experiment_preset
+
+    recorded = doc["experiment"]
+    assert (recorded["suite"], recorded["tokenizer"], recorded["train"]) == (
+        "debug",
+        "mw64",
+        "mw-quick-debug",
+    )
+    assert list(recorded) == list(experiment_preset("debug").to_dict()) and recorded["train_overrides"] == []
+    stages = doc["stages"]
     assert stages["tokenizer"]["step"] == stages["tokenizer"]["total_steps"] == 20
     assert stages["train"]["step"] == stages["train"]["total_steps"] == 6
     assert stages["tokenizer"]["stopped"] is None and stages["train"]["stopped"] is None

@@ -4,34 +4,50 @@
 evaluate policy → evaluate world model → report with the settings below. Each preset has
 a tiny sibling (``debug``) that the test command runs end to end in a few minutes.
 
+An experiment is composed of typed objects, as openpi's ``TrainConfig`` nests its model and
+data configs: it holds its task suite (:class:`~worldvla.envs.suites.SuiteConfig`), its
+image tokenizer (:class:`~worldvla.tokenizers.vq_config.VQConfig`) and its training config
+(:class:`~worldvla.train.config.TrainConfig`), each taken from its own registry, and the
+pipeline runs exactly these objects. A run directory records the parts by name
+(:meth:`ExperimentConfig.to_dict`), as it always has.
+
 Budgets are work, never wall-clock time: the image tokenizer trains ``tokenizer_steps``
-optimizer steps and the model its training preset's ``steps``, so the same preset gives
+optimizer steps and the model its training config's ``steps``, so the same preset gives
 the same model on a fast or a slow machine. A wall-clock cap is a run option
 (``worldvla quickstart --max-minutes-per-stage``), not part of the experiment.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from worldvla.data.exploration import ExplorationConfig
+from worldvla.envs.suites import SuiteConfig, suite_preset
 from worldvla.errors import ConfigError
+from worldvla.tokenizers.vq_config import PRESETS as TOKENIZER_PRESETS
+from worldvla.tokenizers.vq_config import VQConfig, vq_preset
+from worldvla.train.config import TRAIN_PRESETS, TrainConfig, as_overrides, train_preset
 from worldvla.utils.registry import Registry
+
+# The parts an experiment holds as objects and records by name.
+PARTS = ("suite", "tokenizer", "train")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str
-    suite: str  # worldvla.envs.suites preset
-    tokenizer: str  # worldvla.tokenizers.vq preset
-    train: str  # worldvla.train.config preset
+    suite: SuiteConfig  # the task suite: what is collected and evaluated
+    # The image tokenizer to train: a registered preset (worldvla.tokenizers.vq_config), since
+    # run records name it.
+    tokenizer: VQConfig
+    train: TrainConfig  # the training config of the model
     episodes_per_task: int | None = None  # None: the suite's
     action_noise: float = 0.0  # DART-style noise while collecting
     # Optimizer steps of the image tokenizer; its learning-rate schedule follows them. 2,000
     # steps take about the 5 minutes the quickstart's tokenizer once had on a quiet 2-core
     # machine (docs/image_tokenizer.md, "Budget").
     tokenizer_steps: int = 2_000
-    train_overrides: tuple[str, ...] = ()  # "key=value" applied to the training preset
     eval_episodes_per_task: int = 10  # on held-out variations, cycling over them
     eval_envs: int = 8  # environments stepped in lockstep (batched policy calls)
     eval_world_episodes: int = 16  # held-out (validation) episodes rolled out by the world model
@@ -49,13 +65,39 @@ class ExperimentConfig:
             raise ConfigError(f"experiment {self.name!r}: evaluation sizes must be >= 1")
         if self.tokenizer_steps < 1:
             raise ConfigError(f"experiment {self.name!r}: tokenizer_steps must be >= 1")
+        tok = self.tokenizer
+        if tok.name not in TOKENIZER_PRESETS or vq_preset(tok.name) != tok:
+            raise ConfigError(
+                f"experiment {self.name!r}: its tokenizer {tok.name!r} is not the registered tokenizer "
+                "preset of that name, and run records name it; register it "
+                "(worldvla.tokenizers.vq_config) and use the preset"
+            )
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def train_overrides(self) -> tuple[str, ...]:
+        """How :attr:`train` differs from the training preset of its name, as ``--set`` strings
+        (from :class:`TrainConfig`'s defaults for a name that is no preset); none for a preset
+        that holds a registered training config."""
+        train = self.train
+        base = train_preset(train.name) if train.name in TRAIN_PRESETS else TrainConfig(name=train.name)
+        return tuple(as_overrides(base, train))
 
-    def exploration_config(self):  # noqa: ANN201 - ExplorationConfig, imported lazily
-        from worldvla.data.exploration import ExplorationConfig
+    def to_dict(self) -> dict[str, Any]:
+        """The experiment as a run directory records it (``stages.json``), in the format of
+        every run made so far, key for key: the suite, the tokenizer and the training config
+        by name, and :attr:`train_overrides` after ``tokenizer_steps``. A run of another
+        experiment is recognised by this record; the suite's definition is recorded beside
+        it (:class:`worldvla.pipeline.RunState`), the tokenizer's with its weights, the
+        training config with every checkpoint."""
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            d[f.name] = value.name if f.name in PARTS else value
+            if f.name == "tokenizer_steps":
+                d["train_overrides"] = self.train_overrides
+        return d
 
+    def exploration_config(self) -> ExplorationConfig | None:
         if not self.explore_per_task:
             return None
         return ExplorationConfig(per_task=self.explore_per_task, steps=self.explore_steps)
@@ -63,9 +105,9 @@ class ExperimentConfig:
 
 _MW_QUICK = ExperimentConfig(
     name="mw-quick",
-    suite="mw-quick",
-    tokenizer="mw64",
-    train="mw-quick",
+    suite=suite_preset("mw-quick"),
+    tokenizer=vq_preset("mw64"),
+    train=train_preset("mw-quick"),
     action_noise=0.1,
     # 1,200 tokenizer steps: 28.6 dB held-out PSNR on this data (docs/world_model.md), about
     # 4 minutes on a quiet 2-core machine.
@@ -87,19 +129,24 @@ EXPERIMENTS.register("mw-quick", _MW_QUICK, "the quickstart: 4 Meta-World tasks,
 # one-step predictions fell below repeating the frame.
 EXPERIMENTS.register(
     "mw-quick-multistep",
-    replace(_MW_QUICK, name="mw-quick-multistep", tokenizer="mw64-local", train="mw-quick-multistep"),
+    replace(
+        _MW_QUICK,
+        name="mw-quick-multistep",
+        tokenizer=vq_preset("mw64-local"),
+        train=train_preset("mw-quick-multistep"),
+    ),
     "mw-quick with local codes and world samples over 1-5 control steps (the world model reads its actions)",
 )
 EXPERIMENTS.register(
     "mw-quick-v1",
-    replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-v1", suite="mw-quick-v1"),
+    replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-v1", suite=suite_preset("mw-quick-v1")),
     "mw-quick on its first task set (handle-pull instead of drawer-open), demonstrations only",
 )
 # The mw-quick-control suite has its experts asked once per control step: the data stages
 # of the ablation presets, whose committed results were made on it.
 EXPERIMENTS.register(
     "mw-quick-control",
-    replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-control", suite="mw-quick-control"),
+    replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-control", suite=suite_preset("mw-quick-control")),
     "mw-quick-v1 on the mw-quick-control suite: the data of the ablations",
 )
 # Every stage for real, on one task with a tiny model.
@@ -107,9 +154,9 @@ EXPERIMENTS.register(
     "debug",
     ExperimentConfig(
         name="debug",
-        suite="debug",
-        tokenizer="mw64",
-        train="mw-quick-debug",
+        suite=suite_preset("debug"),
+        tokenizer=vq_preset("mw64"),
+        train=train_preset("mw-quick-debug"),
         tokenizer_steps=20,
         eval_episodes_per_task=2,
         eval_envs=2,

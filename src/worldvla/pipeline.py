@@ -6,7 +6,7 @@ time. Running the same command again skips completed stages and resumes the inte
 one: collection and the tokenizer restart (minutes), the token cache and training resume
 from where they were killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
 
-Budgets are steps (``ExperimentConfig.tokenizer_steps``, the training preset's ``steps``),
+Budgets are steps (``ExperimentConfig.tokenizer_steps``, the training config's ``steps``),
 so the same preset gives the same model on any machine. ``max_minutes_per_stage`` caps the
 wall time of the two training stages (image tokenizer, model); a stage it cuts short is
 recorded with ``step``, ``total_steps`` and ``stopped`` (the reason), announced by a
@@ -61,7 +61,7 @@ class RunState:
         stale_suite = suite is not None and existing.get("stages") and stored_suite != suite
         if existing and existing.get("experiment") and (stored_exp != wanted or stale_suite):
             if stored_exp == wanted:
-                what = f"data of another definition of suite {exp.suite!r}"
+                what = f"data of another definition of suite {exp.suite.name!r}"
             else:
                 what = f"a run of another configuration (preset {existing.get('preset')!r})"
             raise ConfigError(f"{run_dir} holds {what}; use another --out directory")
@@ -158,16 +158,12 @@ def run_pipeline(
     cap = max_minutes_per_stage
     if cap is not None and not 0 < cap < math.inf:
         raise ConfigError(f"the wall-clock cap per stage must be a positive number of minutes, got {cap}")
-    from worldvla.envs.suites import suite_preset
-    from worldvla.tokenizers.vq import vq_preset
-    from worldvla.train.config import apply_overrides, preset_inference, train_preset
+    from worldvla.train.config import preset_inference
 
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise ConfigError(f"{run}: the run folder is a file, not a folder")
-    suite = suite_preset(exp.suite)
-    vq_preset(exp.tokenizer)
-    train_cfg = apply_overrides(train_preset(exp.train), list(exp.train_overrides))
+    suite, train_cfg = exp.suite, exp.train
     state = RunState(run, exp, json.loads(json.dumps(suite.to_dict())))
     if "report" in stages or not all(state.record.done(n) for n in stages):
         # Reusing finished stages (e.g. the ablation reading a quickstart's data) only reads
@@ -200,8 +196,10 @@ def run_pipeline(
         from worldvla.train.image_tokenizer import train_tokenizer
 
         # The tokenizer restarts from scratch when resumed, so the cap applies per attempt.
-        cfg = VQTrainConfig(preset=exp.tokenizer, seed=exp.seed, steps=exp.tokenizer_steps, minutes=cap)
-        m = train_tokenizer(episodes, tok_dir, cfg, camera=suite.camera, progress=progress)
+        cfg = VQTrainConfig(preset=exp.tokenizer.name, seed=exp.seed, steps=exp.tokenizer_steps, minutes=cap)
+        m = train_tokenizer(
+            episodes, tok_dir, cfg, camera=suite.camera, progress=progress, vq_cfg=exp.tokenizer
+        )
         st.update(
             val_psnr=m["val_psnr"],
             val_codebook_usage=m["val_codebook_usage"],
@@ -240,7 +238,7 @@ def run_pipeline(
             resume=resume,
             minutes=minutes,
             progress=progress,
-            inference=preset_inference(exp.train),
+            inference=preset_inference(train_cfg.name),
         )
         stopped = None
         if result.stopped_by_budget:

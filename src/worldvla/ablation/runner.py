@@ -112,7 +112,6 @@ def run_ablation(
 ) -> Path:
     """Prepare the data, run every missing (variant, seed), then aggregate; returns table.md."""
     from worldvla.ablation.aggregate import aggregate
-    from worldvla.envs.suites import suite_preset
     from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, run_pipeline
 
@@ -130,7 +129,7 @@ def run_ablation(
 
     log(f"[data] {data}")
     run_pipeline(exp, data, progress=progress, log=log, stages=DATA_STAGES)
-    suite = suite_preset(exp.suite)
+    suite = exp.suite
     runs = plan(cfg)
     todo = [r for r in runs if _missing(r, _result_record(run / "runs" / r.key).doc)]
     steps = " or ".join(str(n) for n in sorted({r.train.steps for r in runs}))

@@ -23,7 +23,7 @@ from worldvla.utils.registry import Registry, lookup
 KINDS: dict[str, tuple[str, str]] = {
     "experiment": ("worldvla.experiments", "EXPERIMENTS"),
     "suite": ("worldvla.envs.suites", "SUITES"),
-    "tokenizer": ("worldvla.tokenizers.vq", "PRESETS"),
+    "tokenizer": ("worldvla.tokenizers.vq_config", "PRESETS"),
     "model": ("worldvla.model.config", "MODEL_PRESETS"),
     "train": ("worldvla.train.config", "TRAIN_PRESETS"),
     "libero": ("worldvla.libero_presets", "LIBERO_PRESETS"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from worldvla.tokenizers.vq import PRESETS
+from worldvla.tokenizers.vq_config import PRESETS
 from worldvla.tokenizers.vq_train import VQTrainConfig
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from worldvla.tokenizers.vq import vq_preset
+    from worldvla.tokenizers.vq_config import vq_preset
     from worldvla.train.image_tokenizer import train_tokenizer
     from worldvla.utils.paths import check_output_dir, require_input
 

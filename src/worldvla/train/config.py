@@ -294,6 +294,22 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     return replace(cfg, **changes)
 
 
+def _format(value: Any) -> str:
+    """A field's value as ``--set`` writes it (the inverse of :func:`_coerce`)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def as_overrides(base: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """The ``key=value`` strings that turn ``base`` into ``cfg`` (every field that differs,
+    ``name`` included), in field order: ``apply_overrides(base, as_overrides(base, cfg)) == cfg``
+    (but for a text value with leading or trailing spaces, which ``--set`` strips)."""
+    return [f"{k}={_format(v)}" for k, (_, v) in config_diff(base, cfg).items()]
+
+
 # ---------------------------------------------------------------------------- presets
 # The paper's ablations (SPEC §1, §8) as field changes of the base recipe, defined once:
 # each is a training preset ``mw-quick-<name>`` below, and the ablation variants

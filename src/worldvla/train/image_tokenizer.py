@@ -16,7 +16,7 @@ import numpy as np
 
 from worldvla.data.episodes import EpisodeReader
 from worldvla.errors import DataError
-from worldvla.tokenizers.vq import vq_preset
+from worldvla.tokenizers.vq_config import VQConfig, vq_preset
 from worldvla.tokenizers.vq_train import VQTrainConfig, train_vq
 from worldvla.utils.io import atomic_write_text
 
@@ -47,9 +47,14 @@ def train_tokenizer(
     cfg: VQTrainConfig,
     camera: str | None = None,
     progress: bool = True,
+    vq_cfg: VQConfig | None = None,
 ) -> dict[str, Any]:
-    """Train on the frames of an episode store (whole episodes held out); returns the metrics."""
-    vq_cfg = vq_preset(cfg.preset)
+    """Train on the frames of an episode store (whole episodes held out); returns the metrics.
+
+    ``vq_cfg``: the tokenizer to train (an experiment's own config object); by default the
+    preset ``cfg.preset`` names.
+    """
+    vq_cfg = vq_cfg or vq_preset(cfg.preset)
     train_frames, val_frames, info = load_frames(episodes_path, camera, cfg.val_fraction, cfg.seed)
     if train_frames.shape[1:3] != (vq_cfg.image_size, vq_cfg.image_size):
         side = train_frames.shape[1:3]
