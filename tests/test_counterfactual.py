@@ -54,6 +54,12 @@ class DotModel:
     def __init__(self, follow: bool) -> None:
         self.follow = follow
 
+    def encode(self, frames: np.ndarray) -> np.ndarray:  # a lossy "tokenizer": 4 levels
+        return frames // 64
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return (codes * 64 + 32).astype(np.uint8)
+
     def rollout(self, first: np.ndarray, actions: np.ndarray) -> np.ndarray:
         out = np.zeros((*actions.shape[:2], SIZE, SIZE, 3), np.uint8)
         for n in range(len(first)):
@@ -102,10 +108,23 @@ def test_a_model_that_follows_its_actions_scores_positive_fidelity_and_a_blind_o
     assert "| zero |" in table and "action fidelity" in table
     # The targets: the oracle imagines every sequence as well as the true one and far better
     # than the blind model; the blind model gains nothing over itself.
-    assert follow["targets"]["met"] and "met" in table.splitlines()[-1]
+    target_line = next(line for line in table.splitlines() if line.startswith("at 10 frames"))
+    assert follow["targets"]["met"] and target_line.endswith(": met")
     assert follow["targets"]["gap_to_true_db"] == pytest.approx(0.0, abs=1e-9)
     assert follow["targets"]["gain_over_blind_db"] > 3
     assert not blind["targets"]["met"] and "not met" in format_table(blind)
+    # The tokenizer row is the simulator's frames through the (lossy) tokenizer, for every
+    # model alike; the ceiling of the gain is what a model drawing each outcome that well
+    # would gain over the demonstration's outcome: far above the target for a moving dot.
+    for kind in KINDS:
+        tok = row(follow, kind, "tokenizer", 10)["psnr_moving"]
+        assert 20 < tok < 100 and tok == row(blind, kind, "tokenizer", 10)["psnr_moving"]
+    assert follow["targets"]["ceiling_gain_db"] == blind["targets"]["ceiling_gain_db"] > 3
+    assert table.splitlines()[2].endswith("| repeat-last | tokenizer |")
+    assert "ceiling of the gain" in table
+    plain = score_outcomes(run_counterfactual(DotModel(True), DotEnv(), starts, max_length=20, ceiling=False))
+    assert "tokenizer" not in format_table(plain) and "ceiling_gain_db" not in str(plain["fidelity"])
+    assert plain["targets"]["ceiling_gain_db"] != plain["targets"]["ceiling_gain_db"]  # NaN: not measured
     assert blind["targets"]["gain_over_blind_db"] == pytest.approx(0.0, abs=1e-9)
     assert blind["targets"]["gap_to_true_db"] > 1
 

@@ -405,7 +405,9 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
                 f"From the first frame of {len(cf['episodes'])} held-out demonstrations, other action "
                 "sequences are executed in the simulator and imagined by the world model "
                 "(worldvla.eval.counterfactual). *action-blind*: the rollout with the demonstration's "
-                "actions scored against the outcome of the given ones. Moving pixels: "
+                "actions scored against the outcome of the given ones. *tokenizer*: the simulator's "
+                "frames for the given actions through the image tokenizer, the best any world model "
+                "with these codes can draw. Moving pixels: "
                 f"{100 * cf['moving_share']:.1f}% of the frame (changed by > {cf['threshold']} levels "
                 "in any sequence's simulated frame).",
                 "",
