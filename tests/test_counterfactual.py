@@ -121,10 +121,20 @@ def test_a_model_that_follows_its_actions_scores_positive_fidelity_and_a_blind_o
         assert 20 < tok < 100 and tok == row(blind, kind, "tokenizer", 10)["psnr_moving"]
     assert follow["targets"]["ceiling_gain_db"] == blind["targets"]["ceiling_gain_db"] > 3
     assert table.splitlines()[2].endswith("| repeat-last | tokenizer |")
-    assert "ceiling of the gain" in table
+    assert follow["targets"]["ceiling_gap_db"] == pytest.approx(
+        row(follow, "demonstration", "tokenizer", 10)["psnr_moving"]
+        - np.mean(
+            [
+                row(follow, k, "tokenizer", 10)["psnr_moving"]
+                for k in ("zero", "negated", "other-task", "random")
+            ]
+        )
+    )
+    assert "as well as the image tokenizer can: gap" in table
     plain = score_outcomes(run_counterfactual(DotModel(True), DotEnv(), starts, max_length=20, ceiling=False))
     assert "tokenizer" not in format_table(plain) and "ceiling_gain_db" not in str(plain["fidelity"])
-    assert plain["targets"]["ceiling_gain_db"] != plain["targets"]["ceiling_gain_db"]  # NaN: not measured
+    for name in ("ceiling_gain_db", "ceiling_gap_db"):  # NaN: not measured
+        assert plain["targets"][name] != plain["targets"][name]
     assert blind["targets"]["gain_over_blind_db"] == pytest.approx(0.0, abs=1e-9)
     assert blind["targets"]["gap_to_true_db"] > 1
 
