@@ -124,9 +124,9 @@ _MW_QUICK_BEFORE_EXPLORATION = replace(_MW_QUICK, tokenizer_steps=2_000, explore
 EXPERIMENTS: Registry[ExperimentConfig] = Registry("experiment preset")
 EXPERIMENTS.register("mw-quick", _MW_QUICK, "the quickstart: 4 Meta-World tasks, ~23 minutes on 2 CPU cores")
 # The world model that reads its actions (docs/world_model.md): codes that stay put where the
-# image does not change (mw64-local) and world samples over 1-5 control steps. Not the
-# default: in its one run the policy reached 67.5% [52, 80] (mw-quick: 85.0% [71, 93]) and
-# one-step predictions fell below repeating the frame.
+# image does not change (mw64-local) and world samples over 1-5 control steps, half of them
+# one-step. Not the default: in its run at f0c6d8b the policy reached 75.0% [60, 86]
+# (mw-quick: 85.0% [71, 93]) and the counterfactual targets are not met.
 EXPERIMENTS.register(
     "mw-quick-multistep",
     replace(

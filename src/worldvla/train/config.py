@@ -380,9 +380,9 @@ def _presets() -> Registry[TrainConfig]:
     out: Registry[TrainConfig] = Registry("training preset")
     out.register("debug", _debug(), "tests and the smoke run: tiny model, 4 steps in seconds")
     out.register("mw-quick", mw_quick, "the quickstart's recipe: mini model, 1,500 steps on CPU")
-    # World-model samples over 1-5 control steps with the changed codes weighed 4x: the first
-    # world model here that reads its actions, at a cost in one-step predictions and, in one
-    # run, in policy success (docs/world_model.md).
+    # World-model samples over 1-5 control steps (half of them one-step, which keeps one-step
+    # predictions above repeat-last) with the changed codes weighed 4x: the first world model
+    # here that reads its actions (docs/world_model.md).
     out.register(
         "mw-quick-multistep",
         replace(
