@@ -394,6 +394,18 @@ def _presets() -> Registry[TrainConfig]:
         ),
         "mw-quick with world samples over 1-5 control steps (half one-step), changed codes weighed 4x",
     )
+    # The best world model measured on mw-quick (docs/world_model.md, lever L4): the compact
+    # model and world samples over 1-10 control steps; ~2x the training compute of mw-quick.
+    out.register(
+        "mw-quick-multistep-compact",
+        replace(
+            out.get("mw-quick-multistep"),
+            name="mw-quick-multistep-compact",
+            model="compact",
+            world_horizon=10,
+        ),
+        "mw-quick-multistep with the compact model and world samples over 1-10 control steps",
+    )
     out.register(
         "mw-quick-debug",
         replace(
