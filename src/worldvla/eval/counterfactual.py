@@ -199,6 +199,12 @@ def score_outcomes(
         blind = ep.pred["demonstration"]
         # PSNR on moving pixels of every imagined video against every simulated one.
         cross = {(k, j): masked_psnr(ep.pred[k], ep.sim[j], mask) for k in KINDS for j in KINDS}
+        # The tokenizer's reconstructions of each outcome, and of the demonstration's outcome,
+        # against every simulated video: its row and the ceiling of the gain.
+        tok_own, tok_demo = {}, {}
+        if ep.recon is not None:
+            tok_own = {k: masked_psnr(ep.recon[k], ep.sim[k], mask) for k in KINDS}
+            tok_demo = {k: masked_psnr(ep.recon["demonstration"], ep.sim[k], mask) for k in COUNTERFACTUAL}
         for k in KINDS:
             real = ep.sim[k]
             repeat = np.repeat(first[None], len(real), axis=0)
@@ -206,7 +212,10 @@ def score_outcomes(
             if ep.recon is not None:
                 methods["tokenizer"] = ep.recon[k]
             for method, pred in methods.items():
-                moving = cross[k, k] if method == "worldvla" else masked_psnr(pred, real, mask)
+                if method in ("worldvla", "tokenizer"):
+                    moving = cross[k, k] if method == "worldvla" else tok_own[k]
+                else:
+                    moving = masked_psnr(pred, real, mask)
                 whole = whole_psnr(pred, real)
                 ssim = frame_metrics(pred, real)["ssim"]
                 for length in lengths:
@@ -225,12 +234,8 @@ def score_outcomes(
                 rest = [_prefix_mean(cross[k, j], n) for j in KINDS if j != k]
                 if np.isfinite(own) and np.isfinite(rest).all():
                     fidelity[length].append(own - float(np.mean(rest)))
-            if ep.recon is not None:
-                gains = [
-                    _prefix_mean(masked_psnr(ep.recon[k], ep.sim[k], mask), n)
-                    - _prefix_mean(masked_psnr(ep.recon["demonstration"], ep.sim[k], mask), n)
-                    for k in COUNTERFACTUAL
-                ]
+            if tok_demo:
+                gains = [_prefix_mean(tok_own[k], n) - _prefix_mean(tok_demo[k], n) for k in COUNTERFACTUAL]
                 if np.isfinite(gains).all():
                     ceiling[length].append(float(np.mean(gains)))
     rows = []

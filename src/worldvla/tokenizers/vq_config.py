@@ -153,18 +153,13 @@ PRESETS.register(
 )
 PRESETS.register(
     "tiny-vq",
-    VQConfig(
+    replace(
+        PRESETS.get("tiny"),
         name="tiny-vq",
-        image_size=16,
-        downsample=4,
-        channels=(16, 16),
-        blocks=(1, 1),
-        stem_channels=16,
-        latent_dim=8,
         quantizer="vq",
         codebook_size=32,
         codebook_dim=4,
-        groups=4,
+        fsq_levels=VQConfig.fsq_levels,  # unused by "vq"; the default keeps its fingerprint
     ),
     "tests: tiny with a learned codebook of 32 codes",
 )
