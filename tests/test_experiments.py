@@ -43,6 +43,8 @@ RECORDED_PARTS = {
     "mw-quick-v1": ("mw-quick-v1", "mw64", "mw-quick"),
     "mw-quick-control": ("mw-quick-control", "mw64", "mw-quick"),
     "debug": ("debug", "mw64", "mw-quick-debug"),
+    "mt50": ("mt50", "mw64", "mt50"),
+    "mt50-debug": ("mt50-debug", "mw64", "mt50-debug"),
 }
 
 

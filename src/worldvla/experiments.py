@@ -160,6 +160,37 @@ EXPERIMENTS.register(
     replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-control", suite=suite_preset("mw-quick-control")),
     "mw-quick-v1 on the mw-quick-control suite: the data of the ablations",
 )
+# Meta-World MT50 under LeRobot's evaluation protocol (issue 18, docs/metaworld.md): the
+# experts' successful demonstrations of 70 tries per task, the policy evaluated on the
+# protocol's 10 seeds per task with the comparison table, the world model on 16 held-out
+# demonstrations.
+_MT50 = ExperimentConfig(
+    name="mt50",
+    suite=suite_preset("mt50"),
+    tokenizer=vq_preset("mw64"),
+    train=train_preset("mt50"),
+    tokenizer_steps=2_000,
+    eval_episodes_per_task=10,
+    eval_envs=10,
+)
+EXPERIMENTS.register("mt50", _MT50, "Meta-World MT50 under LeRobot's protocol: the comparison with SmolVLA")
+EXPERIMENTS.register(
+    "mt50-debug",
+    replace(
+        _MT50,
+        name="mt50-debug",
+        suite=suite_preset("mt50-debug"),
+        train=train_preset("mt50-debug"),
+        tokenizer_steps=10,
+        eval_episodes_per_task=1,
+        eval_envs=2,
+        eval_world_episodes=1,
+        rollout_lengths=(1, 4),
+        gifs=1,
+        workers=1,
+    ),
+    "tiny sibling of mt50: every stage for real on two MT50 tasks, the comparison table included",
+)
 # Every stage for real, on one task with a tiny model.
 EXPERIMENTS.register(
     "debug",

@@ -143,6 +143,7 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     stages: tuple[str, ...] = STAGES,
     max_minutes_per_stage: float | None = None,
+    episodes_from: str | Path | None = None,
 ) -> Path:
     """Run (or resume) the ``stages`` of ``exp`` in ``run_dir``; returns the HTML report's path.
 
@@ -150,7 +151,10 @@ def run_pipeline(
     the ablation driver does for the runs that share it. ``max_minutes_per_stage`` is an
     optional wall-clock cap on the image tokenizer and on training (for training it counts
     the stage's time over all invocations); what it cuts short is reported loudly, and
-    :func:`stopped_stages` lists it afterwards.
+    :func:`stopped_stages` lists it afterwards. ``episodes_from``: an episode file that
+    ``worldvla collect`` made with the experiment's collection settings, copied as the
+    collect stage instead of collecting again (anything else is refused,
+    :func:`worldvla.data.collect.reuse_collected`).
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -175,8 +179,22 @@ def run_pipeline(
     tok_dir, cache_dir, train_dir = run / "tokenizer", run / "cache", run / "train"
 
     def collect_stage(st: dict[str, Any]) -> None:
-        from worldvla.data.collect import collect
+        from worldvla.data.collect import collect, reuse_collected
 
+        if episodes_from is not None:
+            report = reuse_collected(
+                episodes_from,
+                episodes,
+                suite,
+                exp.episodes_per_task,
+                exp.seed,
+                exp.action_noise,
+                exp.exploration_config(),
+            )
+            source = str(Path(episodes_from).resolve())
+            st.update(kept=report.kept, dropped=report.dropped, copied_from=source)
+            log(report.summary())
+            return
         report = collect(
             suite,
             episodes,
@@ -257,6 +275,7 @@ def run_pipeline(
     def eval_policy_stage(st: dict[str, Any]) -> None:
         from worldvla.eval.policy_eval import evaluate_policy
 
+        lerobot = suite.protocol == "lerobot"
         doc = evaluate_policy(
             train_dir,
             suite,
@@ -267,8 +286,14 @@ def run_pipeline(
             gifs=exp.gifs,
             seed=exp.seed,
             progress=progress,
+            blind_baselines=lerobot,  # the baselines never look at a frame: no rendering
         )
         st.update(success={a: s["success"] for a, s in doc["summary"].items()})
+        if lerobot:  # the comparison with the published MT50 results (docs/metaworld.md)
+            from worldvla.eval.mt50_report import write_mt50_report
+
+            table = write_mt50_report(run / "eval_policy", doc)
+            st.update(mean_of_groups={a: r["mean"]["success"] for a, r in table["agents"].items()})
         log(
             "policy success: "
             + ", ".join(f"{a} {100 * s['success']:.0f}%" for a, s in doc["summary"].items())

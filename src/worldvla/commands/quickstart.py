@@ -1,7 +1,7 @@
 """worldvla quickstart: the whole pipeline on the embedded benchmark, resumable.
 
 worldvla quickstart [--preset mw-quick|debug] [--out runs/quickstart-<preset>] [--max-minutes-per-stage M]
-                    [--threads N]
+                    [--threads N] [--episodes FILE]
 
 Every stage runs a fixed number of steps, so the same command gives the same model on a
 fast or a slow machine (only slower). ``--max-minutes-per-stage M`` caps the wall time of
@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads (default: torch's choice, one per core); on a machine busy with other "
         "jobs, 1 can be several times faster (README)",
     )
+    p.add_argument(
+        "--episodes",
+        default=None,
+        metavar="FILE",
+        help="an episode file `worldvla collect` made with the preset's suite and settings, copied as the "
+        "collect stage instead of collecting again (any other file is refused)",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -72,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    report = run_pipeline(exp, out, progress=not args.no_progress, max_minutes_per_stage=cap)
+    if args.episodes is not None:
+        from worldvla.utils.paths import require_input
+
+        require_input(args.episodes, "episode file")
+    report = run_pipeline(
+        exp, out, progress=not args.no_progress, max_minutes_per_stage=cap, episodes_from=args.episodes
+    )
     print(f"\nreport: {report}  (also {report.with_suffix('.md')})")
     status = exit_status(out, cap_asked=cap is not None)
     if status:

@@ -24,7 +24,10 @@ the number of worker processes. Written with :func:`worldvla.data.episodes.write
 
 from __future__ import annotations
 
+import contextlib
+import json
 import multiprocessing as mp
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,10 +36,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from worldvla.data.episodes import Episode, write_episodes
+from worldvla.data.episodes import Episode, EpisodeReader, write_episodes
 from worldvla.data.exploration import DEMO, EXPLORE, ActionProcess, ExplorationConfig, segment_rng
 from worldvla.envs.suites import SuiteConfig
 from worldvla.errors import DataError
+from worldvla.utils.io import atomic_path
 from worldvla.utils.paths import check_output_file
 
 _ENV = None  # one simulator per worker process
@@ -64,12 +68,14 @@ class CollectReport:
     explore_segments: int = 0
     explore_steps: int = 0
     seconds: float = 0.0
+    reused_from: Path | None = None  # copied from this file (reuse_collected), not collected
 
     def summary(self) -> str:
-        lines = [
-            f"wrote {sum(self.kept.values())} successful episodes ({self.steps} steps) to {self.path} "
-            f"in {self.seconds:.0f} s"
-        ]
+        if self.reused_from is not None:
+            what = f"copied {sum(self.kept.values())} successful episodes from {self.reused_from}"
+        else:
+            what = f"wrote {sum(self.kept.values())} successful episodes ({self.steps} steps)"
+        lines = [f"{what} to {self.path} in {self.seconds:.0f} s"]
         for task in self.kept:
             lines.append(
                 f"  {task}: kept {self.kept[task]}, dropped {self.dropped.get(task, 0)} unsuccessful"
@@ -261,19 +267,69 @@ def collect(
             f"{out}: no expert episode of suite {suite.name!r} succeeded within {suite.max_steps} steps "
             f"({len(jobs)} tried); nothing written"
         )
-    write_episodes(
-        out,
-        episodes,
-        {
-            "env": "metaworld",
-            "suite": suite.to_dict(),
-            "seed": seed,
-            "action_noise": action_noise,
-            "episodes_per_task": n,
-            "kept": report.kept,
-            "dropped": report.dropped,
-            "exploration": exploration.to_dict() if n_explore else None,
-        },
+    attrs = _identity(suite, n, seed, action_noise, exploration if n_explore else None)
+    write_episodes(out, episodes, {**attrs, "kept": report.kept, "dropped": report.dropped})
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _identity(
+    suite: SuiteConfig,
+    episodes_per_task: int,
+    seed: int,
+    action_noise: float,
+    exploration: ExplorationConfig | None,
+) -> dict:
+    """What decides a collected file's content, as its file attributes record it."""
+    return {
+        "env": "metaworld",
+        "suite": suite.to_dict(),
+        "seed": seed,
+        "action_noise": action_noise,
+        "episodes_per_task": episodes_per_task,
+        "exploration": exploration.to_dict() if exploration is not None and exploration.per_task else None,
+    }
+
+
+def reuse_collected(
+    source: str | Path,
+    out: str | Path,
+    suite: SuiteConfig,
+    episodes_per_task: int | None = None,
+    seed: int = 0,
+    action_noise: float = 0.0,
+    exploration: ExplorationConfig | None = None,
+) -> CollectReport:
+    """Copy an episode file that :func:`collect` made with exactly these arguments to ``out``.
+
+    Collection is deterministic per seed, so such a file is the one :func:`collect` would
+    write again (MT50's takes ~15-20 minutes on 2 cores). The file's recorded suite
+    definition, seed, action noise, episodes per task and exploration must equal the
+    arguments; the first field that differs is a :class:`DataError` naming both values, and
+    nothing is written. ``out`` appears complete or not at all.
+    """
+    source = Path(source)
+    with EpisodeReader(source) as reader:
+        stored = dict(reader.file_attrs)
+    n = episodes_per_task or suite.episodes_per_task
+    wanted = json.loads(json.dumps(_identity(suite, n, seed, action_noise, exploration)))
+    for key, value in wanted.items():
+        have = stored.get(key)
+        if isinstance(have, str) and isinstance(value, (dict, type(None))):
+            with contextlib.suppress(json.JSONDecodeError):
+                have = json.loads(have)
+        if have != value:
+            raise DataError(
+                f"{source}: was not collected with this experiment's {key} (the file has {have!r}, the "
+                f"experiment needs {value!r}); collect it again or drop the option that reuses it"
+            )
+    report = CollectReport(path=Path(out))
+    t0 = time.perf_counter()
+    with atomic_path(out, suffix=".hdf5") as tmp:
+        shutil.copyfile(source, tmp)
+    kept, dropped = (
+        json.loads(stored[k]) if isinstance(stored.get(k), str) else {} for k in ("kept", "dropped")
     )
+    report.kept, report.dropped, report.reused_from = kept, dropped, source
     report.seconds = time.perf_counter() - t0
     return report

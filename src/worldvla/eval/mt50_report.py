@@ -137,7 +137,12 @@ def protocol_differences(meta: Mapping[str, Any]) -> list[str]:
     )
     out.append(
         "trained on the project's scripted-expert demonstrations (seeds disjoint from the evaluation's), "
-        "not on lerobot/metaworld_mt50; the policy reads the frame and the instruction, not the state"
+        "not on lerobot/metaworld_mt50; the policy reads "
+        + (
+            "the frame, the instruction and the 4-d state"
+            if meta.get("policy", {}).get("reads_state")
+            else "the frame and the instruction, not the state"
+        )
     )
     return out
 

@@ -385,6 +385,7 @@ def evaluate_policy(
             "replan_every": policy.config.replan_every,
             "temperature": policy.config.temperature,
             "action_readout": policy.action_readout,
+            "reads_state": bool(policy.state_dim),
         },
     )
     return write_results(out / "results.json", results, meta)

@@ -315,6 +315,9 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     if pol:
         summary = pol["summary"]
         tasks = list(next(iter(summary.values()))["per_task"])
+        mt50 = run / "eval_policy" / "mt50.md"
+        if mt50.exists():  # 50 tasks: per task in the comparison table below, not as columns
+            tasks = []
         header = ["agent", *[t.replace("-v3", "") for t in tasks], "mean [95% CI]", "episodes", "steps"]
         rows = []
         for a, s in summary.items():
@@ -345,6 +348,10 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
             "![success per task](plots/success.png)",
             "",
         ]
+        if mt50.exists():  # the comparison under LeRobot's protocol, one heading level down
+            body = mt50.read_text().split("\n", 1)[1]
+            md += ["## Policy under LeRobot's Meta-World protocol", ""]
+            md += [("#" + line) if line.startswith("#") else line for line in body.splitlines()] + [""]
         gifs = sorted((run / "eval_policy" / "gifs").glob("*.gif"))
         if gifs:
             md += ["Episodes:", ""] + [f"![{g.stem}](eval_policy/gifs/{g.name})" for g in gifs] + [""]
