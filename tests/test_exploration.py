@@ -65,6 +65,14 @@ def test_only_demonstrations_feed_the_policy_and_the_world_model_reads_executed_
     assert not np.array_equal(world.bins, action.bins)  # executed actions, not labels
     demos_only = build_data(dataclasses.replace(cfg, world_data="demos"), cache, 4096)
     assert set(demos_only.train.sets[1].frame.tolist()) <= demo_frames
+    explore_only = build_data(dataclasses.replace(cfg, world_data="explore"), cache, 4096)
+    assert not set(explore_only.train.sets[1].frame.tolist()) & demo_frames
+    assert set(explore_only.train.sets[0].frame.tolist()) <= demo_frames  # the policy: demos still
+    no_segments = dataclasses.replace(
+        cache, episodes=[dataclasses.replace(e, kind="demo") for e in cache.episodes]
+    )
+    with pytest.raises(ConfigError, match="world_data='explore'.*no such episodes"):
+        build_data(dataclasses.replace(cfg, world_data="explore"), no_segments, 4096)
 
 
 def test_held_out_episodes_are_split_per_kind_and_evaluations_get_demonstrations():

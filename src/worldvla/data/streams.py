@@ -10,8 +10,9 @@ fixed validation stream over the held-out ones. The sample sets and the mixture 
   (each with :func:`~worldvla.data.datasets.split_episodes` and ``split_seed``), so the
   held-out demonstrations do not depend on how much exploration the data has.
 - **Roles.** Only demonstrations give action-model samples; world-model samples come from
-  every episode (``world_data="all"``) or from the demonstrations only (``"demos"``), and
-  read the executed actions where the cache records them.
+  every episode (``world_data="all"``), from the demonstrations only (``"demos"``) or from
+  the exploratory segments only (``"explore"``), and read the executed actions where the
+  cache records them.
 - **Seeds.** The training stream is ordered by ``seed``, the validation stream by seed 0,
   so validation sees the same samples at every step of every run.
 
@@ -220,7 +221,12 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
         # Only demonstrations teach the policy; exploratory segments feed the world model
         # unless the config keeps it on demonstrations too.
         demos = episodes[is_demo[episodes]]
-        world_eps = episodes if cfg.world_data == "all" else demos
+        world_eps = {"all": episodes, "demos": demos, "explore": episodes[~is_demo[episodes]]}[cfg.world_data]
+        if f > 0 and not len(world_eps):
+            raise ConfigError(
+                f"world_data={cfg.world_data!r}: the cache has no such episodes for world-model samples "
+                "(exploratory segments come from collecting with exploration)"
+            )
         common = (layout, vocab, text_tokenizer)
         action = None
         if f < 1:

@@ -34,7 +34,7 @@ from worldvla.utils.registry import Registry
 LossForm = Literal["reference", "split"]
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["bf16", "fp32"]
-WorldData = Literal["all", "demos"]
+WorldData = Literal["all", "demos", "explore"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class TrainConfig:
     use_world_data: bool = True  # world-model samples (the world-model role)
     world_fraction: float = 0.5  # share of world-model samples in the mixed stream (reference ~1:1)
     # Which episodes world-model samples come from: "all" (demonstrations and the exploratory
-    # segments of worldvla.data.exploration, where the data has them) or "demos" only.
+    # segments of worldvla.data.exploration, where the data has them), "demos" only, or
+    # "explore" only (every world sample's actions vary independently of the scene).
     world_data: WorldData = "all"
     history: int = 2  # M frames of the action-model prompt
     chunk_len: int = 5  # K actions per action-model sample
