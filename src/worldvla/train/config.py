@@ -34,6 +34,7 @@ from worldvla.utils.registry import Registry
 LossForm = Literal["reference", "split"]
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["bf16", "fp32"]
+AttentionKernel = Literal["sdpa", "math"]  # worldvla.model.transformer.ATTENTION_KERNELS
 WorldData = Literal["all", "demos"]
 
 
@@ -108,6 +109,9 @@ class TrainConfig:
     # ---- execution
     precision: Precision = "bf16"  # bf16 autocast with fp32 master weights, or plain fp32
     compile: bool = False  # torch.compile the model
+    # "math": attention as explicit matmuls + fp32 softmax, the form torch.compile fuses
+    # (faster with compile, the same function up to rounding); "sdpa": PyTorch's kernel.
+    attention: AttentionKernel = "sdpa"
     activation_checkpointing: bool = False
     fsdp: bool = False  # FSDP2 full-shard per decoder block under torchrun (else DDP)
     seed: int = 0
@@ -190,6 +194,7 @@ class TrainConfig:
             ("loss_form", LossForm),
             ("schedule", Schedule),
             ("precision", Precision),
+            ("attention", AttentionKernel),
             ("world_data", WorldData),
         ):
             if getattr(self, name) not in typing.get_args(allowed):
@@ -235,7 +240,7 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they do not affect the trained weights.
 RESUMABLE_FIELDS = frozenset(
-    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile"}
+    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile", "attention"}
 )
 
 
