@@ -338,13 +338,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--shapes", default="mt50,mini-16x256,small-16x256")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of ours, any of {VARIANTS}")
+    ap.add_argument("--variants", help=f"of ours, any of {VARIANTS} (default: all; --quick: eager)")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny shape, tiny decoder, 1 rep")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        args.shapes, args.reps, args.variants = "tiny", 1, "eager"
+        args.shapes, args.reps = "tiny", 1
+    args.variants = args.variants or ("eager" if args.quick else ",".join(VARIANTS))
     torch.set_num_threads(args.threads)
     import transformers
 
