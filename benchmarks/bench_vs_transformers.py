@@ -31,8 +31,9 @@ Variants of ours (``--variants``, the training step only), the switches of
 :class:`~worldvla.train.config.TrainConfig`: ``eager``; ``math`` (``attention="math"``:
 attention as explicit matmuls and an fp32 softmax instead of SDPA); ``compile``
 (``compile=True``: each block ``torch.compile``d, SDPA inside); ``compile+math`` (both).
-Every timing is the best of ``--reps`` after a warm-up: on a shared machine the best run is
-the least disturbed one. Threads: ``--threads`` (set once, for both models).
+Every timing is the best of ``--reps`` after a warm-up, the models taking turns (a burst
+of load from another process hits them alike): on a shared machine the best run is the
+least disturbed one. Threads: ``--threads`` (set once, for both models).
 """
 
 from __future__ import annotations
@@ -190,13 +191,19 @@ def batch_ids(shape: Shape, data: Any, vocab: Vocab) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- timing
-def best_time(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up (and compilation)
-    best = float("inf")
+def best_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Best time of each function over ``reps`` rounds that run every function once, in turn.
+
+    Interleaved, so that a burst of load from another process hits all of them alike.
+    """
+    for fn in fns.values():
+        fn()  # warm-up (and compilation)
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -257,7 +264,7 @@ def run_training(shape: Shape, data: Any, vocab: Vocab, variants: list[str], rep
     ceiling = matmul_ceiling()
     tokens = ids.numel()
     flops = ours.flops_per_token(ids.shape[1], training=True, target_fraction=1.0)
-    times = {name: best_time(fn, reps) for name, fn in fns.items()}
+    times = best_times(fns, reps)
     base = times["transformers"]
     return [
         {
@@ -295,8 +302,8 @@ def run_decoding(data: Any, vocab: Vocab, reps: int, quick: bool) -> list[dict]:
             a, b = fn(ours), fn(other)
             if not torch.equal(a, b):
                 raise RuntimeError(f"{what}: ours and transformers decode different tokens")
-            t_hf = best_time(lambda fn=fn: fn(other), reps)
-            t_ours = best_time(lambda fn=fn: fn(ours), reps)
+            t = best_times({"hf": lambda fn=fn: fn(other), "ours": lambda fn=fn: fn(ours)}, reps)
+            t_hf, t_ours = t["hf"], t["ours"]
             rows.append({"what": what, "prompt": len(world_prompt if "frame" in what else action_prompt),
                          "ours_ms": 1e3 * t_ours, "hf_ms": 1e3 * t_hf, "speedup": t_hf / t_ours})  # fmt: skip
     return rows
@@ -304,20 +311,16 @@ def run_decoding(data: Any, vocab: Vocab, reps: int, quick: bool) -> list[dict]:
 
 def print_tables(train_rows: list[dict], decode_rows: list[dict], reps: int) -> None:
     if train_rows:
-        ceil = train_rows[0]["ceiling"] / 1e9
-        print(
-            f"\n## training step, bf16 autocast, full logits (best of {reps}; "
-            f"bf16 matmul ceiling {ceil:.0f} GFLOP/s)"
-        )
-        print("| shape | model | step s | tokens/s | % bf16 ceiling | vs transformers |")
-        print("|---|---|---|---|---|---|")
+        print(f"\n## training step, bf16 autocast, full logits (best of {reps}, interleaved)")
+        print("| shape | model | step s | tokens/s | bf16 ceiling GFLOP/s | % of it | vs transformers |")
+        print("|---|---|---|---|---|---|---|")
         for r in train_rows:
             print(
                 f"| {r['shape']} | {r['model']} | {r['step_s']:.3f} | {r['tokens_s']:,.0f} | "
-                f"{r['ceiling_pct']:.0f}% | {r['speedup']:.2f}x |"
+                f"{r['ceiling'] / 1e9:.0f} | {r['ceiling_pct']:.0f}% | {r['speedup']:.2f}x |"
             )
     if decode_rows:
-        print(f"\n## decoding, batch 1, greedy, KV cache, fp32 (best of {reps})")
+        print(f"\n## decoding, batch 1, greedy, KV cache, fp32 (best of {reps}, interleaved)")
         print("| what | prompt tokens | ours ms | transformers ms | speed-up |")
         print("|---|---|---|---|---|")
         for r in decode_rows:
