@@ -280,6 +280,70 @@ def run_training(shape: Shape, data: Any, vocab: Vocab, variants: list[str], rep
     ]
 
 
+def pack(samples: list[torch.Tensor], vocab: Vocab, capacity: int) -> tuple[torch.Tensor, ...]:
+    """Samples packed first-fit, in order, into rows of at most ``capacity`` tokens.
+
+    Returns ``(ids, mask, positions)``: each sample keeps its own WorldVLA mask (a block on
+    the diagonal; nothing crosses samples) and positions from 0; the rows are right-padded
+    to a common length (a multiple of 8, as the loader pads).
+    """
+    rows: list[list[torch.Tensor]] = []
+    for s in samples:
+        row = next((r for r in rows if sum(map(len, r)) + len(s) <= capacity), None)
+        rows.append([s]) if row is None else row.append(s)
+    width = -(-max(sum(map(len, r)) for r in rows) // 8) * 8
+    ids = torch.full((len(rows), width), vocab.pad, dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # a PAD query sees itself
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        start = 0
+        for s in row:
+            end = start + len(s)
+            ids[b, start:end], positions[b, start:end] = s, torch.arange(len(s))
+            mask[b, start:end, start:end] = attention_mask(s, vocab)[0]
+            start = end
+    return ids, mask, positions
+
+
+def run_packing(data: Any, vocab: Vocab, variants: list[str], reps: int, quick: bool) -> list[dict]:
+    """Ours on one mt50 batch, padded as the loader pads it vs packed into rows of twice its length."""
+    n = 4 if quick else 32
+    samples = [torch.as_tensor(data.train.sample(p)[0].ids) for p in range(n)]
+    padded = data.train.batch(0, n, vocab).ids  # (B, L)
+    real = sum(len(s) for s in samples)
+    layouts = {
+        "padded": (padded, attention_mask(padded, vocab), None),
+        "packed": pack(samples, vocab, 2 * padded.shape[1]),
+    }
+    ours, _ = build_pair(chameleon_config("tiny" if quick else "compact", vocab.size))
+    ids, mask, pos = layouts["packed"]
+    with torch.no_grad():  # the first row's first sample: the same logits packed as alone
+        first = len(samples[0])
+        alone = ours(samples[0][None], attn_mask=attention_mask(samples[0], vocab))[0]
+        packed = ours(ids[:1], attn_mask=mask[:1], positions=pos[:1])[0, :first]
+    if (alone - packed).abs().max().item() > 1e-4:
+        raise RuntimeError("a packed sample's logits differ from the sample's own")
+    fns, shapes = {}, {}
+    for v in variants:
+        for layout, (ids, mask, pos) in layouts.items():
+            model = variant(ours, v)  # one model per layout: a compiled block sees one family of shapes
+            run = lambda m=model, i=ids, k=mask, p=pos: m(i, attn_mask=k, positions=p)  # noqa: E731
+            fns[(v, layout)] = train_step_fn(model, run, torch.roll(ids, -1, dims=1))
+            shapes[(v, layout)] = tuple(ids.shape)
+    times = best_times(fns, reps)
+    return [
+        {
+            "variant": v,
+            "layout": layout,
+            "shape": shapes[(v, layout)],
+            "step_s": t,
+            "real_tokens_s": real / t,
+            "pad_pct": 100 * (1 - real / (shapes[(v, layout)][0] * shapes[(v, layout)][1])),
+        }  # fmt: skip
+        for (v, layout), t in times.items()
+    ]
+
+
 def run_decoding(data: Any, vocab: Vocab, reps: int, quick: bool) -> list[dict]:
     cfg = chameleon_config("tiny" if quick else "compact", vocab.size)
     ours, hf = build_pair(cfg)
@@ -309,7 +373,7 @@ def run_decoding(data: Any, vocab: Vocab, reps: int, quick: bool) -> list[dict]:
     return rows
 
 
-def print_tables(train_rows: list[dict], decode_rows: list[dict], reps: int) -> None:
+def print_tables(train_rows: list[dict], decode_rows: list[dict], pack_rows: list[dict], reps: int) -> None:
     if train_rows:
         print(f"\n## training step, bf16 autocast, full logits (best of {reps}, interleaved)")
         print("| shape | model | step s | tokens/s | bf16 ceiling GFLOP/s | % of it | vs transformers |")
@@ -318,6 +382,16 @@ def print_tables(train_rows: list[dict], decode_rows: list[dict], reps: int) -> 
             print(
                 f"| {r['shape']} | {r['model']} | {r['step_s']:.3f} | {r['tokens_s']:,.0f} | "
                 f"{r['ceiling'] / 1e9:.0f} | {r['ceiling_pct']:.0f}% | {r['speedup']:.2f}x |"
+            )
+    if pack_rows:
+        print(f"\n## padding vs packing, ours, one mt50 batch (best of {reps}, interleaved)")
+        print("| variant | layout | rows x length | pad share | step s | real tokens/s |")
+        print("|---|---|---|---|---|---|")
+        for r in pack_rows:
+            rows, length = r["shape"]
+            print(
+                f"| {r['variant']} | {r['layout']} | {rows}x{length} | {r['pad_pct']:.0f}% | "
+                f"{r['step_s']:.3f} | {r['real_tokens_s']:,.0f} |"
             )
     if decode_rows:
         print(f"\n## decoding, batch 1, greedy, KV cache, fp32 (best of {reps}, interleaved)")
@@ -345,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny shape, tiny decoder, 1 rep")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--packing", action="store_true", help="also: one mt50 batch padded vs packed (ours)")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.reps = "tiny", 1
@@ -363,8 +438,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_train:
         for name in args.shapes.split(","):
             train_rows += run_training(SHAPES[name], data, vocab, args.variants.split(","), args.reps)
+    variants = args.variants.split(",")
+    pack_rows = run_packing(data, vocab, variants, args.reps, args.quick) if args.packing else []
     decode_rows = [] if args.skip_decode else run_decoding(data, vocab, args.reps, args.quick)
-    print_tables(train_rows, decode_rows, args.reps)
+    print_tables(train_rows, decode_rows, pack_rows, args.reps)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,12 @@ def _load():
 
 
 def test_quick_run_prints_every_row(capsys):
-    _load().main(["--quick", "--variants", "eager,math"])
+    _load().main(["--quick", "--variants", "eager,math", "--packing"])
     out = capsys.readouterr().out
-    assert "## training step" in out and "## decoding" in out
+    assert "## training step" in out and "## decoding" in out and "## padding vs packing" in out
     for row in ("| transformers |", "| ours (eager) |", "| ours (math) |"):
+        assert row in out, row
+    for row in ("| eager | padded |", "| eager | packed |", "| math | packed |"):
         assert row in out, row
     for row in ("| 8x8 world-model frame |", "| K=10 action chunk, D=4 (side by side) |"):
         assert row in out, row
