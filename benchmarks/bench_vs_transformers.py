@@ -30,7 +30,9 @@ its ``DynamicCache``, through a small adapter. The tokens must agree.
 Variants of ours (``--variants``, the training step only), the switches of
 :class:`~worldvla.train.config.TrainConfig`: ``eager``; ``math`` (``attention="math"``:
 attention as explicit matmuls and an fp32 softmax instead of SDPA); ``compile``
-(``compile=True``: each block ``torch.compile``d, SDPA inside); ``compile+math`` (both).
+(``compile=True``: each block ``torch.compile``d, SDPA inside); ``compile+math`` (both);
+``compile+math+ce`` (and the cross-entropy compiled too: cast, log-softmax and its
+backward fused).
 Every timing is the best of ``--reps`` after a warm-up, the models taking turns (a burst
 of load from another process hits them alike): on a shared machine the best run is the
 least disturbed one. Threads: ``--threads`` (set once, for both models).
@@ -207,8 +209,16 @@ def best_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, flo
     return best
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean fp32 cross-entropy of ``(B, L, V)`` logits, as the training loss computes it."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
 def train_step_fn(
-    model: torch.nn.Module, logits_fn: Callable[[], torch.Tensor], targets: torch.Tensor
+    model: torch.nn.Module,
+    logits_fn: Callable[[], torch.Tensor],
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
 ) -> Callable[[], float]:
     """One bf16-autocast step: full logits, fp32 cross-entropy over every position, backward, AdamW."""
     params = [p for n, p in model.named_parameters() if "vqmodel" not in n]  # not transformers' VQGAN
@@ -217,7 +227,7 @@ def train_step_fn(
     def step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = logits_fn()  # (B, L, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss = loss_fn(logits, targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -226,7 +236,7 @@ def train_step_fn(
     return step
 
 
-VARIANTS = ("eager", "math", "compile", "compile+math")
+VARIANTS = ("eager", "math", "compile", "compile+math", "compile+math+ce")
 
 
 def variant(ours: Transformer, name: str) -> Transformer:
@@ -260,7 +270,8 @@ def run_training(shape: Shape, data: Any, vocab: Vocab, variants: list[str], rep
     fns = {"transformers": train_step_fn(hf, lambda: hf_logits(hf, ids, mask), targets)}
     for v in variants:
         model = ours if v == "eager" else variant(ours, v)
-        fns[f"ours ({v})"] = train_step_fn(model, lambda m=model: m(ids, attn_mask=mask), targets)
+        loss_fn = torch.compile(cross_entropy) if v.endswith("+ce") else cross_entropy
+        fns[f"ours ({v})"] = train_step_fn(model, lambda m=model: m(ids, attn_mask=mask), targets, loss_fn)
     ceiling = matmul_ceiling()
     tokens = ids.numel()
     flops = ours.flops_per_token(ids.shape[1], training=True, target_fraction=1.0)
