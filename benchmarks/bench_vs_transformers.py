@@ -25,7 +25,9 @@ world-model prompt of the mt50 stream, batch 1, greedy, KV cache. (c) Action chu
 actions of D=4 after a real action prompt, decoded side by side as the policy does. Both
 run the same decoder (:mod:`worldvla.model.generation`: the same plan, masks, positions
 and forward calls); for transformers the network behind it is the Chameleon model with
-its ``DynamicCache``, through a small adapter. The tokens must agree.
+its ``DynamicCache``, through a small adapter. The tokens must agree. The last column is
+the time one decode spends inside matmul kernels (``torch.profiler``, one extra run):
+at batch 1 these are matrix-vector products that read every weight once per step.
 
 Variants of ours (``--variants``, the training step only), the switches of
 :class:`~worldvla.train.config.TrainConfig`: ``eager``; ``math`` (``attention="math"``:
@@ -380,8 +382,20 @@ def run_decoding(data: Any, vocab: Vocab, reps: int, quick: bool) -> list[dict]:
             t = best_times({"hf": lambda fn=fn: fn(other), "ours": lambda fn=fn: fn(ours)}, reps)
             t_hf, t_ours = t["hf"], t["ours"]
             rows.append({"what": what, "prompt": len(world_prompt if "frame" in what else action_prompt),
-                         "ours_ms": 1e3 * t_ours, "hf_ms": 1e3 * t_hf, "speedup": t_hf / t_ours})  # fmt: skip
+                         "ours_ms": 1e3 * t_ours, "hf_ms": 1e3 * t_hf, "speedup": t_hf / t_ours,
+                         "ours_mm_ms": matmul_ms(lambda fn=fn: fn(ours)),
+                         "hf_mm_ms": matmul_ms(lambda fn=fn: fn(other))})  # fmt: skip
     return rows
+
+
+def matmul_ms(fn: Callable[[], object]) -> float:
+    """Milliseconds one call of ``fn`` spends inside matmul kernels (torch.profiler self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    kernels = ("aten::mm", "aten::addmm", "aten::bmm")
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels) / 1e3
 
 
 def print_tables(train_rows: list[dict], decode_rows: list[dict], pack_rows: list[dict], reps: int) -> None:
@@ -406,11 +420,14 @@ def print_tables(train_rows: list[dict], decode_rows: list[dict], pack_rows: lis
             )
     if decode_rows:
         print(f"\n## decoding, batch 1, greedy, KV cache, fp32 (best of {reps}, interleaved)")
-        print("| what | prompt tokens | ours ms | transformers ms | speed-up |")
-        print("|---|---|---|---|---|")
+        print(
+            "| what | prompt tokens | ours ms | transformers ms | speed-up | matmuls: ours, transformers ms |"
+        )
+        print("|---|---|---|---|---|---|")
         for r in decode_rows:
             ms = f"{r['ours_ms']:.1f} | {r['hf_ms']:.1f}"
-            print(f"| {r['what']} | {r['prompt']} | {ms} | {r['speedup']:.2f}x |")
+            mm = f"{r['ours_mm_ms']:.1f}, {r['hf_mm_ms']:.1f}"
+            print(f"| {r['what']} | {r['prompt']} | {ms} | {r['speedup']:.2f}x | {mm} |")
 
 
 SHAPES = {
