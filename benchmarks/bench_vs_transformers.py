@@ -18,7 +18,8 @@ ids and the same boolean WorldVLA mask (transformers as a prepared 4-D mask). Sh
 padded as the loader pads them); ``mini-16x256`` / ``small-16x256`` are 16 random rows of
 256 tokens. Tokens/s counts every position of the batch (padding included, the same work
 in both); the model FLOP/s (``Transformer.flops_per_token``, full logits) is reported as
-a share of the bf16 matmul ceiling (a 4096³ ``torch.matmul``) measured in the same run.
+a share of the bf16 matmul ceiling (a 4096³ ``torch.matmul``) measured in the same run;
+"in matmuls" is the time one more (profiled) step spends inside matmul kernels.
 
 (b) World-model frame: one 8×8 frame (64 codes, row separators, 76 tokens) after a real
 world-model prompt of the mt50 stream, batch 1, greedy, KV cache. (c) Action chunk: K=10
@@ -278,6 +279,7 @@ def run_training(shape: Shape, data: Any, vocab: Vocab, variants: list[str], rep
     tokens = ids.numel()
     flops = ours.flops_per_token(ids.shape[1], training=True, target_fraction=1.0)
     times = best_times(fns, reps)
+    in_matmuls = {name: matmul_ms(fn) / 1e3 for name, fn in fns.items()}  # one more, profiled step
     base = times["transformers"]
     return [
         {
@@ -288,6 +290,7 @@ def run_training(shape: Shape, data: Any, vocab: Vocab, variants: list[str], rep
             "ceiling_pct": 100 * tokens / t * flops / ceiling,
             "ceiling": ceiling,
             "speedup": base / t,
+            "matmul_s": in_matmuls[name],
         }
         for name, t in times.items()
     ]
@@ -401,12 +404,16 @@ def matmul_ms(fn: Callable[[], object]) -> float:
 def print_tables(train_rows: list[dict], decode_rows: list[dict], pack_rows: list[dict], reps: int) -> None:
     if train_rows:
         print(f"\n## training step, bf16 autocast, full logits (best of {reps}, interleaved)")
-        print("| shape | model | step s | tokens/s | bf16 ceiling GFLOP/s | % of it | vs transformers |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| shape | model | step s | in matmuls s | tokens/s | bf16 ceiling GFLOP/s | % of it "
+            "| vs transformers |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for r in train_rows:
             print(
-                f"| {r['shape']} | {r['model']} | {r['step_s']:.3f} | {r['tokens_s']:,.0f} | "
-                f"{r['ceiling'] / 1e9:.0f} | {r['ceiling_pct']:.0f}% | {r['speedup']:.2f}x |"
+                f"| {r['shape']} | {r['model']} | {r['step_s']:.3f} | {r['matmul_s']:.3f} | "
+                f"{r['tokens_s']:,.0f} | {r['ceiling'] / 1e9:.0f} | {r['ceiling_pct']:.0f}% | "
+                f"{r['speedup']:.2f}x |"
             )
     if pack_rows:
         print(f"\n## padding vs packing, ours, one mt50 batch (best of {reps}, interleaved)")
