@@ -2,7 +2,8 @@
 
     python benchmarks/bench_vs_transformers.py [--threads 1] [--reps 3] [--quick]
                                                [--shapes mt50,mini-16x256,small-16x256]
-                                               [--variants eager,compile] [--skip-decode]
+                                               [--variants eager,compile+math] [--packing]
+                                               [--skip-train] [--skip-decode]
 
 Both models are built from one set of weights: ours is a :class:`~worldvla.model.Transformer`
 with Chameleon's QK-norm (every transformers Chameleon layer has one), converted tensor for
@@ -36,6 +37,11 @@ attention as explicit matmuls and an fp32 softmax instead of SDPA); ``compile``
 (``compile=True``: each block ``torch.compile``d, SDPA inside); ``compile+math`` (both);
 ``compile+math+ce`` (and the cross-entropy compiled too: cast, log-softmax and its
 backward fused).
+
+(d) ``--packing``: ours on one mt50 batch, padded as the loader pads it vs packed first-fit
+into rows of twice that length (each sample keeps its own mask block and positions),
+real tokens/s for each variant.
+
 Every timing is the best of ``--reps`` after a warm-up, the models taking turns (a burst
 of load from another process hits them alike): on a shared machine the best run is the
 least disturbed one. Threads: ``--threads`` (set once, for both models).
