@@ -1,7 +1,7 @@
 """Training throughput through the real loop (data + mask + forward/backward + AdamW).
 
     python benchmarks/bench_train.py [--preset mw-quick] [--steps 12] [--precision fp32 bf16]
-                                     [--model mini,compact]
+                                     [--model mini,compact] [--compile on|off] [--attention sdpa|math]
 
 Builds a synthetic token cache shaped like the embedded Meta-World set (8x8 code grids,
 4-D actions, 512 codes), trains ``--steps`` steps of the preset with :func:`worldvla.train.
@@ -67,10 +67,14 @@ def run(
     device: str | None,
     batch_size: int | None,
     model: str | None = None,
+    execution: dict | None = None,
 ) -> dict:
-    cache = InMemoryCache.synthetic(n_episodes=24, length=60, grid=(8, 8), action_dim=4, codebook_size=512)
+    state_dim = 4 if train_preset(preset).use_state else 0
+    cache = InMemoryCache.synthetic(
+        n_episodes=24, length=60, grid=(8, 8), action_dim=4, codebook_size=512, state_dim=state_dim
+    )
     cfg = replace(train_preset(preset), steps=steps, precision=precision, log_every=1, val_every=0,
-                  ckpt_every=10**6, warmup_steps=1)  # fmt: skip
+                  ckpt_every=10**6, warmup_steps=1, **(execution or {}))  # fmt: skip
     if batch_size:
         cfg = replace(cfg, batch_size=batch_size)
     if model:
@@ -99,6 +103,8 @@ def run(
     return {
         "preset": preset,
         "model": cfg.model,
+        "compile": cfg.compile,
+        "attention": cfg.attention,
         "precision": precision,
         "device": str(dev),
         "params_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6,
@@ -124,11 +130,16 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile", choices=["on", "off"], default=None, help="override the preset's compile")
+    p.add_argument("--attention", choices=["sdpa", "math"], default=None, help="override its attention")
     args = p.parse_args()
+    execution = {} if args.compile is None else {"compile": args.compile == "on"}
+    if args.attention:
+        execution["attention"] = args.attention
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [
-        run(args.preset, args.steps, prec, args.device, args.batch_size, model)
+        run(args.preset, args.steps, prec, args.device, args.batch_size, model, execution)
         for model in (args.model.split(",") if args.model else [None])
         for prec in args.precision
     ]

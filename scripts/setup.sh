@@ -9,6 +9,8 @@ need_apt=()
 ldconfig -p | grep -q 'libEGL.so.1' || need_apt+=(libegl1)
 ldconfig -p | grep -q 'libGL.so.1' || need_apt+=(libgl1)
 [ -e /usr/share/glvnd/egl_vendor.d/50_mesa.json ] || need_apt+=(libegl-mesa0 libgl1-mesa-dri)
+# A C++ compiler for torch.compile on CPU (inductor), which the mt50 training preset uses.
+command -v g++ >/dev/null || need_apt+=(g++)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

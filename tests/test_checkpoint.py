@@ -229,7 +229,7 @@ def _copy(halfway, tmp_path: Path) -> Path:
 
 def test_presets_choose_the_inference_defaults_of_their_checkpoints():
     for name in TRAIN_PRESETS:
-        want = "mean" if name.startswith("mw-quick") else "argmax"
+        want = "mean" if name.startswith(("mw-quick", "mt50")) else "argmax"
         assert preset_inference(name).action_readout == want, name
     assert preset_inference("libero-spatial-256") == InferenceDefaults()  # a preset that sets none
     assert "action_readout" not in TrainConfig.__dataclass_fields__

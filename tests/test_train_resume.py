@@ -33,10 +33,18 @@ def _assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_two_plus_two_steps_equal_four_steps(tmp_path):
+@pytest.mark.parametrize(
+    "execution",
+    [
+        {},
+        {"attention": "math"},
+        pytest.param({"compile": True, "attention": "math"}, marks=pytest.mark.slow, id="compiled"),
+    ],
+)
+def test_two_plus_two_steps_equal_four_steps(tmp_path, execution):
     cache = InMemoryCache.synthetic()
     # Dropout on, so the restored torch RNG state matters too.
-    cfg = replace(train_preset("debug"), dropout=0.1, ckpt_every=4, val_every=1)
+    cfg = replace(train_preset("debug"), dropout=0.1, ckpt_every=4, val_every=1, **execution)
     full = train(cfg, cache, tmp_path / "full", progress=False)
     first = train(cfg, cache, tmp_path / "split", progress=False, stop_after=2)
     second = train(cfg, cache, tmp_path / "split", resume=True, progress=False)

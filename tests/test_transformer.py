@@ -137,6 +137,72 @@ def test_activation_checkpointing_gives_same_gradients():
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(g, m.parameters()))
 
 
+def _chunk_ids(b: int = 2) -> torch.Tensor:
+    """Text, an image, SEP and two action blocks, the second row right-padded: the mask bites."""
+    img = [V.boi, *torch.randint(V.image_start, V.image_start + 8, (4,)).tolist(), V.eoi]
+    act = [V.boa, V.action_start + 1, V.action_start + 2, V.eoa]
+    row = [V.bos, *torch.randint(V.text_start, V.text_start + 20, (5,)).tolist(), *img, V.sep, *act, *act]
+    ids = torch.tensor([row] * b)
+    ids[1, -3:] = V.pad
+    return ids
+
+
+def _cached_tail(m: Transformer, ids: torch.Tensor, split: int) -> torch.Tensor:
+    """Logits of ``ids[:, split:]`` fed after ``ids[:, :split]`` through a KV cache."""
+    cache = m.new_cache(ids.shape[0], ids.shape[1])
+    m(ids[:, :split], attn_mask=attention_mask(ids[:, :split], V), cache=cache)
+    return m(ids[:, split:], attn_mask=attention_mask(ids, V, query_start=split), cache=cache)
+
+
+@pytest.mark.parametrize("kw", [{}, {"qk_norm": True, "n_kv_heads": 2}])
+def test_math_attention_equals_sdpa_masked_causal_and_cached(kw):
+    m = _tiny(**kw)
+    ids = _chunk_ids()
+    mask = attention_mask(ids, V)
+    want = m(ids, attn_mask=mask), m(ids), _cached_tail(m, ids, 9)
+    m.set_attention_kernel("math")
+    got = m(ids, attn_mask=mask), m(ids), _cached_tail(m, ids, 9)
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+    with pytest.raises(ValueError, match="unknown attention kernel"):
+        m.set_attention_kernel("flash")
+
+
+def _bf16_step(m: Transformer, ids: torch.Tensor, compiled: bool = False) -> tuple[float, list[torch.Tensor]]:
+    m.zero_grad()
+    run = torch.compile(m) if compiled else m
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = run(ids[:, :-1], attn_mask=attention_mask(ids[:, :-1], V))
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    return float(loss.detach()), [p.grad.clone() for p in m.parameters()]
+
+
+def _close_grads(a: list[torch.Tensor], b: list[torch.Tensor], rel: float) -> bool:
+    return all((x - y).norm() <= rel * y.norm() + 1e-6 for x, y in zip(a, b))
+
+
+def test_math_attention_trains_like_sdpa_under_bf16_autocast():
+    m = _tiny(qk_norm=True).train()
+    ids = _chunk_ids()
+    loss, grads = _bf16_step(m, ids)
+    m.set_attention_kernel("math")
+    loss_math, grads_math = _bf16_step(m, ids)
+    assert abs(loss_math - loss) < 1e-2 * loss
+    assert _close_grads(grads_math, grads, 0.05)
+
+
+@pytest.mark.slow
+def test_compiled_math_attention_trains_like_eager_sdpa():
+    """The fast training path (TrainConfig compile=True, attention="math") against the plain one."""
+    m = _tiny(qk_norm=True).train()
+    ids = _chunk_ids()
+    loss, grads = _bf16_step(m, ids)
+    m.set_attention_kernel("math")
+    loss_fast, grads_fast = _bf16_step(m, ids, compiled=True)
+    assert abs(loss_fast - loss) < 1e-2 * loss
+    assert _close_grads(grads_fast, grads, 0.05)
+
+
 def test_flops_per_token_counts_matmuls_attention_and_selected_logits():
     m = _tiny()
     cfg = m.cfg

@@ -167,6 +167,7 @@ ADDED_LATER: dict[str, Any] = {
     "world_horizon": 1,
     "world_one_step_share": 0.0,
     "action_embedding_init": "random",
+    "attention": "sdpa",
 }
 
 

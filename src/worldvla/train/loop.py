@@ -141,6 +141,8 @@ class Trainer:
             init_ordinal_embeddings(self.model, self.vocab.action_start, self.vocab.action_bins)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model)
+        if hasattr(self.model, "set_attention_kernel"):
+            self.model.set_attention_kernel(cfg.attention)
         if cfg.compile:
             for block in _blocks(self.model):
                 block.compile()
