@@ -303,7 +303,7 @@ def reuse_collected(
     """Copy an episode file that :func:`collect` made with exactly these arguments to ``out``.
 
     Collection is deterministic per seed, so such a file is the one :func:`collect` would
-    write again (MT50's takes ~15-20 minutes on 2 cores). The file's recorded suite
+    write again (MT50's took 26 minutes on a shared 2-core machine). The file's recorded suite
     definition, seed, action noise, episodes per task and exploration must equal the
     arguments; the first field that differs is a :class:`DataError` naming both values, and
     nothing is written. ``out`` appears complete or not at all.
