@@ -60,7 +60,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worldvla.convert.chameleon import hf_config_from_model, hf_tensors
+from bench_model import matmul_ceiling
+from worldvla.convert.chameleon import UNUSED_VQ_CONFIG, hf_config_from_model, hf_tensors
 from worldvla.data.datasets import InMemoryCache
 from worldvla.model.config import ModelConfig, model_preset
 from worldvla.model.generation import decode_chunk, generate_frame
@@ -69,28 +70,6 @@ from worldvla.model.transformer import Transformer
 from worldvla.train.config import train_preset
 from worldvla.train.data import build_data
 from worldvla.vocab import Vocab
-
-TINY_VQ = {  # the VQGAN encoder transformers keeps inside the model; unused here, kept small
-    "embed_dim": 8,
-    "num_embeddings": 16,
-    "latent_channels": 8,
-    "resolution": 32,
-    "base_channels": 32,
-    "channel_multiplier": [1, 2],
-    "num_res_blocks": 1,
-}
-
-
-def matmul_ceiling(dtype: torch.dtype = torch.bfloat16, n: int = 4096, reps: int = 3) -> float:
-    """Best FLOP/s of an ``n³`` CPU matmul in ``dtype`` (as ``bench_model.matmul_ceiling``)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 # ---------------------------------------------------------------------------- the two models
@@ -109,7 +88,9 @@ def build_pair(cfg: ModelConfig, seed: int = 0) -> tuple[Transformer, torch.nn.M
         for name, p in ours.named_parameters():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    hf_cfg = ChameleonConfig(**hf_config_from_model(cfg), vq_config=TINY_VQ, attn_implementation="sdpa")
+    hf_cfg = ChameleonConfig(
+        **hf_config_from_model(cfg), vq_config=UNUSED_VQ_CONFIG, attn_implementation="sdpa"
+    )
     hf = ChameleonForConditionalGeneration(hf_cfg)
     state = ours.state_dict()
     missing, _ = hf.load_state_dict(dict(hf_tensors(cfg, state.__getitem__)), strict=False)
@@ -281,7 +262,7 @@ def run_training(shape: Shape, data: Any, vocab: Vocab, variants: list[str], rep
         model = ours if v == "eager" else variant(ours, v)
         loss_fn = torch.compile(cross_entropy) if v.endswith("+ce") else cross_entropy
         fns[f"ours ({v})"] = train_step_fn(model, lambda m=model: m(ids, attn_mask=mask), targets, loss_fn)
-    ceiling = matmul_ceiling()
+    ceiling = matmul_ceiling(torch.bfloat16)
     tokens = ids.numel()
     flops = ours.flops_per_token(ids.shape[1], training=True, target_fraction=1.0)
     times = best_times(fns, reps)

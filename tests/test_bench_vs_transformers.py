@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_transfor
 
 
 def _load():
+    sys.path.insert(0, str(SCRIPT.parent))  # it imports bench_model beside it, as when run as a script
     spec = importlib.util.spec_from_file_location("bench_vs_transformers", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from worldvla.cli import main as cli_main
+from worldvla.convert.chameleon import UNUSED_VQ_CONFIG
 from worldvla.convert.checkpoints import REFERENCE_LIBERO_ACTION_STATS, convert_from_hf, convert_to_hf
 from worldvla.convert.reference_prompts import reference_vocab
 from worldvla.errors import WorldVLAError
@@ -65,15 +66,7 @@ def _hf_model(seed: int = 0, **kw):
         max_position_embeddings=kw.pop("max_position_embeddings", 256),
         rms_norm_eps=1e-6,  # not the QK-norm's 1e-5: the two epsilons must not be confused
         vocabulary_map={},  # no "IMGIMG" names: transformers masks no image logits
-        vq_config={
-            "embed_dim": 8,
-            "num_embeddings": 16,
-            "latent_channels": 8,
-            "resolution": 32,
-            "base_channels": 32,
-            "channel_multiplier": [1, 2],
-            "num_res_blocks": 1,
-        },
+        vq_config=UNUSED_VQ_CONFIG,
         attn_implementation="eager",
         **kw,
     )

@@ -40,6 +40,7 @@ import pytest
 import torch
 
 import worldvla.policy as policy_module
+from worldvla.convert.chameleon import UNUSED_VQ_CONFIG
 from worldvla.convert.checkpoints import convert_from_hf
 from worldvla.convert.reference_prompts import reference_vocab
 from worldvla.data.datasets import DataLayout
@@ -159,15 +160,7 @@ def hf_dir(tmp_path_factory):
         num_key_value_heads=4,
         max_position_embeddings=1024,
         vocabulary_map={},
-        vq_config={
-            "embed_dim": 8,
-            "num_embeddings": 16,
-            "latent_channels": 8,
-            "resolution": 32,
-            "base_channels": 32,
-            "channel_multiplier": [1, 2],
-            "num_res_blocks": 1,
-        },
+        vq_config=UNUSED_VQ_CONFIG,
     )
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("hf")

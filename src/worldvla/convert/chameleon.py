@@ -145,6 +145,20 @@ def model_config_from_hf(hf: dict[str, Any], path: Path | str = "config.json") -
     return cfg, HFInfo(mp, archs, hf.get("torch_dtype") or hf.get("dtype"))
 
 
+# The smallest VQGAN config transformers' ChameleonConfig accepts: for models made here whose
+# image encoder is never run (image codes come from the project's own tokenizer), so that it
+# costs next to nothing to build and save.
+UNUSED_VQ_CONFIG: dict[str, Any] = {
+    "embed_dim": 8,
+    "num_embeddings": 16,
+    "latent_channels": 8,
+    "resolution": 32,
+    "base_channels": 32,
+    "channel_multiplier": [1, 2],
+    "num_res_blocks": 1,
+}
+
+
 def hf_config_from_model(cfg: ModelConfig, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """A transformers ``ChameleonConfig`` dict for ``cfg`` (fields of ``base`` kept otherwise)."""
     if not cfg.qk_norm:
