@@ -117,7 +117,6 @@ class ImageTokenizerRef:
 
 
 @dataclass
-@dataclass
 class Bundle:
     """Everything around the model that inference needs (STYLE §7: the model owns only logits)."""
 
@@ -238,8 +237,13 @@ def write_checkpoint(
     episodes: dict[str, Any] | None = None,
     state_stats: ActionStats | None = None,
     inference: InferenceDefaults = DEFAULT_INFERENCE,
+    dest: str | Path | None = None,
 ) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, move ``latest`` to it, prune old ones.
+
+    With ``dest`` the checkpoint is written to that directory instead (an existing one is
+    replaced only once the new one is complete), and ``latest`` and the step checkpoints are
+    left alone: the trainer's best checkpoints (``best/<kind>``, early stopping).
 
     ``train`` is the training config as a JSON object (``TrainConfig.to_dict()``);
     ``episodes`` is the identity (name, size, sha256) of the episode file the token cache was
@@ -247,10 +251,10 @@ def write_checkpoint(
     ``inference`` is what the checkpoint's policy does unless told otherwise (its readout).
     """
     root = checkpoints_dir(run_dir)
-    name = f"step_{step:08d}"
+    target = root / f"step_{step:08d}" if dest is None else Path(dest)
     # safetensors refuses tensors sharing storage (tied embeddings): store independent copies.
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in model_state.items()}
-    with atomic_dir(root / name) as tmp:
+    with atomic_dir(target) as tmp:
         save_file(tensors, str(tmp / MODEL_FILE), metadata=_weights_metadata(step))
         config = {
             "format": FORMAT,
@@ -269,15 +273,17 @@ def write_checkpoint(
         action_stats.save(tmp / STATS_FILE)
         if state_stats is not None:
             state_stats.save(tmp / STATE_STATS_FILE)
-        tok_doc = image_tokenizer.saved_from(root / name)
+        tok_doc = image_tokenizer.saved_from(target)
         (tmp / TOKENIZER_FILE).write_text(json.dumps(tok_doc, indent=2) + "\n")
         torch.save(trainer_state, tmp / TRAINER_FILE)
         write_manifest(tmp)  # last: it vouches for the files above
-    atomic_write_text(root / LATEST, name + "\n")
+    if dest is not None:
+        return target
+    atomic_write_text(root / LATEST, target.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        if old.name != name:
+        if old.name != target.name:
             shutil.rmtree(old, ignore_errors=True)
-    return root / name
+    return target
 
 
 def _weights_metadata(step: int) -> dict[str, str]:

@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         inference=inference,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        if result.step < cfg.steps:
+        if result.stopped_early:
+            print(f"early stop at step {result.step:,} of at most {cfg.steps:,}: no held-out loss improves")
+        elif result.step < cfg.steps:
             why = f"time cap of {args.minutes:g} min" if result.stopped_by_budget else "ended early"
             print(
                 f"WARNING: training stopped at step {result.step:,}/{cfg.steps:,} ({why}) — the learning "
@@ -152,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"stopped at step {result.step}/{cfg.steps}")
         print(f"checkpoint: {result.checkpoint}")
+        for kind, b in result.best.items():
+            best_dir = Path(args.out) / "best" / kind
+            print(f"best {kind:6s}: {best_dir}  ({b['metric']} {b['best']:.4f} at step {b['step']:,})")
         print(
             f"metrics:    {Path(args.out) / 'metrics.jsonl'}  (tensorboard --logdir {Path(args.out) / 'tb'})"
         )

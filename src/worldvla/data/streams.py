@@ -13,6 +13,9 @@ fixed validation stream over the held-out ones. The sample sets and the mixture 
   every episode (``world_data="all"``), from the demonstrations only (``"demos"``) or from
   the exploratory segments only (``"explore"``), and read the executed actions where the
   cache records them.
+- **Scarce data.** ``demos_per_task`` keeps the first n training demonstrations of every
+  task (in file order) and drops the rest from both roles; the held-out episodes and the
+  exploratory segments are not touched, so every budget is validated on the same episodes.
 - **Seeds.** The training stream is ordered by ``seed``, the validation stream by seed 0,
   so validation sees the same samples at every step of every run.
 
@@ -65,6 +68,7 @@ class StreamConfig:
     val_fraction: float  # share of each episode kind held out
     split_seed: int  # the held-out episodes depend only on this seed
     seed: int  # order of the training stream
+    demos_per_task: int = 0  # train on the first n training demonstrations per task (0: all)
 
 
 @dataclass
@@ -173,6 +177,29 @@ def split_by_kind(is_demo: np.ndarray, val_fraction: float, seed: int) -> tuple[
     return np.concatenate(train), np.concatenate(val)
 
 
+def first_demos_per_task(episodes: list[Any], ids: np.ndarray, is_demo: np.ndarray, n: int) -> np.ndarray:
+    """``ids`` with only the first ``n`` demonstrations of every task (in the order of ``ids``);
+    the other episodes are kept. ConfigError naming the task when one has fewer than ``n``."""
+    counts: dict[str, int] = {}
+    keep = []
+    for i in ids:
+        if not is_demo[i]:
+            keep.append(i)
+            continue
+        ep = episodes[int(i)]
+        task = str((ep.get("task") if isinstance(ep, dict) else getattr(ep, "task", "")) or "")
+        counts[task] = counts.get(task, 0) + 1
+        if counts[task] <= n:
+            keep.append(i)
+    short = {t: c for t, c in counts.items() if c < n}
+    if short:
+        listed = ", ".join(f"{t or '(no task)'}: {c}" for t, c in sorted(short.items()))
+        raise ConfigError(
+            f"train_demos_per_task={n}, but some tasks have fewer training demonstrations ({listed})"
+        )
+    return np.asarray(keep, dtype=ids.dtype)
+
+
 def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
     """Vocabulary, layout, tokenized actions and the training / validation streams of ``cache``.
 
@@ -216,6 +243,8 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
     f = cfg.world_fraction
     is_demo = np.array([episode_kind(e) == "demo" for e in cache.episodes])
     train_eps, val_eps = split_by_kind(is_demo, cfg.val_fraction, cfg.split_seed)
+    if cfg.demos_per_task:
+        train_eps = first_demos_per_task(cache.episodes, train_eps, is_demo, cfg.demos_per_task)
 
     def stream(episodes: np.ndarray, seed: int) -> MixedStream:
         # Only demonstrations teach the policy; exploratory segments feed the world model

@@ -69,7 +69,7 @@ from worldvla.data.datasets import DataLayout
 from worldvla.errors import ConfigError, DataError, WorldVLAError
 from worldvla.model.config import ModelConfig
 from worldvla.tokenizers.action import ActionStats
-from worldvla.train.config import RESUMABLE_FIELDS, TrainConfig, config_diff
+from worldvla.train.config import TrainConfig, config_diff, resumable_fields
 from worldvla.utils.field_defaults import with_defaults
 from worldvla.vocab import Vocab
 
@@ -113,9 +113,11 @@ def save_checkpoint(
     episodes: dict[str, Any] | None = None,
     state_stats: ActionStats | None = None,
     inference: InferenceDefaults = DEFAULT_INFERENCE,
+    dest: str | Path | None = None,
 ) -> Path:
     """:func:`worldvla.artifacts.checkpoint.write_checkpoint` with the training config ``cfg``
-    and the inference defaults ``inference`` (stored apart from it)."""
+    and the inference defaults ``inference`` (stored apart from it); ``dest``: write there
+    instead of the next step checkpoint (a best checkpoint)."""
     return artifacts.write_checkpoint(
         run_dir,
         step,
@@ -132,6 +134,7 @@ def save_checkpoint(
         episodes,
         state_stats,
         inference,
+        dest,
     )
 
 
@@ -193,7 +196,7 @@ def check_resumable(
     read_inference(ckpt, d["train"])
     diffs = [
         f"{k}: checkpoint {a!r} != requested {b!r}"
-        for k, (a, b) in config_diff(saved, cfg, RESUMABLE_FIELDS).items()
+        for k, (a, b) in config_diff(saved, cfg, resumable_fields(cfg)).items()
     ]
     saved_layout = with_defaults(d.get("layout"), DataLayout)  # fields added since at their defaults
     if not isinstance(saved_layout, dict):

@@ -70,6 +70,10 @@ class TrainConfig:
     world_prompt: str = PromptConfig.world_prompt
     val_fraction: float = 0.1  # share of episodes held out for validation
     split_seed: int = 0  # the held-out episodes depend only on this seed
+    # Train on the first n training demonstrations of every task (file order; the held-out
+    # episodes and the exploratory segments stay as they are): the scarce-data regime
+    # without another collection. 0: every training demonstration.
+    train_demos_per_task: int = 0
 
     # ---- loss (SPEC §4)
     loss_form: LossForm = "reference"
@@ -103,9 +107,18 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 4.0  # 0 disables clipping
-    steps: int = 1000
+    steps: int = 1000  # the schedule's length; with early stopping, the most steps a run may take
     batch_size: int = 8  # global samples per optimizer step
     grad_accum: int = 1  # micro-batches per optimizer step
+    # Early stopping (worldvla.train.early_stop): stop once the held-out loss of every sample
+    # kind the run trains (action_loss, world_loss) has not improved for this many
+    # validations in a row, keeping the best weights of each kind as run/best/<kind>. The
+    # schedule still follows `steps`. 0: off, train all `steps`.
+    early_stop_patience: int = 0
+    # Start from the weights of this checkpoint (a run or checkpoint directory; same model,
+    # vocabulary and image tokenizer) with a fresh optimizer and schedule: fine-tuning, e.g.
+    # action training after world-model pre-training. None: random initial weights.
+    init_from: str | None = None
 
     # ---- execution
     precision: Precision = "bf16"  # bf16 autocast with fp32 master weights, or plain fp32
@@ -158,9 +171,13 @@ class TrainConfig:
             "z_loss",
             "seed",
             "split_seed",
+            "train_demos_per_task",
+            "early_stop_patience",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.early_stop_patience and not self.val_every:
+            problems.append("early_stop_patience needs validation (val_every > 0)")
         if self.state_bins < 2:
             problems.append(f"state_bins must be >= 2, got {self.state_bins}")
         if self.use_state and not self.use_action_data:
@@ -240,9 +257,28 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed: they do not affect the trained weights.
+# ``init_from`` only gives the first step's weights; a resumed run takes its checkpoint's.
 RESUMABLE_FIELDS = frozenset(
-    {"name", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "compile", "attention"}
+    {
+        "name",
+        "log_every",
+        "val_every",
+        "val_batches",
+        "ckpt_every",
+        "keep_last",
+        "compile",
+        "attention",
+        "init_from",
+    }
 )
+
+
+def resumable_fields(cfg: TrainConfig) -> frozenset[str]:
+    """The fields a resume of ``cfg`` may change: :data:`RESUMABLE_FIELDS`, less the
+    validation settings when early stopping reads the validations."""
+    if cfg.early_stop_patience:
+        return RESUMABLE_FIELDS - {"val_every", "val_batches"}
+    return RESUMABLE_FIELDS
 
 
 def config_diff(a: TrainConfig, b: TrainConfig, ignore: frozenset[str] = frozenset()) -> dict[str, tuple]:

@@ -46,6 +46,7 @@ def stream_config(cfg: TrainConfig) -> StreamConfig:
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
         seed=cfg.seed,
+        demos_per_task=cfg.train_demos_per_task,
     )
 
 

@@ -12,7 +12,11 @@
 5. per optimizer step: fetch this rank's micro-batches, all-reduce the token counts that
    normalize the loss, forward with the SPEC §3 mask and logits only at target positions,
    backward, clip, AdamW; log, validate and checkpoint on their intervals;
-6. stop at ``cfg.steps`` — or when the time budget is spent — and write a final checkpoint.
+6. stop at ``cfg.steps`` — or when the time budget is spent, or, with early stopping, when
+   no held-out loss improves any more (:mod:`.early_stop`) — and write a final checkpoint.
+
+``cfg.init_from`` starts a new run from another run's weights (fine-tuning); a resumed run
+takes its own checkpoint's.
 
 Sample positions: optimizer step ``s`` consumes global stream positions
 ``[s·B, (s+1)·B)`` (``B = batch_size``); micro-batch ``m`` of rank ``r`` takes the slice
@@ -52,6 +56,7 @@ from worldvla.train.distributed import (
     parallelize,
     shutdown,
 )
+from worldvla.train.early_stop import BEST_DIR, EarlyStop
 from worldvla.train.logs import RunLogger
 from worldvla.train.loss import STAT_NAMES, LossNorm, compute_loss, summarize, target_index
 from worldvla.train.optim import autocast, build_optimizer, clip_grad_norm, lr_at, set_lr
@@ -105,6 +110,10 @@ class TrainResult:
     last_val: dict[str, float] = field(default_factory=dict)
     stopped_by_budget: bool = False
     tokens_per_s: float = float("nan")
+    # Early stopping: whether the run stopped before ``cfg.steps`` because no held-out loss
+    # improved, and the best validation of each kind ({kind: {"metric", "best", "step"}}).
+    stopped_early: bool = False
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Trainer:
@@ -156,6 +165,13 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.progress = progress
+        kinds = tuple(k for k, on in (("action", cfg.use_action_data), ("world", cfg.use_world_data)) if on)
+        self.early = EarlyStop(kinds, cfg.early_stop_patience)
+        if cfg.early_stop_patience and self.data.val is None:
+            raise ConfigError(
+                "early_stop_patience needs held-out samples of every kind the run trains, and the "
+                "token cache has none (val_fraction, or episodes too short)"
+            )
 
     # ------------------------------------------------------------------ state
     def model_state(self) -> dict[str, torch.Tensor]:
@@ -187,6 +203,7 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "optimizer": optim_state,
                 "rng": rngs,
+                "early_stop": self.early.state_dict(),
             }
             path = ckpt.save_checkpoint(
                 self.run_dir,
@@ -207,6 +224,68 @@ class Trainer:
             )
         barrier(self.info)
         return path if path is not None else ckpt.latest_checkpoint(self.run_dir)
+
+    def save_best(self, kind: str) -> Path:
+        """The current weights as ``run/best/<kind>`` (a checkpoint without optimizer state)."""
+        model_state = self.model_state()  # collective under FSDP
+        dest = self.run_dir / BEST_DIR / kind
+        if self.info.is_main:
+            trainer_state = {
+                "step": self.step,
+                "data_pos": self.step * self.cfg.batch_size,
+                "tokens_seen": self.tokens_seen,
+                "world_size": self.info.world_size,
+                "best": {"kind": kind, **self.early.summary()[kind]},
+            }
+            ckpt.save_checkpoint(
+                self.run_dir,
+                self.step,
+                model_state,
+                trainer_state,
+                self.cfg,
+                self.model_cfg,
+                self.data.layout,
+                self.vocab,
+                self.data.action_stats,
+                self.data.image_tokenizer,
+                self.data.val_episodes,
+                self.cfg.keep_last,
+                episodes=self.data.episodes,
+                state_stats=self.data.state_stats,
+                inference=self.inference,
+                dest=dest,
+            )
+        barrier(self.info)
+        return dest
+
+    def load_initial_weights(self, source: str | Path) -> Path:
+        """Start from the weights of checkpoint ``source`` (a run or checkpoint directory): same
+        model, vocabulary and image tokenizer, or ConfigError naming what differs."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        path = ckpt.resolve_checkpoint(source)
+        ckpt.verify_files(path, ckpt.BUNDLE_FILES)
+        d = ckpt.read_config(path)
+        diffs = []
+        if d.get("vocab_fingerprint") != self.vocab.fingerprint():
+            diffs.append(f"vocabulary {d.get('vocab_fingerprint')} != {self.vocab.fingerprint()}")
+        saved_model = d.get("model") if isinstance(d.get("model"), dict) else {}
+        for k, v in self.model_cfg.__dict__.items():
+            if k in saved_model and saved_model[k] != v:
+                diffs.append(f"model.{k} {saved_model[k]!r} != {v!r}")
+        ref = ckpt.parse_file(path, ckpt.TOKENIZER_FILE, ckpt.read_tokenizer_ref)
+        now = self.data.image_tokenizer
+        if ref.fingerprint and now.fingerprint and ref.fingerprint != now.fingerprint:
+            diffs.append(f"image tokenizer {ref.fingerprint} != the cache's {now.fingerprint}")
+        if diffs:
+            raise ConfigError(
+                f"init_from={source}: the checkpoint {path} does not fit this run (" + "; ".join(diffs) + ")"
+            )
+        weights = ckpt.load_model_state(path)
+        ckpt.check_weights(weights, self.model_cfg, path)
+        opts = StateDictOptions(full_state_dict=True) if self.fsdp else StateDictOptions()
+        set_model_state_dict(self.model, weights, options=opts)
+        return path
 
     def restore(self, path: Path) -> None:
         from torch.distributed.checkpoint.state_dict import (
@@ -241,6 +320,7 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
         self.step = step
         self.tokens_seen = int(state["tokens_seen"])
+        self.early.load_state_dict(state.get("early_stop"))
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
 
@@ -444,13 +524,17 @@ def _train(
         log.message(f"skipped checkpoint {path.name}, it does not verify: {why}; moved to {aside.name}")
     if resume and existing is not None:
         log.message(f"resumed from {existing} at step {trainer.step}")
+    elif cfg.init_from:
+        source = trainer.load_initial_weights(cfg.init_from)
+        log.message(f"initial weights from {source}")
     result = TrainResult(run_dir=run_dir, step=trainer.step, checkpoint=existing)
+    early = trainer.early
     deadline = t_start + minutes * 60 if minutes else None
     end = cfg.steps if stop_after is None else min(cfg.steps, trainer.step + stop_after)
     saved_at = trainer.step if existing is not None else -1
     t_window, tok_window = time.perf_counter(), 0
     try:
-        while trainer.step < end:
+        while trainer.step < end and not early.done:
             metrics = trainer.train_step()
             step = trainer.step
             if not math.isfinite(metrics["loss"]):
@@ -469,6 +553,7 @@ def _train(
                 result.last_val = trainer.validate()
                 if result.last_val:
                     log.log(step, "val", result.last_val)
+                    _track_best(trainer, step, result.last_val)
             out_of_time = deadline is not None and _flag_any(time.monotonic() > deadline, info)
             if step % cfg.ckpt_every == 0 or out_of_time:
                 result.checkpoint = trainer.save()
@@ -477,13 +562,38 @@ def _train(
                 result.stopped_by_budget = True
                 log.message(f"time budget of {minutes} min spent at step {step}; checkpoint written")
                 break
+            if early.done:
+                log.message(f"early stop at step {step} of {cfg.steps}: " + _best_line(early))
         if trainer.step != saved_at:
             result.checkpoint = trainer.save()
         if trainer.step >= cfg.steps and cfg.val_every and trainer.step % cfg.val_every:
             result.last_val = trainer.validate()
             if result.last_val:
                 log.log(trainer.step, "val", result.last_val)
+                _track_best(trainer, trainer.step, result.last_val)
+        if cfg.early_stop_patience and trainer.step >= cfg.steps and not early.done:
+            log.message(
+                f"reached the step cap ({cfg.steps}) before every held-out loss stopped improving: "
+                + _best_line(early)
+            )
     finally:
         log.close()
     result.step = trainer.step
+    result.stopped_early = early.done and trainer.step < cfg.steps
+    result.best = early.summary()
     return result
+
+
+def _track_best(trainer: Trainer, step: int, val: dict[str, float]) -> None:
+    """With early stopping: record the validation and write the kinds that reached a new best."""
+    if not trainer.cfg.early_stop_patience:
+        return
+    for kind in trainer.early.update(step, val):
+        trainer.save_best(kind)
+
+
+def _best_line(early: EarlyStop) -> str:
+    return "; ".join(
+        f"best {v['metric']} {v['best']:.4f} at step {v['step']} ({early.stale.get(k, 0)} validations since)"
+        for k, v in early.summary().items()
+    )
