@@ -160,7 +160,9 @@ def test_init_from_starts_from_another_runs_weights(tmp_path):
     start = ckpt.load_model_state(ckpt.list_checkpoints(tmp_path / "ft")[0])
     pre = ckpt.load_model_state(ckpt.latest_checkpoint(tmp_path / "pre"))
     assert all(torch.equal(start[k], pre[k]) for k in pre)
-    assert ckpt.read_config(ckpt.latest_checkpoint(tmp_path / "ft"))["train"]["init_from"] == str(tmp_path / "pre")
+    assert ckpt.read_config(ckpt.latest_checkpoint(tmp_path / "ft"))["train"]["init_from"] == str(
+        tmp_path / "pre"
+    )
     # A resume takes the run's own checkpoint, wherever init_from points now.
     train(replace(tuned, init_from="elsewhere"), cache, tmp_path / "ft", resume=True, progress=False)
 

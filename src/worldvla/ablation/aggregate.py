@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from worldvla.ablation.config import VARIANTS, AblationConfig, resolve, run_key
+from worldvla.ablation.config import VARIANTS, AblationConfig, resolve
 from worldvla.eval.stats import mean_ci
 from worldvla.utils.io import atomic_path, atomic_write_text
 
@@ -32,13 +32,17 @@ CHUNK_SWEEP = {  # (K, mask) -> variant of the full model
 
 
 def collect_results(run_dir: Path, cfg: AblationConfig) -> dict[str, list[dict[str, Any]]]:
-    """``{variant: [result of seed s, ...]}`` for the finished runs of ``cfg``."""
+    """``{variant: [result of seed s, ...]}`` for the finished runs of ``cfg`` (seed order)."""
+    from worldvla.ablation.runner import plan
+
     out: dict[str, list[dict[str, Any]]] = {}
-    for name in cfg.variants:
-        for seed in cfg.seeds:
-            path = run_dir / "runs" / run_key(resolve(cfg, name, seed)) / "result.json"
-            if path.exists():
-                out.setdefault(name, []).append(json.loads(path.read_text()))
+    for r in plan(cfg):  # seed-major, so each variant's results come in seed order
+        path = run_dir / "runs" / r.key / "result.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            for name in r.variants:
+                if name in cfg.variants:
+                    out.setdefault(name, []).append(doc)
     return out
 
 
@@ -281,7 +285,9 @@ def plot_chunk_sweep(path: Path, cfg: AblationConfig, res: dict[str, list[dict]]
 
 
 def aggregate(run_dir: str | Path, cfg: AblationConfig, out_dir: str | Path | None = None) -> Path:
-    """Write table.md, success_vs_chunk.png and runs.json into ``out_dir`` (default ``run_dir``)."""
+    """Write table.md, success_vs_chunk.png and runs.json into ``out_dir`` (default ``run_dir``);
+    for the claims study (``cfg.report == "study"``) its own tables and plot
+    (:mod:`worldvla.ablation.study_report`)."""
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run
     out.mkdir(parents=True, exist_ok=True)
@@ -291,6 +297,10 @@ def aggregate(run_dir: str | Path, cfg: AblationConfig, out_dir: str | Path | No
     if base_path.exists():
         base = json.loads(base_path.read_text())["summary"]
         meta["baselines"] = {a: {"success": s["success"], "ci95": s["ci95"]} for a, s in base.items()}
+    if cfg.report == "study":
+        from worldvla.ablation.study_report import aggregate_study
+
+        return aggregate_study(out, cfg, res, meta)
     write_table(out, cfg, res, meta)
     plot_chunk_sweep(out / "success_vs_chunk.png", cfg, res)
     doc = {

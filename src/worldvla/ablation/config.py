@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from worldvla.artifacts.inference import InferenceDefaults
 from worldvla.errors import ConfigError
@@ -32,18 +32,28 @@ class Variant:
     changes: tuple[tuple[str, Any], ...] = ()  # (field, value) applied to the base config
     world_eval: bool = False  # roll out the world model (claim 2)
     step_scale: int = 1  # optimizer steps = step_scale x the ablation's steps per run
+    # Another variant whose run (same seed) gives the initial weights: its best world-model
+    # checkpoint, or its last one without early stopping (pre-training, then fine-tuning).
+    init_from: str | None = None
 
 
 VARIANTS: Registry[Variant] = Registry("ablation variant")
 
 
 def _v(
-    name: str, description: str, *uses: str, world_eval: bool = False, step_scale: int = 1, **changes: Any
+    name: str,
+    description: str,
+    *uses: str,
+    world_eval: bool = False,
+    step_scale: int = 1,
+    init_from: str | None = None,
+    **changes: Any,
 ) -> None:
     """Register a variant: the training changes named ``uses`` (worldvla.train.config.VARIANTS,
     where each is defined once) plus ``changes`` (the chunk-length sweep's values)."""
     merged = {k: v for use in uses for k, v in TRAIN_VARIANTS[use].items()} | changes
-    VARIANTS.register(name, Variant(name, tuple(sorted(merged.items())), world_eval, step_scale), description)
+    variant = Variant(name, tuple(sorted(merged.items())), world_eval, step_scale, init_from)
+    VARIANTS.register(name, variant, description)
 
 
 # The paper's tables, in their order (SPEC §8). The base is the quickstart's recipe: world
@@ -83,6 +93,46 @@ MATCHED_VARIANTS = ("joint-k1-matched", "full-matched")
 # The paper's variants (SPEC §8); the exposure-matched ones double a run's cost.
 PAPER_VARIANTS = tuple(n for n in VARIANTS if n not in MATCHED_VARIANTS)
 
+# ---- The claims study (docs/ablations.md, "Where the claims could appear"): one factor at a
+# time moved from the study's base point, each level compared at equal exposure with early
+# stopping. Claim 1: `<level>/action-only` vs `<level>/joint`; claim 2: `<level>/world-only`
+# vs `<level>/joint`. The joint run trains 2x the steps (and validates half as often), so
+# it sees as many samples of each kind as the single-role run it is compared with.
+STUDY_LEVELS: dict[str, tuple[str, str, dict[str, Any]]] = {  # level -> (factor, label, changes)
+    "base": ("base", "mini, all demonstrations, world data from them", {}),
+    "compact": ("capacity", "compact model (~4M)", {"model": "compact"}),
+    "small": ("capacity", "small model (~12M)", {"model": "small"}),
+    "demos-10": ("demonstrations", "10 demonstrations per task", {"train_demos_per_task": 10}),
+    "demos-50": ("demonstrations", "50 demonstrations per task", {"train_demos_per_task": 50}),
+    "explore": ("world data", "+ exploratory segments in the world data", {"world_data": "all"}),
+}
+STUDY_ROLES = ("action-only", "world-only", "joint")
+for _level, (_factor, _label, _changes) in STUDY_LEVELS.items():
+    _v(f"{_level}/action-only", f"claims study, {_label}: action model", "action-only", **_changes)
+    _v(
+        f"{_level}/world-only",
+        f"claims study, {_label}: world model",
+        "world-only",
+        world_eval=True,
+        **_changes,
+    )
+    _v(
+        f"{_level}/joint",
+        f"claims study, {_label}: joint, 2x steps (as many samples of each kind)",
+        world_eval=True,
+        step_scale=2,
+        **_changes,
+    )
+# Claim 1 through pre-training (the paper's Table 6): the base world model, fine-tuned on
+# action data alone; compared with base/action-only.
+_v(
+    "pretrain/action-ft",
+    "claims study: base/world-only's best world model, fine-tuned on action data",
+    "action-only",
+    init_from="base/world-only",
+)
+STUDY_VARIANTS = tuple(n for n in VARIANTS if "/" in n)
+
 
 @dataclass(frozen=True)
 class AblationConfig:
@@ -103,6 +153,11 @@ class AblationConfig:
     # greedy, as the reference and as the committed results were evaluated, whatever the base
     # preset says. It shapes no weights, so it is not part of a run's key.
     action_readout: Readout = "argmax"
+    # Changes of the base preset shared by every run of the ablation (before the variant's).
+    base_changes: tuple[tuple[str, Any], ...] = ()
+    # Score world models against the simulator with other actions too (worldvla.eval.counterfactual).
+    counterfactual: bool = False
+    report: Literal["paper", "study"] = "paper"  # the paper's tables, or the claims study's
 
     def __post_init__(self) -> None:
         problems = []
@@ -146,7 +201,7 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
     (the two masks are then identical): K=1 with and without the mask is one run.
     """
     v = VARIANTS.get(name)
-    base = train_preset(cfg.train)
+    base = replace(train_preset(cfg.train), **dict(cfg.base_changes))
     out = replace(
         base,
         name=f"{cfg.name}/{name}",
@@ -157,6 +212,12 @@ def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
     )
     if out.chunk_len == 1:
         out = replace(out, chunk_mask=True)
+    if not out.use_world_data:  # then it reads no world data: one run whatever the mix says
+        out = replace(out, world_data=TrainConfig.world_data)
+    if out.early_stop_patience and v.step_scale != 1:
+        # Validate after as many samples of each kind as the single-role runs do, so that
+        # patience means the same exposure.
+        out = replace(out, val_every=out.val_every * v.step_scale, ckpt_every=out.ckpt_every * v.step_scale)
     return out
 
 
@@ -168,16 +229,23 @@ ADDED_LATER: dict[str, Any] = {
     "world_one_step_share": 0.0,
     "action_embedding_init": "random",
     "attention": "sdpa",
+    "train_demos_per_task": 0,
+    "early_stop_patience": 0,
+    "init_from": None,
 }
 
 
-def run_key(train_cfg: TrainConfig) -> str:
-    """A short hash of everything that shapes the trained weights (not the run's name)."""
+def run_key(train_cfg: TrainConfig, init_key: str | None = None) -> str:
+    """A short hash of everything that shapes the trained weights (not the run's name); a run
+    that starts from another run's weights is keyed by that run's key, not by its path."""
     d = train_cfg.to_dict()
     d.pop("name")
+    d["init_from"] = None
     for name, default in ADDED_LATER.items():  # at their defaults a run keeps the key it had
         if d.get(name) == default:
             d.pop(name)
+    if init_key is not None:
+        d["init_from_run"] = init_key
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -213,6 +281,57 @@ def _presets() -> Registry[AblationConfig]:
             variants=CLAIM_VARIANTS + MATCHED_VARIANTS,
         ),
         "the claims' runs and the exposure-matched ones, 3 seeds, 600 steps (~2.5 hours)",
+    )
+    # The claims study (issue 21; docs/ablations.md "Where the claims could appear"): the
+    # quickstart's data (mw-quick: physics-rate experts, drawer-open, exploratory segments),
+    # its recipe with the mean readout, world data from the demonstrations at the base point,
+    # early stopping on each compared kind. Sized in docs/ablations.md from measured step times.
+    study = AblationConfig(
+        name="claims-study",
+        experiment="mw-quick",
+        train="mw-quick",
+        steps=1500,
+        warmup_steps=40,
+        seeds=(0, 1, 2),
+        variants=STUDY_VARIANTS,
+        eval_episodes_per_task=5,
+        eval_envs=8,
+        eval_world_episodes=8,
+        rollout_lengths=(10, 50),
+        action_readout="mean",
+        base_changes=(
+            ("world_data", "demos"),
+            ("early_stop_patience", 4),
+            ("val_every", 100),
+            ("val_batches", 8),
+            ("ckpt_every", 100),
+        ),
+        counterfactual=True,
+        report="study",
+    )
+    out.register("claims-study", study, "the claims study: capacity, scarce data, pre-training, world data")
+    out.register(
+        "claims-study-debug",
+        replace(
+            study,
+            name="claims-study-debug",
+            experiment="debug",
+            train="mw-quick-debug",
+            steps=4,
+            warmup_steps=1,
+            seeds=(0, 1),
+            variants=tuple(n for n in STUDY_VARIANTS if n.startswith(("base/", "explore/", "pretrain/"))),
+            eval_episodes_per_task=1,
+            eval_envs=1,
+            eval_world_episodes=1,
+            base_changes=(
+                ("world_data", "demos"),
+                ("early_stop_patience", 1),
+                ("val_every", 2),
+                ("ckpt_every", 2),
+            ),
+        ),
+        "tests: the claims study's levels that fit the debug data, seconds per run",
     )
     out.register(
         "ablation-debug",

@@ -12,6 +12,11 @@ Layout of an ablation directory::
     RUN/baselines/results.json random actions and demonstration replay, once
     RUN/table.md, success_vs_chunk.png, runs.json   (worldvla.ablation.aggregate)
 
+With early stopping (the claims study) a run's policy is evaluated at its best held-out
+action loss (``train/best/action``) and its world model at its best world loss
+(``train/best/world``). A run that starts from another run's weights (``init_from``) runs
+after it, and is keyed by that run's key.
+
 The data stages (episodes, image tokenizer, token cache) run once, in ``data_dir``
 (default ``RUN/data``), or are reused from a quickstart of the same experiment preset.
 Running the same command again skips every run whose ``result.json`` is complete, resumes
@@ -26,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +50,10 @@ BUDGET_FIELDS = (
     "eval_envs",
     "eval_world_episodes",
     "rollout_lengths",
+    "counterfactual",
 )
+# Budget fields added later, with the value an ablation recorded before them meant.
+_BUDGET_DEFAULTS = {"counterfactual": False}
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Run:
     variants: tuple[str, ...]  # every variant name that resolves to this config
     train: TrainConfig
     world_eval: bool
+    init: str | None = None  # key of the run whose weights this one starts from
 
     @property
     def policy_eval(self) -> bool:
@@ -65,17 +74,33 @@ def plan(cfg: AblationConfig) -> list[Run]:
     """Distinct runs in the order of ``cfg.variants`` then seeds (seed-major: all variants of
     seed 0 first, so a partial ablation already compares every variant)."""
     runs: dict[str, Run] = {}
+
+    def add(name: str, seed: int) -> str:
+        v = VARIANTS.get(name)
+        init = add(v.init_from, seed) if v.init_from else None  # the run it starts from first
+        t = resolve(cfg, name, seed)
+        key = run_key(t, init)
+        if key in runs:
+            r = runs[key]
+            names = r.variants if name in r.variants else (*r.variants, name)
+            runs[key] = Run(key, seed, names, r.train, r.world_eval or v.world_eval, init)
+        else:
+            runs[key] = Run(key, seed, (name,), t, v.world_eval, init)
+        return key
+
     for seed in cfg.seeds:
         for name in cfg.variants:
-            t = resolve(cfg, name, seed)
-            key = run_key(t)
-            v = VARIANTS.get(name)
-            if key in runs:
-                r = runs[key]
-                runs[key] = Run(key, seed, (*r.variants, name), r.train, r.world_eval or v.world_eval)
-            else:
-                runs[key] = Run(key, seed, (name,), t, v.world_eval)
+            add(name, seed)
     return list(runs.values())
+
+
+def best_checkpoint(train_dir: Path, kind: str) -> Path:
+    """The run's best checkpoint of ``kind`` ("action" or "world") if it kept one (early
+    stopping), else the run itself (its last checkpoint)."""
+    from worldvla.train.early_stop import BEST_DIR
+
+    best = train_dir / BEST_DIR / kind
+    return best if best.is_dir() else train_dir
 
 
 def budget(cfg: AblationConfig) -> dict[str, Any]:
@@ -94,7 +119,7 @@ def _result_record(out: Path) -> StageRecord:
 
 
 def _check_budget(record: StageRecord, cfg: AblationConfig) -> None:
-    old = record.doc.get("budget", {})
+    old = _BUDGET_DEFAULTS | record.doc.get("budget", {})
     diff = {k: (old.get(k), v) for k, v in budget(cfg).items() if old.get(k) != v}
     if record.path.exists() and diff:
         raise ConfigError(
@@ -141,7 +166,7 @@ def run_ablation(
             per = (time.perf_counter() - t_start) / i
             eta = f", ETA {per * (len(todo) - i) / 60:.0f} min"
         log(f"[run {i + 1}/{len(todo)}{eta}] {'+'.join(r.variants)} seed {r.seed} ({r.key})")
-        _run_one(r, cfg, run / "runs" / r.key, data, suite, progress, log)
+        _run_one(r, cfg, run / "runs", data, suite, progress, log)
         if r.policy_eval and not (run / "baselines" / "results.json").exists():
             _baselines(cfg, run, run / "runs" / r.key / "train", data, suite, progress)
     first_policy = next((r for r in runs if r.policy_eval), None)
@@ -168,43 +193,61 @@ def _missing(r: Run, doc: dict[str, Any]) -> list[str]:
 def _run_one(
     r: Run,
     cfg: AblationConfig,
-    out: Path,
+    runs_dir: Path,
     data: Path,
     suite: Any,
     progress: bool,
     log: Callable[[str], None],
 ) -> None:
-    """Run the missing stages of ``r`` into ``out``, then write its ``result.json`` (once)."""
+    """Run the missing stages of ``r`` into ``runs_dir/<key>``, then write its ``result.json``."""
     from worldvla.eval.offline_actions import evaluate_offline_actions
     from worldvla.eval.policy_eval import evaluate_policy
     from worldvla.eval.world_eval import evaluate_world
     from worldvla.train.checkpoint import latest_checkpoint
     from worldvla.train.loop import train
 
+    out = runs_dir / r.key
     episodes = data / "data" / "episodes.hdf5"
     record = _result_record(out)
     doc = record.doc
+    policy_ckpt = best_checkpoint(out / "train", "action")
+    world_ckpt = best_checkpoint(out / "train", "world")
 
     def train_stage() -> None:
+        nonlocal policy_ckpt, world_ckpt
         resume = latest_checkpoint(out / "train") is not None
+        cfg_now = r.train
+        if r.init is not None:
+            init_doc = _result_record(runs_dir / r.init).doc
+            if "step" not in init_doc:
+                raise ConfigError(f"run {r.key} starts from run {r.init}, which has not finished training")
+            cfg_now = replace(cfg_now, init_from=str(best_checkpoint(runs_dir / r.init / "train", "world")))
         result = train(
-            r.train, data / "cache", out / "train", resume=resume, progress=progress, inference=cfg.inference
+            cfg_now, data / "cache", out / "train", resume=resume, progress=progress, inference=cfg.inference
         )
         doc.update(
             key=r.key,
             variants=list(r.variants),
             seed=r.seed,
-            train=r.train.to_dict(),
+            train=cfg_now.to_dict(),
             step=result.step,
             tokens_per_s=result.tokens_per_s,
             last_val=result.last_val,
         )
+        if r.init is not None:
+            doc["init_run"] = r.init
+        if r.train.early_stop_patience:
+            # Each kind at its best: the step, its held-out loss, and whether the run stopped
+            # itself (converged) or reached the step cap.
+            doc.update(best=result.best, stopped_early=result.stopped_early, steps_cap=r.train.steps)
+        policy_ckpt = best_checkpoint(out / "train", "action")
+        world_ckpt = best_checkpoint(out / "train", "world")
 
     def policy_stage() -> None:
         pol = reuse(
             out / "eval_policy" / "results.json",
             lambda: evaluate_policy(
-                out / "train",
+                policy_ckpt,
                 suite,
                 out / "eval_policy",
                 cfg.eval_episodes_per_task,
@@ -227,7 +270,7 @@ def _run_one(
         off = reuse(
             out / "eval_offline" / "results.json",
             lambda: evaluate_offline_actions(
-                out / "train", episodes, out / "eval_offline", stride=cfg.offline_stride
+                policy_ckpt, episodes, out / "eval_offline", stride=cfg.offline_stride
             ),
         )
         doc["offline"] = {
@@ -238,18 +281,25 @@ def _run_one(
         wd = reuse(
             out / "eval_world" / "results.json",
             lambda: evaluate_world(
-                out / "train",
+                world_ckpt,
                 episodes,
                 out / "eval_world",
                 cfg.eval_world_episodes,
                 cfg.rollout_lengths,
                 gifs=cfg.gifs,
+                counterfactual=cfg.counterfactual,
+                suite=suite if cfg.counterfactual else None,
             ),
         )
         doc["world"] = [
             {k: row[k] for k in ("method", "requested_length", "length", "videos", "psnr", "ssim")}
             for row in wd["rows"]
         ]
+        if "counterfactual" in wd:
+            cf = wd["counterfactual"]
+            doc["counterfactual"] = {
+                k: cf[k] for k in ("rows", "fidelity", "targets", "moving_share") if k in cf
+            }
 
     stages = {
         "train": train_stage,

@@ -1,0 +1,109 @@
+"""The claims study: its plan (exposure, deduplication, pre-training order), its report, one run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from worldvla.ablation.config import STUDY_LEVELS, STUDY_VARIANTS, ablation_preset, resolve
+from worldvla.ablation.runner import plan
+from worldvla.ablation.study_report import CLAIM1_METRICS, comparisons, paired, verdict
+from worldvla.commands.ablate import main as ablate_main
+from worldvla.train.config import config_diff, train_preset
+
+
+def test_each_level_moves_one_factor_and_joint_runs_match_exposure():
+    cfg = ablation_preset("claims-study")
+    base = resolve(cfg, "base/joint", 0)
+    assert base.world_data == "demos" and base.early_stop_patience > 0 and base.model == "mini"
+    for level, (_, _, changes) in STUDY_LEVELS.items():
+        joint = resolve(cfg, f"{level}/joint", 0)
+        assert set(config_diff(base, joint)) - {"name"} == set(changes), level
+        single = resolve(cfg, f"{level}/action-only", 0)
+        # As many samples of each kind: 2x the steps at world_fraction 0.5, validated after
+        # as many samples of the compared kind.
+        assert joint.steps == 2 * single.steps and joint.val_every == 2 * single.val_every
+        assert joint.effective_world_fraction == 0.5
+        assert not single.use_world_data and not resolve(cfg, f"{level}/world-only", 0).use_action_data
+
+
+def test_the_plan_trains_shared_runs_once_and_pretraining_first():
+    cfg = ablation_preset("claims-study")
+    runs = plan(cfg)
+    by_name = {(n, r.seed): r for r in runs for n in r.variants}
+    # An action model reads no world data: base's and explore's are one run.
+    assert by_name[("base/action-only", 0)] is by_name[("explore/action-only", 0)]
+    assert len(runs) == (len(STUDY_VARIANTS) - 1) * len(cfg.seeds)
+    ft = by_name[("pretrain/action-ft", 1)]
+    pre = by_name[("base/world-only", 1)]
+    assert ft.init == pre.key and runs.index(pre) < runs.index(ft)
+    assert ft.key != by_name[("base/action-only", 1)].key  # same config, other initial weights
+    # Asking for the fine-tuned run alone brings the run it starts from.
+    only = plan(cfg.select(["pretrain/action-ft"], [0]))
+    assert [r.variants for r in only] == [("base/world-only",), ("pretrain/action-ft",)]
+
+
+def test_paired_differences_and_verdicts():
+    cfg = ablation_preset("claims-study")
+    (cmp,) = [c for c in comparisons(cfg) if c.claim == 1 and c.level == "demos-10"]
+    l1 = CLAIM1_METRICS[0]
+
+    def res(values):
+        return [{"seed": s, "offline": {"l1": v}} for s, v in enumerate(values)]
+
+    # The joint model's L1 is lower on every seed by ~0.05: the claim holds.
+    out = {cmp.baseline: res([0.40, 0.50, 0.45]), cmp.joint: res([0.35, 0.44, 0.41])}
+    p = paired(cmp, out, l1)
+    assert p["seeds"] == [0, 1, 2]
+    assert all(math.isclose(a, b) for a, b in zip(p["diff"], [-5.0, -6.0, -4.0], strict=True))
+    assert math.isclose(p["diff_mean"], -5.0) and verdict(p, l1.better) == "holds"
+    out[cmp.joint] = res([0.45, 0.56, 0.49])
+    assert verdict(paired(cmp, out, l1), l1.better) == "reversed"
+    out[cmp.joint] = res([0.35, 0.56, 0.45])
+    assert verdict(paired(cmp, out, l1), l1.better) == "not decided"
+    out[cmp.joint] = res([0.35])  # one paired seed: no interval
+    assert verdict(paired(cmp, out, l1), l1.better).startswith("—")
+
+
+def test_debug_study_runs_the_pretraining_comparison_end_to_end(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["--preset", "claims-study-debug", "--out", str(out), "--no-progress", "--seeds", "0,1"]
+    assert ablate_main([*args, "--only", "base/action-only,pretrain/action-ft"]) == 0
+    results = [json.loads(p.read_text()) for p in out.glob("runs/*/result.json")]
+    assert len(results) == 6  # 3 runs x 2 seeds, world-only brought in
+    runs = {r["variants"][0]: r for r in results if r["seed"] == 0}
+    pre, ft = runs["base/world-only"], runs["pretrain/action-ft"]
+    assert ft["init_run"] == pre["key"]
+    assert ft["train"]["init_from"].endswith(f"runs/{pre['key']}/train/best/world")
+    for r in runs.values():
+        t = r["train"]
+        assert set(r["best"]) == {
+            k for k, on in (("action", t["use_action_data"]), ("world", t["use_world_data"])) if on
+        }
+        assert r["steps_cap"] == r["train"]["steps"]
+    assert "counterfactual" in pre and "fidelity" in pre["counterfactual"]
+    table = (out / "table.md").read_text()
+    assert "| `pretrain` (world-model pre-training, then action fine-tuning) | pre-training |" in table
+    assert (out / "claims_vs_factor.png").stat().st_size > 1000
+    doc = json.loads((out / "runs.json").read_text())
+    (cmp,) = doc["comparisons"]
+    assert cmp["with"] == "pretrain/action-ft" and len(cmp["metrics"]["action L1 ×100"]["diff"]) == 2
+    # The same command again trains nothing.
+    capsys.readouterr()
+    assert ablate_main([*args, "--only", "base/action-only,pretrain/action-ft"]) == 0
+    assert "6 distinct runs (6 done earlier)" in capsys.readouterr().out
+
+
+def test_study_base_is_the_quickstart_recipe():
+    cfg = ablation_preset("claims-study")
+    assert cfg.experiment == "mw-quick" and cfg.train == "mw-quick"
+    diff = config_diff(train_preset("mw-quick"), resolve(cfg, "base/joint", 0))
+    assert set(diff) == {
+        "name",
+        "world_data",
+        "early_stop_patience",
+        "val_every",
+        "val_batches",
+        "ckpt_every",
+        "steps",
+    }
