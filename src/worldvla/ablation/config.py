@@ -98,31 +98,33 @@ PAPER_VARIANTS = tuple(n for n in VARIANTS if n not in MATCHED_VARIANTS)
 # stopping. Claim 1: `<level>/action-only` vs `<level>/joint`; claim 2: `<level>/world-only`
 # vs `<level>/joint`. The joint run trains 2x the steps (and validates half as often), so
 # it sees as many samples of each kind as the single-role run it is compared with.
+# In the order the runs are made (seed 0 of every level first): the costly capacity levels
+# last, so that a partial study has the cheap levels on every seed.
 STUDY_LEVELS: dict[str, tuple[str, str, dict[str, Any]]] = {  # level -> (factor, label, changes)
     "base": ("base", "mini, all demonstrations, world data from them", {}),
-    "compact": ("capacity", "compact model (~4M)", {"model": "compact"}),
-    "small": ("capacity", "small model (~12M)", {"model": "small"}),
     "demos-10": ("demonstrations", "10 demonstrations per task", {"train_demos_per_task": 10}),
     "demos-50": ("demonstrations", "50 demonstrations per task", {"train_demos_per_task": 50}),
     "explore": ("world data", "+ exploratory segments in the world data", {"world_data": "all"}),
+    "compact": ("capacity", "compact model (~4M)", {"model": "compact"}),
+    "small": ("capacity", "small model (~12M)", {"model": "small"}),
 }
-STUDY_ROLES = ("action-only", "world-only", "joint")
-for _level, (_factor, _label, _changes) in STUDY_LEVELS.items():
-    _v(f"{_level}/action-only", f"claims study, {_label}: action model", "action-only", **_changes)
+
+
+def _study_level(level: str) -> None:
+    _, label, changes = STUDY_LEVELS[level]
+    _v(f"{level}/action-only", f"claims study, {label}: action model", "action-only", **changes)
+    _v(f"{level}/world-only", f"claims study, {label}: world model", "world-only", world_eval=True, **changes)
     _v(
-        f"{_level}/world-only",
-        f"claims study, {_label}: world model",
-        "world-only",
-        world_eval=True,
-        **_changes,
-    )
-    _v(
-        f"{_level}/joint",
-        f"claims study, {_label}: joint, 2x steps (as many samples of each kind)",
+        f"{level}/joint",
+        f"claims study, {label}: joint, 2x steps (as many samples of each kind)",
         world_eval=True,
         step_scale=2,
-        **_changes,
+        **changes,
     )
+
+
+for _level in ("base", "demos-10", "demos-50", "explore"):
+    _study_level(_level)
 # Claim 1 through pre-training (the paper's Table 6): the base world model, fine-tuned on
 # action data alone; compared with base/action-only.
 _v(
@@ -131,6 +133,8 @@ _v(
     "action-only",
     init_from="base/world-only",
 )
+for _level in ("compact", "small"):
+    _study_level(_level)
 STUDY_VARIANTS = tuple(n for n in VARIANTS if "/" in n)
 
 
@@ -285,12 +289,14 @@ def _presets() -> Registry[AblationConfig]:
     # The claims study (issue 21; docs/ablations.md "Where the claims could appear"): the
     # quickstart's data (mw-quick: physics-rate experts, drawer-open, exploratory segments),
     # its recipe with the mean readout, world data from the demonstrations at the base point,
-    # early stopping on each compared kind. Sized in docs/ablations.md from measured step times.
+    # early stopping on each compared kind. A single-role run sees at most as many samples of
+    # its kind as the quickstart's joint model (1,500 steps x 32 x 0.5 = 750 x 32); sized in
+    # docs/ablations.md from measured step times.
     study = AblationConfig(
         name="claims-study",
         experiment="mw-quick",
         train="mw-quick",
-        steps=1500,
+        steps=750,
         warmup_steps=40,
         seeds=(0, 1, 2),
         variants=STUDY_VARIANTS,
@@ -302,9 +308,9 @@ def _presets() -> Registry[AblationConfig]:
         base_changes=(
             ("world_data", "demos"),
             ("early_stop_patience", 4),
-            ("val_every", 100),
+            ("val_every", 50),
             ("val_batches", 8),
-            ("ckpt_every", 100),
+            ("ckpt_every", 50),
         ),
         counterfactual=True,
         report="study",
