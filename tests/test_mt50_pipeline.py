@@ -41,6 +41,19 @@ def test_mt50_debug_quickstart_on_collected_demonstrations(tmp_path):
     # A second command finds every stage done and does nothing again.
     r = _cli("quickstart", "--preset", "mt50-debug", "--out", str(run), "--no-progress")
     assert r.returncode == 0 and "[train] done earlier" in r.stdout
+    # --episodes again: the same file is accepted, another one refused before anything runs.
+    r = _cli(
+        "quickstart", "--preset", "mt50-debug", "--out", str(run), "--episodes", str(demos), "--no-progress"
+    )
+    assert r.returncode == 0 and "[collect] done earlier" in r.stdout
+    other = tmp_path / "other.hdf5"
+    other.write_bytes(demos.read_bytes()[:-1] + b"x")
+    before = (run / "stages.json").read_bytes()
+    r = _cli(
+        "quickstart", "--preset", "mt50-debug", "--out", str(run), "--episodes", str(other), "--no-progress"
+    )
+    assert r.returncode != 0 and "the run already holds other episodes" in r.stderr
+    assert "Traceback" not in r.stderr and (run / "stages.json").read_bytes() == before
 
 
 def test_reuse_refuses_a_file_collected_otherwise_and_writes_nothing(tmp_path):

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worldvla.errors import ConfigError
+from worldvla.errors import ConfigError, DataError
 from worldvla.eval.report import NOT_COMPARABLE, STAGE_NAMES, cut_short, cut_summary, stage_shortfall
 from worldvla.experiments import ExperimentConfig, upgrade_stored_experiment
 from worldvla.utils.field_defaults import with_defaults
@@ -108,6 +108,24 @@ def _cut_warning(name: str, st: dict[str, Any], run: Path) -> str:
     return f"WARNING: {STAGE_NAMES.get(name, f'stage {name}')} stopped{at} ({reason}) — {NOT_COMPARABLE}"
 
 
+def _check_reused_episodes(given: Path, held: Path, st: dict[str, Any]) -> None:
+    """``--episodes`` on a run whose collect stage is done: the file must be the one it holds
+    (ConfigError otherwise: nothing of the run is touched)."""
+    from worldvla.utils.io import file_sha256
+
+    if not given.is_file():
+        raise DataError(f"--episodes {given}: no such file")
+    if not held.is_file():
+        return  # the collect stage's own checks name the missing file
+    same = given.stat().st_size == held.stat().st_size and file_sha256(given) == file_sha256(held)
+    if not same:
+        origin = st.get("copied_from") or "collected by this run"
+        raise ConfigError(
+            f"--episodes {given}: the run already holds other episodes ({held}, {origin}); "
+            "use another --out to train on this file"
+        )
+
+
 def _run_stage(
     state: RunState,
     name: str,
@@ -169,6 +187,8 @@ def run_pipeline(
         raise ConfigError(f"{run}: the run folder is a file, not a folder")
     suite, train_cfg = exp.suite, exp.train
     state = RunState(run, exp, json.loads(json.dumps(suite.to_dict())))
+    if episodes_from is not None and state.record.done("collect"):
+        _check_reused_episodes(Path(episodes_from), run / "data" / "episodes.hdf5", state.stage("collect"))
     if "report" in stages or not all(state.record.done(n) for n in stages):
         # Reusing finished stages (e.g. the ablation reading a quickstart's data) only reads
         # the folder and leaves the run's provenance to the command that made it.
