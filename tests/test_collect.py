@@ -98,3 +98,49 @@ def test_physics_rate_expert_is_recorded_and_labels_stay_in_range(tmp_path):
             assert ep.attrs["expert_rate"] == "physics" and np.abs(ep.actions).max() <= 1.0
     with pytest.raises(ConfigError, match="expert_rate"):
         dataclasses.replace(suite, expert_rate="fast")
+
+
+def test_a_killed_collection_resumes_its_unfinished_task_groups_only(tmp_path, monkeypatch):
+    import worldvla.data.collect as col
+    from worldvla.data.exploration import ExplorationConfig
+
+    suite, explore = suite_preset("debug"), ExplorationConfig(per_task=2, steps=4)
+    args = {"seed": 1, "action_noise": 0.3, "workers": 1, "progress": False, "exploration": explore}
+    whole = collect(suite, tmp_path / "whole.hdf5", **args)
+    real_explore, calls = col._explore, []
+
+    def killed(job):
+        raise KeyboardInterrupt  # the process dies while the exploratory segments run
+
+    monkeypatch.setattr(col, "_explore", killed)
+    out = tmp_path / "resumed.hdf5"
+    with pytest.raises(KeyboardInterrupt):
+        collect(suite, out, **args)
+    assert not out.exists() and (tmp_path / ".resumed.hdf5.parts" / "demo-000.json").is_file()
+
+    def counted_demo(job):
+        calls.append(job)
+        raise AssertionError("a finished task group ran again")
+
+    monkeypatch.setattr(col, "_explore", real_explore)
+    monkeypatch.setattr(col, "_demonstrate", counted_demo)
+    report = collect(suite, out, **args)
+    assert calls == [] and report.kept == whole.kept and report.steps == whole.steps
+    assert report.explore_segments == 2 and not (tmp_path / ".resumed.hdf5.parts").exists()
+    with EpisodeReader(tmp_path / "whole.hdf5") as a, EpisodeReader(out) as b:
+        assert a.file_attrs == b.file_attrs
+        for ea, eb in zip(a, b, strict=True):
+            assert ea.attrs == eb.attrs
+            np.testing.assert_array_equal(ea.actions, eb.actions)
+            np.testing.assert_array_equal(ea.frames["corner"], eb.frames["corner"])
+
+
+def test_parts_of_a_collection_with_other_settings_are_refused(tmp_path, monkeypatch):
+    import worldvla.data.collect as col
+
+    suite = suite_preset("debug")
+    monkeypatch.setattr(col, "_demonstrate", lambda job: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        collect(suite, tmp_path / "x.hdf5", seed=1, workers=1, progress=False)
+    with pytest.raises(DataError, match="interrupted collection with other settings"):
+        collect(suite, tmp_path / "x.hdf5", seed=2, workers=1, progress=False)

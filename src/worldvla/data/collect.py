@@ -20,6 +20,11 @@ Deterministic by seed: episode ``i`` of task ``k`` draws its noise from
 ``numpy.random.default_rng([seed, k, i])`` and results are ordered by (task, i) whatever
 the number of worker processes. Written with :func:`worldvla.data.episodes.write_episodes`
 (temporary name, then rename).
+
+Resumable: each task's demonstrations (and each task's exploratory segments) are stored as
+soon as they are all done (:mod:`worldvla.data.collect_parts`), so a collection killed
+midway and started again with the same settings runs only the task groups it had not
+finished, and writes the same file.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ import json
 import multiprocessing as mp
 import shutil
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from worldvla.data.collect_parts import CollectParts, Group
 from worldvla.data.episodes import Episode, EpisodeReader, write_episodes
 from worldvla.data.exploration import DEMO, EXPLORE, ActionProcess, ExplorationConfig, segment_rng
 from worldvla.envs.suites import SuiteConfig
@@ -189,6 +195,9 @@ def collect(
 
     An existing ``out`` is refused unless ``overwrite`` (then replaced only once the new
     file is complete); a folder or an unwritable location is refused before any simulator starts.
+    The task groups an interrupted collection of ``out`` with the same settings finished are
+    reused (module docstring); an interrupted one with other settings is refused, or with
+    ``overwrite`` discarded.
 
     ``episodes_per_task`` defaults to the suite's; episode ``i`` of a task runs on training
     variation ``train_variations[i % len]``. ``workers`` > 1 runs that many simulator
@@ -230,47 +239,73 @@ def collect(
     ]
     report = CollectReport(path=Path(out))
     t0 = time.perf_counter()
-    results: list[tuple[Job, Episode | None, int]] = []
-    bar = tqdm(
-        total=len(jobs), desc=f"collect {suite.name}", unit="ep", disable=not progress, dynamic_ncols=True
-    )
-    if workers <= 1:
-        _worker_init(suite)
-        try:
-            for job in jobs:
-                results.append(_run(job))
-                bar.update(1)
-        finally:
-            _ENV.close()
-    else:
-        # spawn: every worker builds its own MuJoCo/EGL context from scratch.
-        with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(suite,)) as pool:
-            for r in pool.imap_unordered(_run, jobs, chunksize=2):
-                results.append(r)
-                bar.update(1)
-    bar.close()
-    # Demonstrations first, then exploratory segments, each by (task, index).
-    results.sort(key=lambda r: (r[0].kind == EXPLORE, r[0].task_index, r[0].index))
+    attrs = _identity(suite, n, seed, action_noise, exploration if n_explore else None)
+    parts = CollectParts(out, attrs, restart=overwrite)
+    # Demonstrations first, then exploratory segments, each by task.
+    groups = sorted({(j.kind, j.task_index) for j in jobs}, key=lambda g: (g[0] == EXPLORE, g[1]))
+    done = parts.finished(groups)
+    todo = [j for j in jobs if (j.kind, j.task_index) not in done]
+    if done and progress:
+        print(f"resuming the collection of {out}: {len(done)} of {len(groups)} task groups done earlier")
+    _run_jobs(suite, todo, parts, workers, progress)
     kept, dropped = Counter(), Counter()
-    for job, ep, steps in results:
-        if job.kind == EXPLORE:
-            report.explore_segments += 1
-            report.explore_steps += steps
-            continue
-        report.steps += steps if ep is not None else 0
-        (kept if ep is not None else dropped)[job.task] += 1
+    for kind, k in groups:
+        for _, steps, ok in parts.record((kind, k))["jobs"]:
+            if kind == EXPLORE:
+                report.explore_segments += 1
+                report.explore_steps += steps
+                continue
+            report.steps += steps if ok else 0
+            (kept if ok else dropped)[suite.tasks[k]] += 1
     report.kept = {t: kept[t] for t in suite.tasks}
     report.dropped = {t: dropped[t] for t in suite.tasks}
-    episodes = [ep for _, ep, _ in results if ep is not None]
     if not sum(report.kept.values()):
+        parts.remove()
         raise DataError(
             f"{out}: no expert episode of suite {suite.name!r} succeeded within {suite.max_steps} steps "
             f"({len(jobs)} tried); nothing written"
         )
-    attrs = _identity(suite, n, seed, action_noise, exploration if n_explore else None)
-    write_episodes(out, episodes, {**attrs, "kept": report.kept, "dropped": report.dropped})
+    write_episodes(out, parts.episodes(groups), {**attrs, "kept": report.kept, "dropped": report.dropped})
+    parts.remove()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _run_jobs(suite: SuiteConfig, jobs: list[Job], parts: CollectParts, workers: int, progress: bool) -> None:
+    """Run ``jobs`` and store each task group in ``parts`` as soon as its last job returns."""
+    pending = Counter((j.kind, j.task_index) for j in jobs)
+    results: dict[Group, list[tuple[Job, Episode | None, int]]] = defaultdict(list)
+
+    def finish(r: tuple[Job, Episode | None, int]) -> None:
+        group = (r[0].kind, r[0].task_index)
+        results[group].append(r)
+        pending[group] -= 1
+        if not pending[group]:
+            rs = sorted(results.pop(group), key=lambda x: x[0].index)
+            parts.write(
+                group,
+                [(j.index, steps, ep is not None) for j, ep, steps in rs],
+                [ep for _, ep, _ in rs if ep is not None],
+            )
+
+    bar = tqdm(
+        total=len(jobs), desc=f"collect {suite.name}", unit="ep", disable=not progress, dynamic_ncols=True
+    )
+    if jobs and workers <= 1:
+        _worker_init(suite)
+        try:
+            for job in jobs:
+                finish(_run(job))
+                bar.update(1)
+        finally:
+            _ENV.close()
+    elif jobs:
+        # spawn: every worker builds its own MuJoCo/EGL context from scratch.
+        with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(suite,)) as pool:
+            for r in pool.imap_unordered(_run, jobs, chunksize=2):
+                finish(r)
+                bar.update(1)
+    bar.close()
 
 
 def _identity(
