@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worldvla.ablation.config import VARIANTS, AblationConfig, resolve
+from worldvla.ablation.plan import plan
 from worldvla.eval.stats import mean_ci
 from worldvla.utils.io import atomic_path, atomic_write_text
 
@@ -33,8 +34,6 @@ CHUNK_SWEEP = {  # (K, mask) -> variant of the full model
 
 def collect_results(run_dir: Path, cfg: AblationConfig) -> dict[str, list[dict[str, Any]]]:
     """``{variant: [result of seed s, ...]}`` for the finished runs of ``cfg`` (seed order)."""
-    from worldvla.ablation.runner import plan
-
     out: dict[str, list[dict[str, Any]]] = {}
     for r in plan(cfg):  # seed-major, so each variant's results come in seed order
         path = run_dir / "runs" / r.key / "result.json"

@@ -31,13 +31,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from worldvla.ablation.config import VARIANTS, AblationConfig, resolve, run_key
+from worldvla.ablation.config import AblationConfig
+from worldvla.ablation.plan import Run, plan
 from worldvla.errors import ConfigError
-from worldvla.train.config import TrainConfig
 from worldvla.utils.stages import StageRecord, reuse, timed
 
 # Fields of the ablation that decide what every run computes: a directory holds one budget.
@@ -54,44 +54,6 @@ BUDGET_FIELDS = (
 )
 # Budget fields added later, with the value an ablation recorded before them meant.
 _BUDGET_DEFAULTS = {"counterfactual": False}
-
-
-@dataclass(frozen=True)
-class Run:
-    key: str
-    seed: int
-    variants: tuple[str, ...]  # every variant name that resolves to this config
-    train: TrainConfig
-    world_eval: bool
-    init: str | None = None  # key of the run whose weights this one starts from
-
-    @property
-    def policy_eval(self) -> bool:
-        return self.train.use_action_data
-
-
-def plan(cfg: AblationConfig) -> list[Run]:
-    """Distinct runs in the order of ``cfg.variants`` then seeds (seed-major: all variants of
-    seed 0 first, so a partial ablation already compares every variant)."""
-    runs: dict[str, Run] = {}
-
-    def add(name: str, seed: int) -> str:
-        v = VARIANTS.get(name)
-        init = add(v.init_from, seed) if v.init_from else None  # the run it starts from first
-        t = resolve(cfg, name, seed)
-        key = run_key(t, init)
-        if key in runs:
-            r = runs[key]
-            names = r.variants if name in r.variants else (*r.variants, name)
-            runs[key] = Run(key, seed, names, r.train, r.world_eval or v.world_eval, init)
-        else:
-            runs[key] = Run(key, seed, (name,), t, v.world_eval, init)
-        return key
-
-    for seed in cfg.seeds:
-        for name in cfg.variants:
-            add(name, seed)
-    return list(runs.values())
 
 
 def best_checkpoint(train_dir: Path, kind: str) -> Path:
