@@ -205,25 +205,32 @@ class Trainer:
                 "rng": rngs,
                 "early_stop": self.early.state_dict(),
             }
-            path = ckpt.save_checkpoint(
-                self.run_dir,
-                self.step,
-                model_state,
-                trainer_state,
-                self.cfg,
-                self.model_cfg,
-                self.data.layout,
-                self.vocab,
-                self.data.action_stats,
-                self.data.image_tokenizer,
-                self.data.val_episodes,
-                self.cfg.keep_last,
-                episodes=self.data.episodes,
-                state_stats=self.data.state_stats,
-                inference=self.inference,
-            )
+            path = self._write(model_state, trainer_state)
         barrier(self.info)
         return path if path is not None else ckpt.latest_checkpoint(self.run_dir)
+
+    def _write(
+        self, model_state: dict[str, torch.Tensor], trainer_state: dict[str, Any], dest: Path | None = None
+    ) -> Path:
+        """One checkpoint of the current step (the next step checkpoint, or ``dest``)."""
+        return ckpt.save_checkpoint(
+            self.run_dir,
+            self.step,
+            model_state,
+            trainer_state,
+            self.cfg,
+            self.model_cfg,
+            self.data.layout,
+            self.vocab,
+            self.data.action_stats,
+            self.data.image_tokenizer,
+            self.data.val_episodes,
+            self.cfg.keep_last,
+            episodes=self.data.episodes,
+            state_stats=self.data.state_stats,
+            inference=self.inference,
+            dest=dest,
+        )
 
     def save_best(self, kind: str) -> Path:
         """The current weights as ``run/best/<kind>`` (a checkpoint without optimizer state)."""
@@ -237,24 +244,7 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "best": {"kind": kind, **self.early.summary()[kind]},
             }
-            ckpt.save_checkpoint(
-                self.run_dir,
-                self.step,
-                model_state,
-                trainer_state,
-                self.cfg,
-                self.model_cfg,
-                self.data.layout,
-                self.vocab,
-                self.data.action_stats,
-                self.data.image_tokenizer,
-                self.data.val_episodes,
-                self.cfg.keep_last,
-                episodes=self.data.episodes,
-                state_stats=self.data.state_stats,
-                inference=self.inference,
-                dest=dest,
-            )
+            self._write(model_state, trainer_state, dest)
         barrier(self.info)
         return dest
 
