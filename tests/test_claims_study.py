@@ -68,7 +68,8 @@ def test_paired_differences_and_verdicts():
 def test_debug_study_runs_the_pretraining_comparison_end_to_end(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["--preset", "claims-study-debug", "--out", str(out), "--no-progress", "--seeds", "0,1"]
-    assert ablate_main([*args, "--only", "base/action-only,pretrain/action-ft"]) == 0
+    # Two worker processes share the runs; the fine-tuning runs wait for their world models.
+    assert ablate_main([*args, "--only", "base/action-only,pretrain/action-ft", "--jobs", "2"]) == 0
     results = [json.loads(p.read_text()) for p in out.glob("runs/*/result.json")]
     assert len(results) == 6  # 3 runs x 2 seeds, world-only brought in
     runs = {r["variants"][0]: r for r in results if r["seed"] == 0}

@@ -162,6 +162,10 @@ class AblationConfig:
     # Score world models against the simulator with other actions too (worldvla.eval.counterfactual).
     counterfactual: bool = False
     report: Literal["paper", "study"] = "paper"  # the paper's tables, or the claims study's
+    # The order of the runs (worldvla.ablation.plan): "seeds" runs every variant of seed 0
+    # first (a partial ablation compares every variant); "levels" runs every seed of a level
+    # (the variants "<level>/...") before the next level (a partial study has whole levels).
+    order: Literal["seeds", "levels"] = "seeds"
 
     def __post_init__(self) -> None:
         problems = []
@@ -176,6 +180,8 @@ class AblationConfig:
             )
         if self.eval_episodes_per_task < 1 or self.eval_world_episodes < 1 or not self.rollout_lengths:
             problems.append("evaluation sizes must be >= 1")
+        if self.order not in ("seeds", "levels"):
+            problems.append(f"order must be 'seeds' or 'levels', got {self.order!r}")
         if self.action_readout not in READOUTS:
             problems.append(f"action_readout must be one of {READOUTS}, got {self.action_readout!r}")
         if problems:
@@ -314,6 +320,7 @@ def _presets() -> Registry[AblationConfig]:
         ),
         counterfactual=True,
         report="study",
+        order="levels",  # whole levels first, the capacity levels (the costliest) last
     )
     out.register("claims-study", study, "the claims study: capacity, scarce data, pre-training, world data")
     out.register(

@@ -26,9 +26,17 @@ class Run:
         return self.train.use_action_data
 
 
+def level(variant: str) -> str:
+    """The level of a claims-study variant (``"demos-10/joint"`` -> ``"demos-10"``); a
+    variant without one is its own level."""
+    return variant.split("/")[0]
+
+
 def plan(cfg: AblationConfig) -> list[Run]:
-    """Distinct runs in the order of ``cfg.variants`` then seeds (seed-major: all variants of
-    seed 0 first, so a partial ablation already compares every variant)."""
+    """Distinct runs in order. ``cfg.order == "seeds"``: every variant of seed 0, then of
+    seed 1, ... (a partial ablation already compares every variant); ``"levels"``: every
+    seed of the first level's variants, then of the next level (a partial study has whole
+    levels). A run that starts from another run's weights comes after that run either way."""
     runs: dict[str, Run] = {}
 
     def add(name: str, seed: int) -> str:
@@ -44,7 +52,16 @@ def plan(cfg: AblationConfig) -> list[Run]:
             runs[key] = Run(key, seed, (name,), t, v.world_eval, init)
         return key
 
-    for seed in cfg.seeds:
+    if cfg.order == "levels":
+        groups: dict[str, list[str]] = {}
         for name in cfg.variants:
-            add(name, seed)
+            groups.setdefault(level(name), []).append(name)
+        for names in groups.values():
+            for seed in cfg.seeds:
+                for name in names:
+                    add(name, seed)
+    else:
+        for seed in cfg.seeds:
+            for name in cfg.variants:
+                add(name, seed)
     return list(runs.values())

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +38,8 @@ from typing import Any
 
 from worldvla.ablation.config import AblationConfig
 from worldvla.ablation.plan import Run, plan
-from worldvla.errors import ConfigError
+from worldvla.ablation.schedule import POLL_S, RunLock, claim
+from worldvla.errors import ConfigError, WorldVLAError
 from worldvla.utils.stages import StageRecord, reuse, timed
 
 # Fields of the ablation that decide what every run computes: a directory holds one budget.
@@ -96,8 +98,12 @@ def run_ablation(
     data_dir: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> Path:
-    """Prepare the data, run every missing (variant, seed), then aggregate; returns table.md."""
+    """Prepare the data, run every missing (variant, seed), then aggregate; returns table.md.
+
+    ``jobs`` > 1 runs that many worker processes, each with its share of the CPU threads
+    (:mod:`worldvla.ablation.schedule` gives every run to one of them)."""
     from worldvla.ablation.aggregate import aggregate
     from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, run_pipeline
@@ -116,25 +122,121 @@ def run_ablation(
 
     log(f"[data] {data}")
     run_pipeline(exp, data, progress=progress, log=log, stages=DATA_STAGES)
-    suite = exp.suite
     runs = plan(cfg)
-    todo = [r for r in runs if _missing(r, _result_record(run / "runs" / r.key).doc)]
+    todo = [r for r in runs if not _done(run, r)]
     steps = " or ".join(str(n) for n in sorted({r.train.steps for r in runs}))
     log(f"[runs] {len(runs)} distinct runs ({len(runs) - len(todo)} done earlier), {steps} steps each")
-    t_start = time.perf_counter()
-    for i, r in enumerate(todo):
-        eta = ""
-        if i:
-            per = (time.perf_counter() - t_start) / i
-            eta = f", ETA {per * (len(todo) - i) / 60:.0f} min"
-        log(f"[run {i + 1}/{len(todo)}{eta}] {'+'.join(r.variants)} seed {r.seed} ({r.key})")
-        _run_one(r, cfg, run / "runs", data, suite, progress, log)
-        if r.policy_eval and not (run / "baselines" / "results.json").exists():
-            _baselines(cfg, run, run / "runs" / r.key / "train", data, suite, progress)
+    if jobs > 1:
+        _run_jobs(cfg, run, data, jobs, log)
+    else:
+        _work(cfg, run, data, progress, log)
     first_policy = next((r for r in runs if r.policy_eval), None)
     if first_policy is not None and not (run / "baselines" / "results.json").exists():
-        _baselines(cfg, run, run / "runs" / first_policy.key / "train", data, suite, progress)
+        _baselines(cfg, run, run / "runs" / first_policy.key / "train", data, exp.suite, progress)
     return aggregate(run, cfg)
+
+
+def _done(run: Path, r: Run) -> bool:
+    return not _missing(r, _result_record(run / "runs" / r.key).doc)
+
+
+def _work(
+    cfg: AblationConfig,
+    run: Path,
+    data: Path,
+    progress: bool,
+    log: Callable[[str], None],
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Claim and run the plan's runs until none is left (or ``stop()``); returns when every
+    run is done, waiting meanwhile for runs that other processes hold."""
+    from worldvla.experiments import experiment_preset
+
+    suite = experiment_preset(cfg.experiment).suite
+    runs = plan(cfg)
+    runs_dir = run / "runs"
+    n_done = sum(_done(run, r) for r in runs)
+    t_start = time.perf_counter()
+    said_waiting = False
+    while not stop():
+        r, lock, waiting = claim(
+            runs, runs_dir, lambda r: _done(run, r), lambda key: "step" in _result_record(runs_dir / key).doc
+        )
+        if r is None or lock is None:
+            if not waiting:
+                return
+            if not said_waiting:
+                log("[wait] the remaining runs are held by other processes or wait for theirs")
+                said_waiting = True
+            time.sleep(POLL_S)
+            continue
+        said_waiting = False
+        with lock:
+            now_done = sum(_done(run, x) for x in runs)
+            eta = ""
+            if now_done > n_done:
+                per = (time.perf_counter() - t_start) / (now_done - n_done)
+                eta = f", ETA {per * (len(runs) - now_done) / 60:.0f} min"
+            log(f"[{now_done}/{len(runs)} runs done{eta}] {'+'.join(r.variants)} seed {r.seed} ({r.key})")
+            _run_one(r, cfg, runs_dir, data, suite, progress, log)
+        if r.policy_eval and not (run / "baselines" / "results.json").exists():
+            with RunLock(run / "baselines.lock") as bl:
+                if bl.acquire() and not (run / "baselines" / "results.json").exists():
+                    _baselines(cfg, run, runs_dir / r.key / "train", data, suite, progress)
+
+
+def _worker(
+    cfg: AblationConfig, run: Path, data: Path, threads: int, job: int, stop: Any, errors: Any
+) -> None:
+    """One ``--jobs`` worker process: its share of the threads, its log lines prefixed."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def log(line: str) -> None:
+        print(f"[job {job}] {line}", flush=True)
+
+    try:
+        _work(cfg, run, data, progress=False, log=log, stop=stop.is_set)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the others
+        stop.set()
+        user = isinstance(e, WorldVLAError)
+        errors.put((job, user, str(e) if user else "".join(traceback.format_exception(e))))
+        raise SystemExit(1) from None
+
+
+def _run_jobs(cfg: AblationConfig, run: Path, data: Path, jobs: int, log: Callable[[str], None]) -> None:
+    """Run the plan with ``jobs`` worker processes; the first failure stops the others after
+    their current run and is raised here (a user error as one line)."""
+    import multiprocessing as mp
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    log(f"[jobs] {jobs} worker processes, {threads} thread(s) each")
+    ctx = mp.get_context("spawn")
+    stop, errors = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(cfg, run, data, threads, j + 1, stop, errors), daemon=False)
+        for j in range(jobs)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except BaseException:
+        stop.set()
+        for p in procs:
+            p.terminate()
+        raise
+    failed = []
+    while not errors.empty():
+        failed.append(errors.get())
+    if failed or any(p.exitcode for p in procs):
+        job, user, text = failed[0] if failed else (0, False, "a worker process died")
+        msg = f"ablation job {job} failed: {text}"
+        raise WorldVLAError(msg) if user else RuntimeError(msg)
 
 
 def _stages(r: Run) -> dict[str, str]:

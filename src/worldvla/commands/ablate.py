@@ -1,10 +1,13 @@
 """``worldvla ablate``: train and evaluate the paper's ablations over seeds; tables and a plot.
 
     worldvla ablate [--preset mw-ablation] [--quick] [--out RUN] [--data DIR]
-                    [--only V1,V2] [--seeds 0,1] [--aggregate-only] [--results DIR]
+                    [--only V1,V2] [--seeds 0,1] [--jobs N] [--aggregate-only] [--results DIR]
 
 Resumable: run the same command again after an interruption. ``--data`` reuses the data
 stages of a quickstart of the same experiment (e.g. ``runs/quickstart-mw-quick``).
+``--jobs N`` trains N runs at once, each on its share of the cores (small models use
+several single-threaded processes better than one multi-threaded one); commands started
+by hand on the same ``--out`` also share the runs, each run once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="directory with the data stages (default: OUT/data)")
     p.add_argument("--only", type=_csv, default=None, help="comma-separated variants to run")
     p.add_argument("--seeds", type=_csv, default=None, help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
     p.add_argument("--aggregate-only", action="store_true", help="rebuild the tables from finished runs")
     p.add_argument("--results", default=None, help="also write table, plot and runs.json here")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds]
         except ValueError:
             p.error(f"--seeds: expected integers, got {args.seeds}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     cfg = cfg.select(args.only, seeds)
     out = Path(args.out or f"runs/ablation-{cfg.name}")
 
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         table = aggregate(out, cfg)
     else:
         check_output_dir(out, "ablation folder")  # before the data stages start
-        table = run_ablation(cfg, out, args.data, progress=not args.no_progress)
+        table = run_ablation(cfg, out, args.data, progress=not args.no_progress, jobs=args.jobs)
     if args.results:
         aggregate(out, cfg, out_dir=args.results)
     print(table.read_text())
