@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from worldvla.ablation.config import ablation_preset
 from worldvla.ablation.plan import level, plan
 from worldvla.ablation.schedule import RunLock, claim, lock_path
+from worldvla.errors import ConfigError
 
 
 def test_the_study_runs_whole_levels_in_order_capacity_last():
@@ -59,3 +62,10 @@ def test_a_locked_run_is_skipped_and_a_run_waits_for_its_init(tmp_path):
     lock4.release()
     done.update(r.key for r in runs)
     assert claim(runs, tmp_path, is_done, trained) == (None, None, False)
+
+
+def test_level_seeds_must_name_a_level_and_the_ablations_seeds():
+    cfg = ablation_preset("claims-study")
+    for bad in ((("capacity", (0,)),), (("small", (5,)),), (("small", ()),)):
+        with pytest.raises(ConfigError, match="level_seeds"):
+            replace(cfg, level_seeds=bad)

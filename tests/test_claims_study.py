@@ -33,7 +33,12 @@ def test_the_plan_trains_shared_runs_once_and_pretraining_first():
     by_name = {(n, r.seed): r for r in runs for n in r.variants}
     # An action model reads no world data: base's and explore's are one run.
     assert by_name[("base/action-only", 0)] is by_name[("explore/action-only", 0)]
-    assert len(runs) == (len(STUDY_VARIANTS) - 1) * len(cfg.seeds)
+    # Every variant on every seed but the small model's (one seed within the budget).
+    assert cfg.seeds_of("small/joint") == (0,) and cfg.seeds_of("compact/joint") == cfg.seeds
+    assert len(runs) == (len(STUDY_VARIANTS) - 1) * len(cfg.seeds) - 3 * 2
+    assert {r.seed for r in runs if r.variants[0].startswith("small/")} == {0}
+    # Asked for other seeds, every level runs on them.
+    assert {r.seed for r in plan(cfg.select(["small/joint"], [1, 2]))} == {1, 2}
     ft = by_name[("pretrain/action-ft", 1)]
     pre = by_name[("base/world-only", 1)]
     assert ft.init == pre.key and runs.index(pre) < runs.index(ft)

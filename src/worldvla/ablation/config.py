@@ -166,6 +166,8 @@ class AblationConfig:
     # first (a partial ablation compares every variant); "levels" runs every seed of a level
     # (the variants "<level>/...") before the next level (a partial study has whole levels).
     order: Literal["seeds", "levels"] = "seeds"
+    # Levels run on fewer seeds than ``seeds`` to fit the budget: (level, seeds) pairs.
+    level_seeds: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -180,6 +182,13 @@ class AblationConfig:
             )
         if self.eval_episodes_per_task < 1 or self.eval_world_episodes < 1 or not self.rollout_lengths:
             problems.append("evaluation sizes must be >= 1")
+        levels = {v.split("/")[0] for v in self.variants}
+        for lvl, seeds in self.level_seeds:
+            ok = lvl in levels and seeds and len(set(seeds)) == len(seeds) and set(seeds) <= set(self.seeds)
+            if not ok:
+                problems.append(
+                    f"level_seeds: {lvl!r} must be a level of the variants, with seeds of {self.seeds}"
+                )
         if self.order not in ("seeds", "levels"):
             problems.append(f"order must be 'seeds' or 'levels', got {self.order!r}")
         if self.action_readout not in READOUTS:
@@ -196,12 +205,20 @@ class AblationConfig:
         return InferenceDefaults(action_readout=self.action_readout)
 
     def select(self, only: list[str] | None = None, seeds: list[int] | None = None) -> AblationConfig:
-        """The same ablation restricted to some variants and/or with other seeds."""
+        """The same ablation restricted to some variants and/or with other seeds (then on
+        every level: ``level_seeds`` no longer applies)."""
+        variants = tuple(only) if only else self.variants
+        levels = {v.split("/")[0] for v in variants}
         return replace(
             self,
-            variants=tuple(only) if only else self.variants,
+            variants=variants,
             seeds=tuple(seeds) if seeds else self.seeds,
+            level_seeds=() if seeds else tuple((lv, s) for lv, s in self.level_seeds if lv in levels),
         )
+
+    def seeds_of(self, variant: str) -> tuple[int, ...]:
+        """The seeds variant ``variant`` runs on."""
+        return dict(self.level_seeds).get(variant.split("/")[0], self.seeds)
 
 
 def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:
@@ -321,6 +338,10 @@ def _presets() -> Registry[AblationConfig]:
         counterfactual=True,
         report="study",
         order="levels",  # whole levels first, the capacity levels (the costliest) last
+        # The budget (<= 8 hours on 2 cores with --jobs 2, docs/ablations.md "Budget of the
+        # study") holds one seed of the small model, whose steps cost ~4x mini's; its seeds
+        # 1 and 2 are one command more (--only small/... --seeds 1,2, ~3 hours).
+        level_seeds=(("small", (0,)),),
     )
     out.register("claims-study", study, "the claims study: capacity, scarce data, pre-training, world data")
     out.register(
@@ -334,6 +355,7 @@ def _presets() -> Registry[AblationConfig]:
             warmup_steps=1,
             seeds=(0, 1),
             variants=tuple(n for n in STUDY_VARIANTS if n.startswith(("base/", "explore/", "pretrain/"))),
+            level_seeds=(("explore", (0,)),),
             eval_episodes_per_task=1,
             eval_envs=1,
             eval_world_episodes=1,

@@ -59,9 +59,11 @@ def plan(cfg: AblationConfig) -> list[Run]:
         for names in groups.values():
             for seed in cfg.seeds:
                 for name in names:
-                    add(name, seed)
+                    if seed in cfg.seeds_of(name):
+                        add(name, seed)
     else:
         for seed in cfg.seeds:
             for name in cfg.variants:
-                add(name, seed)
+                if seed in cfg.seeds_of(name):
+                    add(name, seed)
     return list(runs.values())

@@ -215,7 +215,12 @@ def study_tables(cfg: AblationConfig, res: dict[str, list[Result]]) -> tuple[str
             sb, cb = _exposure(res.get(c.joint, []), c.kind)
             n = len(entry["metrics"][metrics[0].label]["diff"])
             entry["verdict"] = entry["metrics"][metrics[0].label]["verdict"]
-            row += [f"{sa} / {sb}", f"{ca} / {cb}", f"{n} of {len(cfg.seeds)}", f"**{entry['verdict']}**"]
+            row += [
+                f"{sa} / {sb}",
+                f"{ca} / {cb}",
+                f"{n} of {len(cfg.seeds_of(c.joint))}",
+                f"**{entry['verdict']}**",
+            ]
             rows.append(row)
             data.append(entry)
         pretrain = (
