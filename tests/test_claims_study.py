@@ -7,7 +7,7 @@ import math
 
 from worldvla.ablation.config import STUDY_LEVELS, STUDY_VARIANTS, ablation_preset, resolve
 from worldvla.ablation.runner import plan
-from worldvla.ablation.study_report import CLAIM1_METRICS, comparisons, paired, verdict
+from worldvla.ablation.study_report import CLAIM1_METRICS, CLAIM2_METRICS, comparisons, paired, verdict
 from worldvla.commands.ablate import main as ablate_main
 from worldvla.train.config import config_diff, train_preset
 
@@ -68,6 +68,13 @@ def test_paired_differences_and_verdicts():
     assert verdict(paired(cmp, out, l1), l1.better) == "not decided"
     out[cmp.joint] = res([0.35])  # one paired seed: no interval
     assert verdict(paired(cmp, out, l1), l1.better).startswith("—")
+
+
+def test_world_metrics_are_read_in_the_units_stored():
+    row = {"method": "worldvla", "requested_length": 10, "psnr": 24.5, "ssim": 87.9}  # SSIM ×100
+    res = {"world": [row, {**row, "requested_length": 50, "psnr": 23.0}]}
+    got = {m.label: m.read(res) for m in CLAIM2_METRICS}
+    assert got["PSNR@10 dB"] == 24.5 and got["PSNR@end dB"] == 23.0 and got["SSIM@10 ×100"] == 87.9
 
 
 def test_debug_study_runs_the_pretraining_comparison_end_to_end(tmp_path, capsys):

@@ -57,7 +57,7 @@ def _world(length: int | str, metric: str) -> Callable[[Result], float | None]:
             rows = [w for w in rows if w["requested_length"] == length]
         if not rows:
             return None
-        return rows[0][metric] * (100.0 if metric == "ssim" else 1.0)
+        return rows[0][metric]  # SSIM is stored ×100 already (eval.metrics.image.frame_metrics)
 
     return read
 
@@ -276,7 +276,7 @@ def plot_study(path: Path, data: list[dict[str, Any]]) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     drawn = False
     for ax, claim, ylabel in (
         (axes[0], 1, "action L1 ×100: action-only − joint\n(> 0: world data helps the policy)"),
@@ -288,6 +288,7 @@ def plot_study(path: Path, data: list[dict[str, Any]]) -> bool:
             p = next(iter(e["metrics"].values()))
             sign = -1.0 if not p["higher_is_better"] else 1.0  # plot "improvement from the other data"
             if p["diff"]:
+                ax.plot([i] * len(p["diff"]), [sign * d for d in p["diff"]], ".", color="0.6", ms=5)
                 xs.append(i)
                 ms.append(sign * p["diff_mean"])
                 hs.append(p["diff_ci95"] if math.isfinite(p["diff_ci95"]) else 0.0)
@@ -296,13 +297,17 @@ def plot_study(path: Path, data: list[dict[str, Any]]) -> bool:
             ax.errorbar(xs, ms, yerr=hs, fmt="o", capsize=4)
             drawn = True
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=30, ha="right")
         ax.set_ylabel(ylabel, fontsize=9)
         ax.set_title(f"claim {claim}")
     if not drawn:
         plt.close(fig)
         return False
-    fig.suptitle("Joint training against single-role training at equal exposure (mean over seeds, 95% CI)")
+    fig.suptitle(
+        "Joint against single-role training at equal exposure: mean over seeds with its 95% CI (blue), "
+        "each seed (grey)",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
