@@ -100,6 +100,31 @@ _CHILD = textwrap.dedent(
 )
 
 
+def test_wall_time_adds_up_over_resumes_and_starts_late_for_older_checkpoints(tmp_path):
+    cache = InMemoryCache.synthetic()
+    cfg = replace(train_preset("debug"), ckpt_every=2, val_every=0)
+    first = train(cfg, cache, tmp_path / "run", progress=False, stop_after=2)
+    assert first.wall_seconds > 0 and first.wall_from_step == 0
+    second = train(cfg, cache, tmp_path / "run", resume=True, progress=False)
+    assert second.step == 4 and second.wall_from_step == 0
+    assert (
+        second.wall_seconds
+        > ckpt.load_trainer_state(tmp_path / "run" / "checkpoints" / "step_00000002")["wall_seconds"]
+    )
+    walls = [r["wall_s"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert walls == sorted(walls) and len(walls) == 4  # one count across both commands
+    # A checkpoint written before the count (no wall_seconds) starts it at its own step.
+    old = tmp_path / "old"
+    train(cfg, cache, old, progress=False, stop_after=2)
+    path = old / "checkpoints" / "step_00000002"
+    state = torch.load(path / ckpt.TRAINER_FILE, weights_only=False)
+    del state["wall_seconds"], state["wall_from_step"]
+    torch.save(state, path / ckpt.TRAINER_FILE)
+    (path / "manifest.json").unlink()  # as written before manifests: loads with the checks it allows
+    resumed = train(cfg, cache, old, resume=True, progress=False)
+    assert resumed.step == 4 and resumed.wall_from_step == 2
+
+
 def test_sigkill_leaves_the_last_checkpoint_and_resume_continues_the_curve(tmp_path):
     steps = 40
     run = tmp_path / "killed"

@@ -290,6 +290,8 @@ def run_pipeline(
             checkpoint=str(result.checkpoint),
             tokens_per_s=result.tokens_per_s,
             last_val=result.last_val,
+            wall_seconds=result.wall_seconds,
+            wall_from_step=result.wall_from_step,
         )
 
     def eval_policy_stage(st: dict[str, Any]) -> None:

@@ -297,6 +297,8 @@ def _run_one(
             step=result.step,
             tokens_per_s=result.tokens_per_s,
             last_val=result.last_val,
+            wall_seconds=result.wall_seconds,
+            wall_from_step=result.wall_from_step,
         )
         if r.init is not None:
             doc["init_run"] = r.init

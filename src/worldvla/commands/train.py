@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         print(f"stopped at step {result.step}/{cfg.steps}")
+        since = f" since step {result.wall_from_step:,}" if result.wall_from_step else ""
+        print(f"wall time of the steps{since}: {result.wall_seconds / 60:.1f} min (all commands)")
         print(f"checkpoint: {result.checkpoint}")
         for kind, b in result.best.items():
             best_dir = Path(args.out) / "best" / kind

@@ -114,6 +114,11 @@ class TrainResult:
     # improved, and the best validation of each kind ({kind: {"metric", "best", "step"}}).
     stopped_early: bool = False
     best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Wall time of the run's steps so far, over every command that trained it (the work of
+    # a killed command after its last checkpoint is redone, so not counted), counted from
+    # step ``wall_from_step`` (> 0 when it resumed a checkpoint written before this count).
+    wall_seconds: float = 0.0
+    wall_from_step: int = 0
 
 
 class Trainer:
@@ -164,6 +169,10 @@ class Trainer:
         self.use_autocast = not self.fsdp
         self.step = 0
         self.tokens_seen = 0
+        # Wall seconds of the steps before this command, and the step that count starts at.
+        self.wall_before = 0.0
+        self.wall_from_step = 0
+        self._t_command = time.monotonic()
         self.progress = progress
         kinds = tuple(k for k, on in (("action", cfg.use_action_data), ("world", cfg.use_world_data)) if on)
         self.early = EarlyStop(kinds, cfg.early_stop_patience)
@@ -182,6 +191,10 @@ class Trainer:
                 self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def wall_seconds(self) -> float:
+        """Wall time of the run's steps up to now, over every command that trained it."""
+        return self.wall_before + time.monotonic() - self._t_command
 
     def optimizer_state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -204,6 +217,8 @@ class Trainer:
                 "optimizer": optim_state,
                 "rng": rngs,
                 "early_stop": self.early.state_dict(),
+                "wall_seconds": self.wall_seconds(),
+                "wall_from_step": self.wall_from_step,
             }
             path = self._write(model_state, trainer_state)
         barrier(self.info)
@@ -311,6 +326,10 @@ class Trainer:
         self.step = step
         self.tokens_seen = int(state["tokens_seen"])
         self.early.load_state_dict(state.get("early_stop"))
+        # Checkpoints written before the count began start it at their step.
+        self.wall_before = float(state.get("wall_seconds", 0.0))
+        self.wall_from_step = int(state.get("wall_from_step", step if "wall_seconds" not in state else 0))
+        self._t_command = time.monotonic()
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
 
@@ -535,6 +554,7 @@ def _train(
             if step % cfg.log_every == 0 or step == end:
                 dt = time.perf_counter() - t_window
                 metrics["tokens_per_s"] = tok_window / dt if dt > 0 else float("nan")
+                metrics["wall_s"] = trainer.wall_seconds()
                 result.tokens_per_s = metrics["tokens_per_s"]
                 log.log(step, "train", metrics)
                 t_window, tok_window = time.perf_counter(), 0
@@ -571,6 +591,7 @@ def _train(
     result.step = trainer.step
     result.stopped_early = early.done and trainer.step < cfg.steps
     result.best = early.summary()
+    result.wall_seconds, result.wall_from_step = trainer.wall_seconds(), trainer.wall_from_step
     return result
 
 
