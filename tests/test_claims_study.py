@@ -107,12 +107,12 @@ def test_debug_study_runs_the_pretraining_comparison_end_to_end(tmp_path, capsys
     assert "6 distinct runs (6 done earlier)" in capsys.readouterr().out
 
 
-def test_study_base_is_the_quickstart_recipe():
+def test_study_base_is_the_multistep_quickstart_recipe():
     cfg = ablation_preset("claims-study")
-    assert cfg.experiment == "mw-quick" and cfg.train == "mw-quick"
-    # The base joint model is the quickstart's recipe and length (1,500 steps), with world data
-    # from the demonstrations and early stopping.
-    diff = config_diff(train_preset("mw-quick"), resolve(cfg, "base/joint", 0))
+    assert cfg.experiment == "mw-quick-multistep" and cfg.train == "mw-quick-multistep"
+    # The base joint model is that quickstart's recipe and length (1,500 steps), with world
+    # data from the demonstrations and early stopping.
+    diff = config_diff(train_preset("mw-quick-multistep"), resolve(cfg, "base/joint", 0))
     assert set(diff) == {
         "name",
         "world_data",

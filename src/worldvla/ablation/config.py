@@ -310,15 +310,18 @@ def _presets() -> Registry[AblationConfig]:
         "the claims' runs and the exposure-matched ones, 3 seeds, 600 steps (~2.5 hours)",
     )
     # The claims study (issue 21; docs/ablations.md "Where the claims could appear"): the
-    # quickstart's data (mw-quick: physics-rate experts, drawer-open, exploratory segments),
-    # its recipe with the mean readout, world data from the demonstrations at the base point,
-    # early stopping on each compared kind. A single-role run sees at most as many samples of
-    # its kind as the quickstart's joint model (1,500 steps x 32 x 0.5 = 750 x 32); sized in
+    # quickstart's episodes (mw-quick: physics-rate experts, drawer-open, exploratory
+    # segments) and the recipe whose world model reads its actions (mw-quick-multistep:
+    # local codes, world samples over 1-5 control steps, docs/world_model.md; a one-step
+    # world model ignores its actions, so claim 2's counterfactual scores could not move),
+    # the mean readout, world data from the demonstrations at the base point, early stopping
+    # on each compared kind. A single-role run sees at most as many samples of its kind as
+    # the quickstart's joint model (1,500 steps x 32 x 0.5 = 750 x 32); sized in
     # docs/ablations.md from measured step times.
     study = AblationConfig(
         name="claims-study",
-        experiment="mw-quick",
-        train="mw-quick",
+        experiment="mw-quick-multistep",
+        train="mw-quick-multistep",
         steps=750,
         warmup_steps=40,
         seeds=(0, 1, 2),
