@@ -70,13 +70,15 @@ def test_all_failures_raise_and_write_nothing(tmp_path):
 def test_cli_writes_the_file_and_reports_drops(tmp_path):
     out = tmp_path / "d.hdf5"
     argv = ["collect", "--preset", "debug", "--out", str(out), "--workers", "1", "--episodes-per-task", "1"]
+    argv += ["--explore-per-task", "2", "--explore-steps", "3"]
     r = subprocess.run(
         [sys.executable, "-m", "worldvla.cli", *argv], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr
     assert "handle-press-v3: kept 1, dropped 0 unsuccessful" in r.stdout
+    assert "plus 2 exploratory segments" in r.stdout
     with EpisodeReader(out) as reader:
-        assert len(reader) == 1
+        assert len(reader) == 3  # the demonstration, then the world model's segments
 
 
 def test_cli_rejects_unknown_suite():

@@ -21,6 +21,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="σ of Gaussian noise on the executed actions; the stored label stays the expert's (DART)",
     )
+    p.add_argument(
+        "--explore-per-task",
+        type=int,
+        default=0,
+        help="exploratory segments per task for the world model (docs/world_model.md; default 0: none)",
+    )
+    p.add_argument(
+        "--explore-steps",
+        type=int,
+        default=20,
+        help="recorded control steps per exploratory segment (default 20)",
+    )
     p.add_argument("--workers", type=int, default=2, help="simulator processes (default 2)")
     p.add_argument(
         "--overwrite",
@@ -31,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from worldvla.data.collect import collect
+    from worldvla.data.exploration import ExplorationConfig
     from worldvla.envs.suites import suite_preset
     from worldvla.utils.paths import check_output_file
 
     suite = suite_preset(args.preset)
+    exploration = ExplorationConfig(per_task=args.explore_per_task, steps=args.explore_steps)  # checks them
     out = args.out or f"data/{suite.name}.hdf5"
     check_output_file(out, args.overwrite, what="episode file")  # before any simulator starts
     report = collect(
@@ -46,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        exploration=exploration if exploration.per_task else None,
     )
     print(report.summary())
     return 0
