@@ -158,6 +158,27 @@ def test_switching_tasks_keeps_each_scene_correct(env):
 
 
 @pytest.mark.sim
+def test_only_the_last_scenes_stay_built_and_an_evicted_one_is_rebuilt_the_same():
+    """Memory stays bounded over many tasks (an MT50 evaluation's every env visits all 50)."""
+    env = MetaWorldEnv(camera="corner", resolution=32, max_scenes=2)
+    try:
+        a = env.reset("handle-press-v3", 1).images["corner"]
+        env.reset("reach-v3", 1)
+        env.reset("button-press-v3", 1)  # evicts handle-press, the least recently used
+        assert list(env._envs) == ["reach-v3", "button-press-v3"]
+        env.reset("reach-v3", 2)  # a hit: reach becomes the most recent
+        assert list(env._envs) == ["button-press-v3", "reach-v3"]
+        b = env.reset("handle-press-v3", 1).images["corner"]  # rebuilt, same frame
+        np.testing.assert_array_equal(a, b)
+        assert list(env._envs) == ["reach-v3", "handle-press-v3"]
+        env.step(np.zeros(4))
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match="max_scenes"):
+        MetaWorldEnv(max_scenes=0)
+
+
+@pytest.mark.sim
 def test_several_cameras_and_state_only_mode():
     from worldvla.envs.metaworld import MetaWorldEnv
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections import OrderedDict
 from ctypes.util import find_library
 
 
@@ -131,7 +132,12 @@ def _mt1(task: str, seed: int):  # noqa: ANN202
 
 
 class MetaWorldEnv(Env):
-    """One Meta-World scene at a time; switches task on :meth:`reset` (envs are cached per task).
+    """One Meta-World scene at a time; switches task on :meth:`reset`.
+
+    The scenes of the last ``max_scenes`` tasks stay built (each holds a MuJoCo model and an
+    offscreen GL context, ~50 MB): a suite of a few tasks switches without rebuilding, and a
+    long evaluation over MT50's 50 tasks with several envs keeps its memory bounded (every
+    env of a lockstep evaluation visits every task).
 
     Observations carry the proprioceptive state beside the frames: Meta-World's ``obs[:4]``
     (hand x, y, z in metres and the gripper opening, the fingers' distance / 0.1 m clipped to
@@ -153,6 +159,7 @@ class MetaWorldEnv(Env):
         cameras: tuple[str, ...] | None = None,
         camera_aim: tuple[float, float, float] | None = None,
         camera_zoom: float = 1.0,
+        max_scenes: int = 4,
     ) -> None:
         """``cameras``: those rendered into every observation (default: just ``camera``); an
         empty tuple renders nothing, for state-only expert runs (benchmarks).
@@ -162,8 +169,10 @@ class MetaWorldEnv(Env):
         ``camera_aim`` and narrows its field of view by ``camera_zoom`` (tan(fovy/2) / zoom),
         so that the workspace fills more of the image.
         """
-        if action_repeat < 1 or resolution < 8 or max_steps < 1:
-            raise ConfigError("MetaWorldEnv needs action_repeat >= 1, resolution >= 8 and max_steps >= 1")
+        if action_repeat < 1 or resolution < 8 or max_steps < 1 or max_scenes < 1:
+            raise ConfigError(
+                "MetaWorldEnv needs action_repeat >= 1, resolution >= 8, max_steps >= 1 and max_scenes >= 1"
+            )
         if not camera_zoom > 0 or not np.isfinite(camera_zoom):
             raise ConfigError(f"camera_zoom must be a positive number, got {camera_zoom}")
         if camera_aim is not None and (len(camera_aim) != 3 or not np.isfinite(camera_aim).all()):
@@ -181,7 +190,8 @@ class MetaWorldEnv(Env):
         self.fast_render = fast_render
         self.benchmark_seed = benchmark_seed
         self._benchmarks: dict[str, object] = {}
-        self._envs: dict[str, object] = {}
+        self._envs: OrderedDict[str, object] = OrderedDict()  # task -> scene, least recent first
+        self.max_scenes = max_scenes
         self._task: str | None = None
         self._state: np.ndarray | None = None
         self._experts: dict[str, object] = {}
@@ -198,7 +208,11 @@ class MetaWorldEnv(Env):
         return self._benchmarks[task, block]
 
     def _env(self, task: str):  # noqa: ANN202
-        if task not in self._envs:
+        if task in self._envs:
+            self._envs.move_to_end(task)
+        else:
+            while len(self._envs) >= self.max_scenes:
+                self._close_scene(next(iter(self._envs)))
             bench = self._benchmark(task)
             env = bench.train_classes[task](
                 render_mode="rgb_array",
@@ -215,6 +229,15 @@ class MetaWorldEnv(Env):
             self._configure(env, task)
             self._envs[task] = env
         return self._envs[task]
+
+    def _close_scene(self, task: str) -> None:
+        """Free task ``task``'s scene and its GL context."""
+        global _current_viewer
+        env = self._envs.pop(task)
+        if _current_viewer is not None and _current_viewer is env.mujoco_renderer.viewer:
+            _current_viewer = None
+        with contextlib.suppress(Exception):  # a renderer that fails to free its context
+            env.close()
 
     def _configure(self, env, task: str) -> None:  # noqa: ANN001
         """Set up a freshly built task env (a protocol's hook)."""
