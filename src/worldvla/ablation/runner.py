@@ -209,6 +209,7 @@ def _run_jobs(cfg: AblationConfig, run: Path, data: Path, jobs: int, log: Callab
     """Run the plan with ``jobs`` worker processes; the first failure stops the others after
     their current run and is raised here (a user error as one line)."""
     import multiprocessing as mp
+    import queue
 
     import torch
 
@@ -220,19 +221,28 @@ def _run_jobs(cfg: AblationConfig, run: Path, data: Path, jobs: int, log: Callab
         ctx.Process(target=_worker, args=(cfg, run, data, threads, j + 1, stop, errors), daemon=False)
         for j in range(jobs)
     ]
+    failed: list[tuple[int, bool, str]] = []
+
+    def drain() -> None:  # read reports while joining: a child exits only once its report is read
+        while True:
+            try:
+                failed.append(errors.get_nowait())
+            except queue.Empty:
+                return
+
     for p in procs:
         p.start()
     try:
-        for p in procs:
-            p.join()
+        while any(p.is_alive() for p in procs):
+            drain()
+            for p in procs:
+                p.join(timeout=1.0)
+        drain()
     except BaseException:
         stop.set()
         for p in procs:
             p.terminate()
         raise
-    failed = []
-    while not errors.empty():
-        failed.append(errors.get())
     if failed or any(p.exitcode for p in procs):
         job, user, text = failed[0] if failed else (0, False, "a worker process died")
         msg = f"ablation job {job} failed: {text}"
