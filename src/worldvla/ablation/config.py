@@ -138,6 +138,12 @@ for _level in ("compact", "small"):
 STUDY_VARIANTS = tuple(n for n in VARIANTS if "/" in n)
 
 
+def level(variant: str) -> str:
+    """The level of a claims-study variant (``"demos-10/joint"`` -> ``"demos-10"``); a
+    variant without one is its own level."""
+    return variant.split("/")[0]
+
+
 @dataclass(frozen=True)
 class AblationConfig:
     name: str
@@ -182,7 +188,7 @@ class AblationConfig:
             )
         if self.eval_episodes_per_task < 1 or self.eval_world_episodes < 1 or not self.rollout_lengths:
             problems.append("evaluation sizes must be >= 1")
-        levels = {v.split("/")[0] for v in self.variants}
+        levels = {level(v) for v in self.variants}
         for lvl, seeds in self.level_seeds:
             ok = lvl in levels and seeds and len(set(seeds)) == len(seeds) and set(seeds) <= set(self.seeds)
             if not ok:
@@ -208,7 +214,7 @@ class AblationConfig:
         """The same ablation restricted to some variants and/or with other seeds (then on
         every level: ``level_seeds`` no longer applies)."""
         variants = tuple(only) if only else self.variants
-        levels = {v.split("/")[0] for v in variants}
+        levels = {level(v) for v in variants}
         return replace(
             self,
             variants=variants,
@@ -218,7 +224,7 @@ class AblationConfig:
 
     def seeds_of(self, variant: str) -> tuple[int, ...]:
         """The seeds variant ``variant`` runs on."""
-        return dict(self.level_seeds).get(variant.split("/")[0], self.seeds)
+        return dict(self.level_seeds).get(level(variant), self.seeds)
 
 
 def resolve(cfg: AblationConfig, name: str, seed: int) -> TrainConfig:

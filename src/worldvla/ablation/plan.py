@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worldvla.ablation.config import VARIANTS, AblationConfig, resolve, run_key
+from worldvla.ablation.config import VARIANTS, AblationConfig, level, resolve, run_key
 from worldvla.train.config import TrainConfig
 
 
@@ -24,12 +24,6 @@ class Run:
     @property
     def policy_eval(self) -> bool:
         return self.train.use_action_data
-
-
-def level(variant: str) -> str:
-    """The level of a claims-study variant (``"demos-10/joint"`` -> ``"demos-10"``); a
-    variant without one is its own level."""
-    return variant.split("/")[0]
 
 
 def plan(cfg: AblationConfig) -> list[Run]:
