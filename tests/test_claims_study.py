@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from worldvla.ablation.config import STUDY_LEVELS, STUDY_VARIANTS, ablation_preset, resolve
 from worldvla.ablation.runner import plan
 from worldvla.ablation.study_report import CLAIM1_METRICS, CLAIM2_METRICS, comparisons, paired, verdict
 from worldvla.commands.ablate import main as ablate_main
+from worldvla.errors import ConfigError
 from worldvla.train.config import config_diff, train_preset
 
 
@@ -78,10 +81,11 @@ def test_world_metrics_are_read_in_the_units_stored():
 
 
 def test_debug_study_runs_the_pretraining_comparison_end_to_end(tmp_path, capsys):
-    out = tmp_path / "study"
-    args = ["--preset", "claims-study-debug", "--out", str(out), "--no-progress", "--seeds", "0,1"]
+    out, kept = tmp_path / "study", tmp_path / "results"
+    args = ["--preset", "claims-study-debug", "--no-progress", "--seeds", "0,1"]
+    args += ["--only", "base/action-only,pretrain/action-ft", "--results", str(kept)]
     # Two worker processes share the runs; the fine-tuning runs wait for their world models.
-    assert ablate_main([*args, "--only", "base/action-only,pretrain/action-ft", "--jobs", "2"]) == 0
+    assert ablate_main([*args, "--out", str(out), "--jobs", "2"]) == 0
     results = [json.loads(p.read_text()) for p in out.glob("runs/*/result.json")]
     assert len(results) == 6  # 3 runs x 2 seeds, world-only brought in
     runs = {r["variants"][0]: r for r in results if r["seed"] == 0}
@@ -98,13 +102,44 @@ def test_debug_study_runs_the_pretraining_comparison_end_to_end(tmp_path, capsys
     table = (out / "table.md").read_text()
     assert "| `pretrain` (world-model pre-training, then action fine-tuning) | pre-training |" in table
     assert (out / "claims_vs_factor.png").stat().st_size > 1000
-    doc = json.loads((out / "runs.json").read_text())
+    doc = json.loads((kept / "runs.json").read_text())
     (cmp,) = doc["comparisons"]
     assert cmp["with"] == "pretrain/action-ft" and len(cmp["metrics"]["action L1 ×100"]["diff"]) == 2
+    # The world models the fine-tuning runs start from are recorded too, though not selected.
+    assert {r["variants"][0] for r in doc["init_runs"]} == {"base/world-only"}
     # The same command again trains nothing.
     capsys.readouterr()
-    assert ablate_main([*args, "--only", "base/action-only,pretrain/action-ft"]) == 0
+    assert ablate_main([*args, "--out", str(out)]) == 0
     assert "6 distinct runs (6 done earlier)" in capsys.readouterr().out
+
+    # The results directory is what a repository keeps: on a machine without the run
+    # directory, the runs it records are restored, not run again, and the tables are the same.
+    def body(text: str) -> list[str]:  # the provenance line names the command that wrote it
+        return [line for line in text.splitlines() if "commit `" not in line]
+
+    elsewhere = tmp_path / "elsewhere"
+    assert ablate_main([*args, "--out", str(elsewhere), "--data", str(out / "data")]) == 0
+    printed = capsys.readouterr().out
+    assert "[restore] 6 finished run(s)" in printed and "6 distinct runs (6 done earlier)" in printed
+    assert not list(elsewhere.glob("runs/*/train"))  # nothing trained
+    assert body((kept / "table.md").read_text()) == body(table)
+
+    # A fine-tuning run that is not recorded needs its world model's weights: that one runs
+    # again (with the fine-tuning run), the others are restored.
+    ft1 = next(r for r in doc["variants"]["pretrain/action-ft"]["runs"] if r["seed"] == 1)
+    doc["variants"]["pretrain/action-ft"]["runs"].remove(ft1)
+    (kept / "runs.json").write_text(json.dumps(doc))
+    third = tmp_path / "third"
+    assert ablate_main([*args, "--out", str(third), "--data", str(out / "data")]) == 0
+    assert "[restore] 4 finished run(s)" in capsys.readouterr().out
+    trained = {json.loads((p.parent / "result.json").read_text())["key"] for p in third.glob("runs/*/train")}
+    assert trained == {ft1["key"], ft1["init_run"]}
+
+    # Results of another budget are refused, naming the file.
+    doc["provenance"]["budget"]["steps"] += 1
+    (kept / "runs.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="runs.json records runs of another budget"):
+        ablate_main([*args, "--out", str(tmp_path / "fourth"), "--data", str(out / "data")])
 
 
 def test_study_base_is_the_multistep_quickstart_recipe():

@@ -6,6 +6,11 @@ time. Running the same command again skips completed stages and resumes the inte
 one: collection and the tokenizer restart (minutes), the token cache and training resume
 from where they were killed (``worldvla.data.token_cache``, ``worldvla.train.checkpoint``).
 
+A run directory carried to another machine without its episode file (the one large file;
+checkpoints, tokenizer and token cache are what a resume needs) collects the file again
+when it is missing: collection is deterministic, and the new file must equal, byte for byte,
+the one the token cache was made from (its recorded sha256), or the command stops.
+
 Budgets are steps (``ExperimentConfig.tokenizer_steps``, the training config's ``steps``),
 so the same preset gives the same model on any machine. ``max_minutes_per_stage`` caps the
 wall time of the two training stages (image tokenizer, model); a stage it cuts short is
@@ -198,8 +203,20 @@ def run_pipeline(
     episodes = run / "data" / "episodes.hdf5"
     tok_dir, cache_dir, train_dir = run / "tokenizer", run / "cache", run / "train"
 
+    recollect = state.record.done("collect") and not episodes.is_file()
+    if recollect:
+        log(
+            f"[collect] done earlier, but {episodes} is not here (a run carried to another machine?): "
+            "collecting it again; it must equal the file the token cache was made from"
+        )
+        state.stage("collect")["done"] = False
+
     def collect_stage(st: dict[str, Any]) -> None:
         from worldvla.data.collect import collect, reuse_collected
+
+        if recollect:
+            _collect_again(st)
+            return
 
         if episodes_from is not None:
             report = reuse_collected(
@@ -228,6 +245,37 @@ def run_pipeline(
         )
         st.update(kept=report.kept, dropped=report.dropped, steps=report.steps)
         log(report.summary())
+
+    def _collect_again(st: dict[str, Any]) -> None:
+        from worldvla.data.collect import collect
+        from worldvla.data.token_cache import check_file_identity
+
+        meta = cache_dir / "meta.json"
+        recorded = json.loads(meta.read_text()).get("episodes") if meta.is_file() else None
+        fresh = episodes.with_name(episodes.name + ".again")
+        collect(
+            suite,
+            fresh,
+            exp.episodes_per_task,
+            exp.seed,
+            exp.action_noise,
+            exp.workers,
+            progress,
+            exploration=exp.exploration_config(),
+            overwrite=True,
+        )
+        if recorded:
+            try:
+                check_file_identity(recorded, fresh, cache_dir)
+            except DataError:
+                raise DataError(
+                    f"{fresh}: collected again, but it is not the episode file the token cache "
+                    f"{cache_dir} was made from (sha256 {str(recorded.get('sha256'))[:12]}…); "
+                    "this machine's simulator gives other episodes, so the run cannot go on here "
+                    "(the new file is left beside the run for inspection)"
+                ) from None
+        fresh.replace(episodes)
+        st["collected_again"] = st.get("collected_again", 0) + 1
 
     def tokenizer_stage(st: dict[str, Any]) -> None:
         from worldvla.tokenizers.vq_train import VQTrainConfig

@@ -45,6 +45,18 @@ def collect_results(run_dir: Path, cfg: AblationConfig) -> dict[str, list[dict[s
     return out
 
 
+def init_only_results(run_dir: Path, cfg: AblationConfig) -> list[dict[str, Any]]:
+    """Results of finished runs that selected variants start from (``init_from``) but that no
+    selected variant names: kept in runs.json beside the variants' runs, so that every
+    finished run of the plan is recorded (:mod:`worldvla.ablation.restore` reads them)."""
+    out = []
+    for r in plan(cfg):
+        path = run_dir / "runs" / r.key / "result.json"
+        if path.exists() and not set(r.variants) & set(cfg.variants):
+            out.append(json.loads(path.read_text()))
+    return out
+
+
 def _fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     if not values:
         return "—"
@@ -299,7 +311,7 @@ def aggregate(run_dir: str | Path, cfg: AblationConfig, out_dir: str | Path | No
     if cfg.report == "study":
         from worldvla.ablation.study_report import aggregate_study
 
-        return aggregate_study(out, cfg, res, meta)
+        return aggregate_study(out, cfg, res, meta, init_only_results(run, cfg))
     write_table(out, cfg, res, meta)
     plot_chunk_sweep(out / "success_vs_chunk.png", cfg, res)
     doc = {
@@ -310,6 +322,7 @@ def aggregate(run_dir: str | Path, cfg: AblationConfig, out_dir: str | Path | No
             name: {"description": VARIANTS.description(name), "runs": res.get(name, [])}
             for name in cfg.variants
         },
+        "init_runs": init_only_results(run, cfg),
     }
     atomic_write_text(out / "runs.json", json.dumps(doc, indent=2) + "\n")
     return out / "table.md"

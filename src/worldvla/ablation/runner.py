@@ -21,7 +21,10 @@ The data stages (episodes, image tokenizer, token cache) run once, in ``data_dir
 (default ``RUN/data``), or are reused from a quickstart of the same experiment preset.
 Running the same command again skips every run whose ``result.json`` is complete, resumes
 the interrupted one from its last checkpoint, and adds to finished runs any metric their
-result lacks (computed from the saved checkpoint, without retraining). The stages of a run
+result lacks (computed from the saved checkpoint, without retraining). With a results
+directory (``--results``), the tables there are rewritten after every finished run, and runs
+that its ``runs.json`` records are restored instead of run again
+(:mod:`worldvla.ablation.restore`): committed results carry an ablation to a new machine. The stages of a run
 (train, eval_policy, eval_offline, eval_world) and their record follow
 :mod:`worldvla.utils.stages`, as the quickstart's do.
 """
@@ -99,12 +102,15 @@ def run_ablation(
     progress: bool = True,
     log: Callable[[str], None] = print,
     jobs: int = 1,
+    results_dir: str | Path | None = None,
 ) -> Path:
     """Prepare the data, run every missing (variant, seed), then aggregate; returns table.md.
 
     ``jobs`` > 1 runs that many worker processes, each with its share of the CPU threads
-    (:mod:`worldvla.ablation.schedule` gives every run to one of them)."""
+    (:mod:`worldvla.ablation.schedule` gives every run to one of them). ``results_dir``:
+    restore the runs its runs.json records, and rewrite its tables after every run."""
     from worldvla.ablation.aggregate import aggregate
+    from worldvla.ablation.restore import restore_results
     from worldvla.experiments import experiment_preset
     from worldvla.pipeline import DATA_STAGES, run_pipeline
 
@@ -119,6 +125,9 @@ def run_ablation(
     record.doc.setdefault("requested", [])
     record.doc["requested"].append({"variants": list(cfg.variants), "seeds": list(cfg.seeds)})
     record.save()
+    results = Path(results_dir) if results_dir is not None else None
+    if results is not None:
+        restore_results(run, cfg, results, budget(cfg), lambda r: _done(run, r), log)
 
     log(f"[data] {data}")
     run_pipeline(exp, data, progress=progress, log=log, stages=DATA_STAGES)
@@ -127,12 +136,14 @@ def run_ablation(
     steps = " or ".join(str(n) for n in sorted({r.train.steps for r in runs}))
     log(f"[runs] {len(runs)} distinct runs ({len(runs) - len(todo)} done earlier), {steps} steps each")
     if jobs > 1:
-        _run_jobs(cfg, run, data, jobs, log)
+        _run_jobs(cfg, run, data, jobs, log, results)
     else:
-        _work(cfg, run, data, progress, log)
+        _work(cfg, run, data, progress, log, results=results)
     first_policy = next((r for r in runs if r.policy_eval), None)
     if first_policy is not None and not (run / "baselines" / "results.json").exists():
         _baselines(cfg, run, run / "runs" / first_policy.key / "train", data, exp.suite, progress)
+    if results is not None:
+        aggregate(run, cfg, out_dir=results)
     return aggregate(run, cfg)
 
 
@@ -147,9 +158,12 @@ def _work(
     progress: bool,
     log: Callable[[str], None],
     stop: Callable[[], bool] = lambda: False,
+    results: Path | None = None,
 ) -> None:
     """Claim and run the plan's runs until none is left (or ``stop()``); returns when every
-    run is done, waiting meanwhile for runs that other processes hold."""
+    run is done, waiting meanwhile for runs that other processes hold. After each run the
+    tables in ``results`` (if given) are rewritten, so that finished runs can be kept."""
+    from worldvla.ablation.aggregate import aggregate
     from worldvla.experiments import experiment_preset
 
     suite = experiment_preset(cfg.experiment).suite
@@ -183,10 +197,20 @@ def _work(
             with RunLock(run / "baselines.lock") as bl:
                 if bl.acquire() and not (run / "baselines" / "results.json").exists():
                     _baselines(cfg, run, runs_dir / r.key / "train", data, suite, progress)
+        if results is not None:
+            aggregate(run, cfg, out_dir=results)
+            log(f"[results] {results} updated")
 
 
 def _worker(
-    cfg: AblationConfig, run: Path, data: Path, threads: int, job: int, stop: Any, errors: Any
+    cfg: AblationConfig,
+    run: Path,
+    data: Path,
+    threads: int,
+    job: int,
+    stop: Any,
+    errors: Any,
+    results: Path | None = None,
 ) -> None:
     """One ``--jobs`` worker process: its share of the threads, its log lines prefixed."""
     import torch
@@ -197,7 +221,7 @@ def _worker(
         print(f"[job {job}] {line}", flush=True)
 
     try:
-        _work(cfg, run, data, progress=False, log=log, stop=stop.is_set)
+        _work(cfg, run, data, progress=False, log=log, stop=stop.is_set, results=results)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the others
         stop.set()
         user = isinstance(e, WorldVLAError)
@@ -205,7 +229,14 @@ def _worker(
         raise SystemExit(1) from None
 
 
-def _run_jobs(cfg: AblationConfig, run: Path, data: Path, jobs: int, log: Callable[[str], None]) -> None:
+def _run_jobs(
+    cfg: AblationConfig,
+    run: Path,
+    data: Path,
+    jobs: int,
+    log: Callable[[str], None],
+    results: Path | None = None,
+) -> None:
     """Run the plan with ``jobs`` worker processes; the first failure stops the others after
     their current run and is raised here (a user error as one line)."""
     import multiprocessing as mp
@@ -218,7 +249,9 @@ def _run_jobs(cfg: AblationConfig, run: Path, data: Path, jobs: int, log: Callab
     ctx = mp.get_context("spawn")
     stop, errors = ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(cfg, run, data, threads, j + 1, stop, errors), daemon=False)
+        ctx.Process(
+            target=_worker, args=(cfg, run, data, threads, j + 1, stop, errors, results), daemon=False
+        )
         for j in range(jobs)
     ]
     failed: list[tuple[int, bool, str]] = []

@@ -316,9 +316,14 @@ def plot_study(path: Path, data: list[dict[str, Any]]) -> bool:
 
 
 def aggregate_study(
-    out: Path, cfg: AblationConfig, res: dict[str, list[Result]], meta: dict[str, Any]
+    out: Path,
+    cfg: AblationConfig,
+    res: dict[str, list[Result]],
+    meta: dict[str, Any],
+    init_runs: list[Result] | None = None,
 ) -> Path:
-    """Write table.md, claims_vs_factor.png and runs.json into ``out``."""
+    """Write table.md, claims_vs_factor.png and runs.json into ``out`` (``init_runs``: the
+    results of runs that the selected variants start from but do not name)."""
     data = write_study_table(out, cfg, res, meta)
     plot_study(out / "claims_vs_factor.png", data)
     doc = {
@@ -330,6 +335,7 @@ def aggregate_study(
             name: {"description": VARIANTS.description(name), "runs": res.get(name, [])}
             for name in cfg.variants
         },
+        "init_runs": list(init_runs or []),
     }
     atomic_write_text(out / "runs.json", json.dumps(doc, indent=2) + "\n")
     return out / "table.md"

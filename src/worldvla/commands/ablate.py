@@ -7,7 +7,10 @@ Resumable: run the same command again after an interruption. ``--data`` reuses t
 stages of a quickstart of the same experiment (e.g. ``runs/quickstart-mw-quick``).
 ``--jobs N`` trains N runs at once, each on its share of the cores (small models use
 several single-threaded processes better than one multi-threaded one); commands started
-by hand on the same ``--out`` also share the runs, each run once.
+by hand on the same ``--out`` also share the runs, each run once. ``--results DIR`` keeps
+the tables there up to date after every finished run, and on a machine without the run
+directory restores the runs that ``DIR/runs.json`` records instead of running them again
+(commit DIR as runs finish; an interrupted study resumes from it anywhere).
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=_csv, default=None, help="comma-separated seeds (default: the preset's)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
     p.add_argument("--aggregate-only", action="store_true", help="rebuild the tables from finished runs")
-    p.add_argument("--results", default=None, help="also write table, plot and runs.json here")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="also write table, plot and runs.json here, after every run; "
+        "runs recorded there are restored, not run again",
+    )
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -70,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         table = aggregate(out, cfg)
     else:
         check_output_dir(out, "ablation folder")  # before the data stages start
-        table = run_ablation(cfg, out, args.data, progress=not args.no_progress, jobs=args.jobs)
-    if args.results:
+        table = run_ablation(
+            cfg, out, args.data, progress=not args.no_progress, jobs=args.jobs, results_dir=args.results
+        )
+    if args.results and args.aggregate_only:
         aggregate(out, cfg, out_dir=args.results)
     print(table.read_text())
     print(f"\ntable: {table}")
