@@ -24,8 +24,8 @@ the interrupted one from its last checkpoint, and adds to finished runs any metr
 result lacks (computed from the saved checkpoint, without retraining). With a results
 directory (``--results``), the tables there are rewritten after every finished run, and runs
 that its ``runs.json`` records are restored instead of run again
-(:mod:`worldvla.ablation.restore`): committed results carry an ablation to a new machine. The stages of a run
-(train, eval_policy, eval_offline, eval_world) and their record follow
+(:mod:`worldvla.ablation.restore`): committed results carry an ablation to a new machine.
+The stages of a run (train, eval_policy, eval_offline, eval_world) and their record follow
 :mod:`worldvla.utils.stages`, as the quickstart's do.
 """
 
