@@ -41,12 +41,14 @@ def restore_results(
     cfg: AblationConfig,
     results_dir: Path,
     budget: dict[str, Any],
-    done: Callable[[Run], bool],
+    complete: Callable[[Run, dict[str, Any]], bool],
     log: Callable[[str], None] = print,
 ) -> int:
     """Write the results that ``results_dir/runs.json`` records for runs of ``cfg`` not done
-    in ``run_dir``; returns how many. ``done(run)`` says whether ``run_dir`` has finished a
-    run. A missing runs.json restores nothing; one of another preset or budget is refused."""
+    in ``run_dir``; returns how many. ``complete(run, result)`` says whether a result has
+    every stage of its run (one that lacks some is not restored: the missing stages need
+    the run's checkpoints). A missing runs.json restores nothing; one of another preset or
+    budget is refused."""
     path = results_dir / "runs.json"
     if not path.exists():
         return 0
@@ -65,8 +67,14 @@ def restore_results(
         raise ConfigError(
             f"{path} records runs of another budget ({diff}: recorded vs. asked); use another --results"
         )
-    recorded = _recorded(doc)
     runs = plan(cfg)
+    by_key = {r.key: r for r in runs}
+    recorded = {k: res for k, res in _recorded(doc).items() if k in by_key and complete(by_key[k], res)}
+
+    def done(r: Run) -> bool:
+        path = run_dir / "runs" / r.key / "result.json"
+        return path.is_file() and complete(r, json.loads(path.read_text()))
+
     needed = {r.init for r in runs if r.init is not None and not done(r) and r.key not in recorded}
     n = 0
     for r in runs:

@@ -127,7 +127,7 @@ def run_ablation(
     record.save()
     results = Path(results_dir) if results_dir is not None else None
     if results is not None:
-        restore_results(run, cfg, results, budget(cfg), lambda r: _done(run, r), log)
+        restore_results(run, cfg, results, budget(cfg), lambda r, doc: not _missing(r, doc), log)
 
     log(f"[data] {data}")
     run_pipeline(exp, data, progress=progress, log=log, stages=DATA_STAGES)
