@@ -86,32 +86,36 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0 and r2.stdout.count("skipped") == 6, r2.stdout
 
-    # Carried to another machine without its episode file (the one large file): the file is
-    # collected again and must equal, byte for byte, the one the token cache was made from.
+    # Carried to another machine without its episode file (the one large file), after
+    # training and before the world model's evaluation: the file is collected again before
+    # that stage and must hold the same episodes (the collect stage's content digest).
     import shutil
 
+    def carry(to, **collect_changes):
+        shutil.copytree(run, to, ignore=shutil.ignore_patterns("episodes.hdf5"))
+        doc = json.loads((to / "stages.json").read_text())
+        doc["stages"]["eval_world"]["done"] = False
+        doc["stages"]["collect"].update(collect_changes)
+        (to / "stages.json").write_text(json.dumps(doc))
+        argv = [*cmd[:-2], str(to), "--no-progress"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    assert len(stages["stages"]["collect"]["content_sha256"]) == 64
     carried = tmp_path / "carried"
-    shutil.copytree(run, carried, ignore=shutil.ignore_patterns("episodes.hdf5"))
-    cmd_carried = [*cmd[:-2], str(carried), "--no-progress"]
-    r3 = subprocess.run(cmd_carried, capture_output=True, text=True, timeout=300)
+    r3 = carry(carried)
     assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
-    assert "collecting it again" in r3.stdout and r3.stdout.count("skipped") == 5, r3.stdout
-    assert (carried / "data" / "episodes.hdf5").read_bytes() == (run / "data" / "episodes.hdf5").read_bytes()
+    assert "collecting it again" in r3.stdout and "collected again: the same episodes" in r3.stdout
+    assert "[eval_world] finished" in r3.stdout
     assert json.loads((carried / "stages.json").read_text())["stages"]["collect"]["collected_again"] == 1
 
-    # Another file than the cache's (here: the cache records another hash) stops the run,
-    # with the new file left aside and the stage not marked done.
+    # Other episodes than the recorded ones stop the run, with the new file left aside.
     other = tmp_path / "other"
-    shutil.copytree(run, other, ignore=shutil.ignore_patterns("episodes.hdf5"))
-    meta = json.loads((other / "cache" / "meta.json").read_text())
-    meta["episodes"]["sha256"] = "0" * 64
-    (other / "cache" / "meta.json").write_text(json.dumps(meta))
-    r4 = subprocess.run([*cmd[:-2], str(other), "--no-progress"], capture_output=True, text=True, timeout=300)
+    r4 = carry(other, content_sha256="0" * 64)
     assert r4.returncode != 0 and "Traceback" not in r4.stderr
-    assert "collected again, but it is not the episode file" in r4.stderr, r4.stderr[-2000:]
+    assert "collected again, but it does not hold the episodes" in r4.stderr, r4.stderr[-2000:]
     assert (other / "data" / "episodes.hdf5.again").exists()
     assert not (other / "data" / "episodes.hdf5").exists()
-    assert not json.loads((other / "stages.json").read_text())["stages"]["collect"]["done"]
+    assert not json.loads((other / "stages.json").read_text())["stages"]["eval_world"]["done"]
 
 
 def test_quickstart_refuses_a_run_directory_of_another_preset(tmp_path):

@@ -8,8 +8,9 @@ from where they were killed (``worldvla.data.token_cache``, ``worldvla.train.che
 
 A run directory carried to another machine without its episode file (the one large file;
 checkpoints, tokenizer and token cache are what a resume needs) collects the file again
-when it is missing: collection is deterministic, and the new file must equal, byte for byte,
-the one the token cache was made from (its recorded sha256), or the command stops.
+before the first stage that reads it (training does not): collection is deterministic, and
+the new file must hold the same episodes as the recorded one (``content_sha256`` of the
+collect stage, :func:`worldvla.data.episodes.content_digest`), or the command stops.
 
 Budgets are steps (``ExperimentConfig.tokenizer_steps``, the training config's ``steps``),
 so the same preset gives the same model on any machine. ``max_minutes_per_stage`` caps the
@@ -44,6 +45,8 @@ from worldvla.utils.stages import StageRecord
 
 STAGES = ("collect", "tokenizer", "tokenize", "train", "eval_policy", "eval_world", "report")
 DATA_STAGES = STAGES[:3]
+# Stages that read the episode file (a run carried without it collects it again before them).
+EPISODE_READERS = ("tokenizer", "tokenize", "eval_policy", "eval_world")
 
 
 class RunState:
@@ -194,7 +197,8 @@ def run_pipeline(
     state = RunState(run, exp, json.loads(json.dumps(suite.to_dict())))
     if episodes_from is not None and state.record.done("collect"):
         _check_reused_episodes(Path(episodes_from), run / "data" / "episodes.hdf5", state.stage("collect"))
-    if "report" in stages or not all(state.record.done(n) for n in stages):
+    runs_stages = "report" in stages or not all(state.record.done(n) for n in stages)
+    if runs_stages:
         # Reusing finished stages (e.g. the ablation reading a quickstart's data) only reads
         # the folder and leaves the run's provenance to the command that made it.
         check_output_dir(run, "run folder")  # before any stage starts
@@ -203,20 +207,9 @@ def run_pipeline(
     episodes = run / "data" / "episodes.hdf5"
     tok_dir, cache_dir, train_dir = run / "tokenizer", run / "cache", run / "train"
 
-    recollect = state.record.done("collect") and not episodes.is_file()
-    if recollect:
-        log(
-            f"[collect] done earlier, but {episodes} is not here (a run carried to another machine?): "
-            "collecting it again; it must equal the file the token cache was made from"
-        )
-        state.stage("collect")["done"] = False
-
     def collect_stage(st: dict[str, Any]) -> None:
         from worldvla.data.collect import collect, reuse_collected
-
-        if recollect:
-            _collect_again(st)
-            return
+        from worldvla.data.episodes import content_digest
 
         if episodes_from is not None:
             report = reuse_collected(
@@ -230,6 +223,7 @@ def run_pipeline(
             )
             source = str(Path(episodes_from).resolve())
             st.update(kept=report.kept, dropped=report.dropped, copied_from=source)
+            st["content_sha256"] = content_digest(episodes)
             log(report.summary())
             return
         report = collect(
@@ -244,12 +238,23 @@ def run_pipeline(
             overwrite=True,  # this stage's own file, left by an unrecorded earlier attempt
         )
         st.update(kept=report.kept, dropped=report.dropped, steps=report.steps)
+        st["content_sha256"] = content_digest(episodes)
         log(report.summary())
 
-    def _collect_again(st: dict[str, Any]) -> None:
+    def collect_again() -> None:
+        """The collect stage is done but its file is not here (a run carried to another
+        machine without it): collect it again, and keep it only if it holds the same
+        episodes as the recorded one (content digest; for runs recorded before the digest,
+        the token cache's sha256 of the file's bytes)."""
         from worldvla.data.collect import collect
+        from worldvla.data.episodes import content_digest
         from worldvla.data.token_cache import check_file_identity
 
+        st = state.stage("collect")
+        log(
+            f"[collect] done earlier, but {episodes} is not here (a run carried to another machine?): "
+            "collecting it again; it must hold the episodes this run was made from"
+        )
         meta = cache_dir / "meta.json"
         recorded = json.loads(meta.read_text()).get("episodes") if meta.is_file() else None
         fresh = episodes.with_name(episodes.name + ".again")
@@ -264,18 +269,31 @@ def run_pipeline(
             exploration=exp.exploration_config(),
             overwrite=True,
         )
-        if recorded:
-            try:
+        want = st.get("content_sha256")
+        try:
+            if want:
+                got = content_digest(fresh)
+                if got != want:
+                    raise DataError(f"content digest {got[:12]}…, recorded {want[:12]}…")
+            elif recorded:
                 check_file_identity(recorded, fresh, cache_dir)
-            except DataError:
-                raise DataError(
-                    f"{fresh}: collected again, but it is not the episode file the token cache "
-                    f"{cache_dir} was made from (sha256 {str(recorded.get('sha256'))[:12]}…); "
-                    "this machine's simulator gives other episodes, so the run cannot go on here "
-                    "(the new file is left beside the run for inspection)"
-                ) from None
+        except DataError as e:
+            raise DataError(
+                f"{fresh}: collected again, but it does not hold the episodes this run was made "
+                f"from ({e}); this machine's simulator gives other episodes, so the run cannot go "
+                "on here (the new file is left beside the run for inspection)"
+            ) from None
         fresh.replace(episodes)
         st["collected_again"] = st.get("collected_again", 0) + 1
+        state.save()
+        log(f"[collect] collected again: the same episodes ({episodes})")
+
+    collected = state.stage("collect") if state.record.done("collect") else {}
+    if runs_stages and collected and "content_sha256" not in collected and episodes.is_file():
+        from worldvla.data.episodes import content_digest
+
+        collected["content_sha256"] = content_digest(episodes)  # runs from before the digest
+        state.save()
 
     def tokenizer_stage(st: dict[str, Any]) -> None:
         from worldvla.tokenizers.vq_train import VQTrainConfig
@@ -403,6 +421,9 @@ def run_pipeline(
             continue
         if name == "report":
             state.stage("report")["done"] = False  # always rebuilt: it summarizes everything above
+        needs_file = name in EPISODE_READERS and not state.record.done(name)
+        if needs_file and state.record.done("collect") and not episodes.is_file():
+            collect_again()
         _run_stage(state, name, fns[name], log, run)
     short = cut_short(state.doc, run)
     if short:

@@ -371,3 +371,36 @@ class EpisodeReader:
     def __iter__(self) -> Iterator[Episode]:
         for k in self.keys:
             yield self[k]
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of what an episode file holds — every group's attributes and every dataset's
+    name, dtype, shape and decoded values, in name order — independent of how HDF5 laid the
+    file out or compressed it. Two collections of the same episodes agree here even where
+    their bytes differ (the LZF compressor's output depends on memory it leaves
+    uninitialized). Raises DataError if the file cannot be read."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def attrs(obj: h5py.HLObject) -> None:
+        items = {k: _attr_value(obj.attrs[k]) for k in sorted(obj.attrs)}
+        h.update(json.dumps(items, sort_keys=True, default=str).encode())
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        h.update(f"\0{name}\0".encode())
+        attrs(obj)
+        if isinstance(obj, h5py.Dataset):
+            h.update(f"{obj.dtype.str}{obj.shape}".encode())
+            h.update(np.ascontiguousarray(obj[()]).tobytes())
+        else:
+            for key in sorted(obj):
+                visit(f"{name}/{key}", obj[key])
+
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            visit("", f)
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{p}: cannot read the episode file to fingerprint it ({e})") from None
+    return h.hexdigest()
