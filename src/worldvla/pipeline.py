@@ -207,8 +207,25 @@ def run_pipeline(
     episodes = run / "data" / "episodes.hdf5"
     tok_dir, cache_dir, train_dir = run / "tokenizer", run / "cache", run / "train"
 
+    def collect_into(path: Path) -> Any:
+        """The experiment's collection into ``path`` (replacing a file an unrecorded earlier
+        attempt left there); returns its report."""
+        from worldvla.data.collect import collect
+
+        return collect(
+            suite,
+            path,
+            exp.episodes_per_task,
+            exp.seed,
+            exp.action_noise,
+            exp.workers,
+            progress,
+            exploration=exp.exploration_config(),
+            overwrite=True,
+        )
+
     def collect_stage(st: dict[str, Any]) -> None:
-        from worldvla.data.collect import collect, reuse_collected
+        from worldvla.data.collect import reuse_collected
         from worldvla.data.episodes import content_digest
 
         if episodes_from is not None:
@@ -226,17 +243,7 @@ def run_pipeline(
             st["content_sha256"] = content_digest(episodes)
             log(report.summary())
             return
-        report = collect(
-            suite,
-            episodes,
-            exp.episodes_per_task,
-            exp.seed,
-            exp.action_noise,
-            exp.workers,
-            progress,
-            exploration=exp.exploration_config(),
-            overwrite=True,  # this stage's own file, left by an unrecorded earlier attempt
-        )
+        report = collect_into(episodes)
         st.update(kept=report.kept, dropped=report.dropped, steps=report.steps)
         st["content_sha256"] = content_digest(episodes)
         log(report.summary())
@@ -246,7 +253,6 @@ def run_pipeline(
         machine without it): collect it again, and keep it only if it holds the same
         episodes as the recorded one (content digest; for runs recorded before the digest,
         the token cache's sha256 of the file's bytes)."""
-        from worldvla.data.collect import collect
         from worldvla.data.episodes import content_digest
         from worldvla.data.token_cache import check_file_identity
 
@@ -258,17 +264,7 @@ def run_pipeline(
         meta = cache_dir / "meta.json"
         recorded = json.loads(meta.read_text()).get("episodes") if meta.is_file() else None
         fresh = episodes.with_name(episodes.name + ".again")
-        collect(
-            suite,
-            fresh,
-            exp.episodes_per_task,
-            exp.seed,
-            exp.action_noise,
-            exp.workers,
-            progress,
-            exploration=exp.exploration_config(),
-            overwrite=True,
-        )
+        collect_into(fresh)
         want = st.get("content_sha256")
         try:
             if want:
