@@ -147,6 +147,16 @@ def action_span_ids(vocab: Vocab, bins: np.ndarray) -> np.ndarray:
     return action_ids(vocab, flat)
 
 
+def null_action_span_ids(vocab: Vocab, n_bins: int) -> np.ndarray:
+    """The action block of a world-model sample whose actions are not given: ``BOA``, ``n_bins``
+    null-action ids, ``EOA`` (as long as the block of the bins it stands for)."""
+    if not vocab.has_null_action:
+        raise ValueError(f"vocab {vocab.name!r} has no null-action id (build it with null_action=True)")
+    out = np.full(n_bins + 2, vocab.null_action, dtype=np.int64)
+    out[0], out[-1] = vocab.boa, vocab.eoa
+    return out
+
+
 def action_bins_from_ids(vocab: Vocab, ids: np.ndarray, action_dim: int) -> np.ndarray:
     """Inverse of :func:`action_ids`: ``K*(D+2)`` ids -> ``(K, D)`` bins."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1, action_dim + 2)
@@ -223,18 +233,23 @@ def world_prompt_ids(
     frame: np.ndarray,
     action_bins: np.ndarray,
     prompts: PromptConfig = PromptConfig(),
+    null_actions: bool = False,
 ) -> np.ndarray:
     """Context of a world-model sample: ``BOS, world prompt, IMG(t), ACT(t..t+k-1), SEP``.
 
     ``action_bins`` is one action ``(D,)`` (the paper's layout, k = 1) or ``(k, D)`` for the
     frame ``k`` control steps later (``DataLayout.world_horizon``), in one block.
+    ``null_actions``: the block holds null-action ids instead of the bins (same length): the
+    prompt of the same prediction with the actions not given.
     """
+    bins = np.asarray(action_bins)
+    actions = null_action_span_ids(vocab, bins.size) if null_actions else action_span_ids(vocab, bins)
     return np.concatenate(
         [
             np.array([vocab.bos], dtype=np.int64),
             _text(vocab, text_tokenizer, prompts.world_prompt),
             frame_ids(vocab, frame),
-            action_span_ids(vocab, action_bins),
+            actions,
             np.array([vocab.sep], dtype=np.int64),
         ]
     )
@@ -274,6 +289,7 @@ def build_world_sample(
     next_frame: np.ndarray,
     prompts: PromptConfig = PromptConfig(),
     changed_weight: float = 1.0,
+    null_actions: bool = False,
 ) -> Sample:
     """World-model sample (SPEC §2): ``IMG(t), ACT(t) -> IMG(t+1)``; with ``(k, D)`` action
     bins, ``IMG(t), ACT(t..t+k-1) -> IMG(t+k)`` (``next_frame`` is then frame t+k).
@@ -281,8 +297,9 @@ def build_world_sample(
     ``changed_weight`` multiplies the weight of the target codes that differ from the code at
     the same position of ``frame`` (where the picture changed: the arm and what it moves), so
     that the loss is not dominated by copying the static scene (1.0: the paper's loss).
+    ``null_actions``: the actions are not given (:func:`world_prompt_ids`).
     """
-    context = world_prompt_ids(vocab, text_tokenizer, frame, action_bins, prompts)
+    context = world_prompt_ids(vocab, text_tokenizer, frame, action_bins, prompts, null_actions)
     target = np.concatenate([frame_ids(vocab, next_frame), np.array([vocab.sep], dtype=np.int64)])
     sample = _join(context, target)
     if changed_weight != 1.0:

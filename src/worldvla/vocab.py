@@ -16,6 +16,7 @@ package. Ids, in order::
     action_start ..          action bins       (action_bins ids, bin b -> action_start + b)
     [bos_state, eos_state,   only with state_bins > 0: the state block's delimiters and
      state_start ..]         state bins        (state_bins ids, bin b -> state_start + b)
+    [null_action]            only with null_action: the "no action given" token
     .. size                  unused padding up to a multiple of ``pad_to_multiple``
 
 **State tokens are optional and additive.** A vocabulary built with ``state_bins=0`` (the
@@ -26,6 +27,14 @@ what they were, so every existing checkpoint and token cache keeps its meaning. 
 every other id keeps its value. A state block (``BOS_STATE, bin_1 … bin_S, EOS_STATE``,
 :mod:`worldvla.sequence`) is context in an action-model prompt, never an action block: the
 attention mask (:mod:`worldvla.model.masks`) keys on BOA/EOA only.
+
+**The null action is optional and additive in the same way.** ``null_action=True`` appends
+one id after everything else; a world-model sample whose action block holds only that id
+(``BOA, NULL … NULL, EOA``, as many as the bins it stands for) says "some actions were
+taken, which is not given". Models trained with some such samples
+(``TrainConfig.world_action_dropout``) can be guided towards their actions when they
+imagine a frame (:class:`worldvla.world_model.WorldModel`, ``guidance``). A vocabulary
+without it has ``null_action = -1`` and writes no such field.
 
 ``Vocab.chameleon_reference()`` — the layout of the reference Chameleon-based checkpoints
 (65,536 ids): image codes 4–8195, EOI 8196, BOI 8197, SEP 8710, row separator 8803, grid
@@ -89,6 +98,7 @@ class VocabConfig:
     max_grid: int = 64  # largest image grid side (rows or columns) that can be announced
     pad_to_multiple: int = 64  # round the vocabulary up so the output matmul is aligned
     state_bins: int = 0  # bins per proprioceptive-state dimension; 0 = no state tokens
+    null_action: bool = False  # append the null-action id (module docstring)
 
     def __post_init__(self) -> None:
         if self.state_bins < 0 or self.state_bins == 1:
@@ -96,7 +106,7 @@ class VocabConfig:
                 f"VocabConfig.state_bins must be 0 (no state tokens) or >= 2, got {self.state_bins}"
             )
         for f in fields(self):
-            if f.name != "state_bins" and getattr(self, f.name) < 1:
+            if f.name not in ("state_bins", "null_action") and getattr(self, f.name) < 1:
                 raise ValueError(f"VocabConfig.{f.name} must be >= 1, got {getattr(self, f.name)}")
 
 
@@ -129,6 +139,8 @@ class Vocab:
     state_bins: int = 0
     # Codes per unit of a grid token (module docstring); 1 = grid tokens count codes.
     grid_unit: int = 1
+    # The null-action id (module docstring); -1 = none.
+    null_action: int = -1
 
     def __post_init__(self) -> None:
         if self.grid_unit < 1:
@@ -140,6 +152,10 @@ class Vocab:
             raise ValueError(f"vocab {self.name!r}: state ids given but state_bins is 0")
         if self.has_state:
             special_names += ["bos_state", "eos_state"]
+        if self.has_null_action:
+            special_names.append("null_action")
+        elif self.null_action != -1:
+            raise ValueError(f"vocab {self.name!r}: null_action must be an id >= 0 or -1 (none)")
         specials = [getattr(self, n) for n in special_names]
         if len(set(specials)) != len(specials):
             raise ValueError(f"vocab {self.name!r}: special ids are not distinct: {specials}")
@@ -185,6 +201,10 @@ class Vocab:
                 "state_bins": cfg.state_bins,
             }
             used += 2 + cfg.state_bins
+        null_action = -1
+        if cfg.null_action:  # after everything else too
+            null_action = used
+            used += 1
         size = -(-used // cfg.pad_to_multiple) * cfg.pad_to_multiple
         return cls(
             name="worldvla",
@@ -199,6 +219,7 @@ class Vocab:
             action_start=action_start,
             action_bins=cfg.action_bins,
             **state,
+            null_action=null_action,
         )
 
     @classmethod
@@ -294,6 +315,11 @@ class Vocab:
         return (ids >= self.state_start) & (ids < self.state_start + self.state_bins)
 
     @property
+    def has_null_action(self) -> bool:
+        """Whether the layout has the null-action id (``VocabConfig.null_action``)."""
+        return self.null_action >= 0
+
+    @property
     def has_state(self) -> bool:
         """Whether the layout has state tokens (``state_bins > 0``)."""
         return self.state_bins > 0
@@ -313,6 +339,8 @@ class Vocab:
                 del d[k]
         if self.grid_unit == 1:  # ... and as they were before the grid unit
             del d["grid_unit"]
+        if not self.has_null_action:  # ... and before the null action
+            del d["null_action"]
         return d
 
     @classmethod
@@ -321,7 +349,8 @@ class Vocab:
         unknown = set(d) - known
         # The state fields come all together or not at all (a layout without state tokens).
         given_state = set(STATE_FIELDS) & set(d)
-        missing = known - set(d) - (set(STATE_FIELDS) if not given_state else set()) - {"grid_unit"}
+        optional = {"grid_unit", "null_action"}
+        missing = known - set(d) - (set(STATE_FIELDS) if not given_state else set()) - optional
         if unknown or missing:
             raise ValueError(
                 f"vocab dict does not match: unknown keys {sorted(unknown)}, missing {sorted(missing)}"

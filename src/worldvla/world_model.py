@@ -12,6 +12,13 @@ imagined from the anchor frame t and the actions since it (one batched call), an
 t+H becomes the next anchor. A predicted frame is fed back every H steps instead of every
 step, and every prediction sees all the actions that lead to it (docs/world_model.md).
 
+A checkpoint trained with some world-model samples whose actions were not given
+(``world_action_dropout``: null-action ids in the action block) also predicts the next
+frame without its actions, and ``guidance`` w decodes every frame from the logits
+``u + w·(c − u)`` of the prompt with its actions (c) and with null actions (u), both in one
+batch: classifier-free guidance, which pushes the imagined frame towards what the actions
+change (w = 1: the plain model; docs/world_model.md).
+
 Bounded inputs, as in :mod:`worldvla.policy`: frames must be uint8 ``(N, R, R, 3)`` at the
 checkpoint's resolution, codes ``(N, h, w)`` on the checkpoint's grid and in the codebook,
 actions ``(N, D)`` finite; anything else is a :class:`~worldvla.errors.DataError` before the
@@ -45,9 +52,14 @@ class WorldModel:
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int = 0,
+        guidance: float = 1.0,
     ) -> None:
         """``temperature``, ``top_k`` and ``seed`` (of the generator) make the :class:`Sampling`
-        of every next frame; the defaults decode greedily."""
+        of every next frame; the defaults decode greedily. ``guidance`` w ≠ 1 decodes every
+        frame with classifier-free guidance on the actions: logits ``u + w·(c − u)`` of the
+        prompt with its actions (``c``) and with null actions (``u``), at twice the compute;
+        only for a checkpoint trained with some null-action samples
+        (``world_action_dropout``), whose vocabulary has the null-action id."""
         self.model = model.eval()
         self.bundle = bundle
         self.vocab = bundle.vocab
@@ -58,6 +70,14 @@ class WorldModel:
         self.sampling = Sampling(
             temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed)
         )
+        if not (np.isfinite(guidance) and guidance >= 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance}")
+        if guidance != 1.0 and not self.vocab.has_null_action:
+            raise ConfigError(
+                f"{bundle.path}: guidance {guidance} needs a checkpoint trained with null-action world "
+                "samples (world_action_dropout > 0); this one has no null-action id"
+            )
+        self.guidance = float(guidance)
         self.horizon = self.layout.world_horizon
         # BOS, world prompt, IMG(t), ACT(t..t+H-1), SEP, then IMG(t+H) and SEP (sequence.py).
         text = len(self.text_tokenizer.encode(self.layout.prompts.world_prompt))
@@ -130,16 +150,24 @@ class WorldModel:
     def _generate(self, codes: Sequence[np.ndarray], bins: Sequence[np.ndarray]) -> np.ndarray:
         """One batched call: next-frame codes for every (frame codes, action bins) pair, whose
         action spans may differ in length (the prompts are left-padded)."""
-        prompts = [
-            torch.from_numpy(world_prompt_ids(self.vocab, self.text_tokenizer, c, b, self.layout.prompts))
-            for c, b in zip(codes, bins)
-        ]
+
+        def prompts(null: bool) -> list[torch.Tensor]:
+            return [
+                torch.from_numpy(
+                    world_prompt_ids(self.vocab, self.text_tokenizer, c, b, self.layout.prompts, null)
+                )
+                for c, b in zip(codes, bins)
+            ]
+
+        guided = self.guidance != 1.0
         out = generate_frame(
             self.model,
             self.vocab,
-            prompts,
+            prompts(False),
             grid=tuple(np.asarray(codes[0]).shape),
             sampling=self.sampling,
+            unconditioned=prompts(True) if guided else None,
+            guidance=self.guidance,
         )
         return out.cpu().numpy()
 

@@ -260,6 +260,7 @@ ADDED_LATER: dict[str, Any] = {
     "world_changed_weight": 1.0,
     "world_horizon": 1,
     "world_one_step_share": 0.0,
+    "world_action_dropout": 0.0,
     "action_embedding_init": "random",
     "attention": "sdpa",
     "train_demos_per_task": 0,

@@ -2,6 +2,7 @@
 
 worldvla eval-world CHECKPOINT --episodes DEMOS.hdf5 [--num 16] [--lengths 1,10,50] [--out DIR]
                     [--counterfactual | --no-counterfactual] [--suite NAME] [--max-length 60]
+                    [--guidance W]
 
 Counterfactual rollouts (other actions from the same start states, scored against the
 simulator) run by default when the episode file records the suite it was collected in.
@@ -28,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--suite", default=None, help="simulator suite (default: the one the file records)")
     p.add_argument("--max-length", type=int, default=60, help="longest counterfactual rollout (steps)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance on the actions, logits u + W(c - u); needs a checkpoint trained "
+        "with world_action_dropout > 0 (default 1: none)",
+    )
     args = p.parse_args(argv)
 
     from pathlib import Path
@@ -60,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         suite=suite,
         counterfactual_length=args.max_length,
         progress=True,
+        guidance=args.guidance,
     )
     for r in doc["rows"]:
         print(f"{r['method']:12s} {r['length']:3d} frames  PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:5.1f}")

@@ -66,6 +66,7 @@ from worldvla.tokenizers.text import TextTokenizer
 from worldvla.vocab import Vocab
 
 ACTION, WORLD = 0, 1  # sample kinds
+NULL_DRAWS = 2  # stream of the random draws that give a world-model position null actions
 PAD_MULTIPLE = 8
 
 
@@ -380,6 +381,11 @@ class WorldSamples(_SampleSet):
         return max(length - 1, 0)
 
     def __getitem__(self, i: int) -> Sample:
+        return self.get(i)
+
+    def get(self, i: int, null_actions: bool = False) -> Sample:
+        """Sample ``i``; with ``null_actions``, the same prediction with its actions not given
+        (null-action ids in the action block: :func:`worldvla.sequence.world_prompt_ids`)."""
         g, k = int(self.frame[i]), int(self.span[i])
         return build_world_sample(
             self.vocab,
@@ -389,6 +395,7 @@ class WorldSamples(_SampleSet):
             self._codes(g + k),
             self.layout.prompts,
             self.changed_weight,
+            null_actions,
         )
 
 
@@ -440,10 +447,20 @@ class MixedStream:
     """The deterministic, resumable stream of mixed samples (see the module docstring)."""
 
     def __init__(
-        self, action: ActionSamples | None, world: WorldSamples | None, world_fraction: float, seed: int
+        self,
+        action: ActionSamples | None,
+        world: WorldSamples | None,
+        world_fraction: float,
+        seed: int,
+        world_null_share: float = 0.0,
     ) -> None:
+        """``world_null_share``: the share of world-model positions whose sample comes with its
+        actions not given (null-action ids; drawn per stream position from ``seed``, so that
+        every transition is seen with and without its actions over the epochs)."""
         if not 0.0 <= world_fraction <= 1.0:
             raise ValueError(f"world_fraction must be in [0, 1], got {world_fraction}")
+        if not 0.0 <= world_null_share < 1.0:
+            raise ValueError(f"world_null_share must be in [0, 1), got {world_null_share}")
         if world_fraction < 1.0 and (action is None or len(action) == 0):
             raise DataError("no action-model samples: every episode is shorter than the chunk length")
         if world_fraction > 0.0 and (world is None or len(world) == 0):
@@ -451,6 +468,7 @@ class MixedStream:
         self.sets = {ACTION: action, WORLD: world}
         self.f = world_fraction
         self.seed = seed
+        self.null_share = world_null_share
         self._perm_cache: dict[int, tuple[int, np.ndarray]] = {}
 
     def _worlds_before(self, pos: int) -> int:
@@ -474,6 +492,9 @@ class MixedStream:
 
     def sample(self, pos: int) -> tuple[Sample, int]:
         kind, i = self.locate(pos)
+        if kind == WORLD and self.null_share > 0:
+            null = bool(np.random.default_rng([self.seed, NULL_DRAWS, pos]).random() < self.null_share)
+            return self.sets[WORLD].get(i, null_actions=null), kind  # type: ignore[union-attr]
         return self.sets[kind][i], kind  # type: ignore[index]
 
     def batch(self, start: int, size: int, vocab: Vocab) -> Batch:

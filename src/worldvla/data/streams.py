@@ -13,6 +13,10 @@ fixed validation stream over the held-out ones. The sample sets and the mixture 
   every episode (``world_data="all"``), from the demonstrations only (``"demos"``) or from
   the exploratory segments only (``"explore"``), and read the executed actions where the
   cache records them.
+- **Null actions.** ``world_action_dropout`` gives that share of the training stream's
+  world-model positions with their actions not given (null-action ids,
+  :class:`~worldvla.data.datasets.MixedStream`), so that the model can be guided towards
+  its actions when it imagines; the validation stream always gives them.
 - **Scarce data.** ``demos_per_task`` keeps the first n training demonstrations of every
   task (in file order) and drops the rest from both roles; the held-out episodes and the
   exploratory segments are not touched, so every budget is validated on the same episodes.
@@ -69,6 +73,9 @@ class StreamConfig:
     split_seed: int  # the held-out episodes depend only on this seed
     seed: int  # order of the training stream
     demos_per_task: int = 0  # train on the first n training demonstrations per task (0: all)
+    # Share of training world-model samples with their actions not given (the vocabulary then
+    # has the null-action id); the validation stream always gives them.
+    world_action_dropout: float = 0.0
 
 
 @dataclass
@@ -93,10 +100,15 @@ def cache_meta(cache: CacheLike) -> dict[str, Any]:
 
 
 def cache_vocab(
-    cache: CacheLike, text_tokenizer: TextTokenizer, action_bins: int = 256, state_bins: int = 0
+    cache: CacheLike,
+    text_tokenizer: TextTokenizer,
+    action_bins: int = 256,
+    state_bins: int = 0,
+    null_action: bool = False,
 ) -> Vocab:
     """The cache's own vocabulary if it has one, else the compact layout for its codebook
-    (with ``state_bins`` state tokens; 0 = none, the layout of every run without state)."""
+    (with ``state_bins`` state tokens; 0 = none, the layout of every run without state; and
+    the null-action id if ``null_action``)."""
     vocab = getattr(cache, "vocab", None)
     if isinstance(vocab, Vocab):
         if vocab.action_bins != action_bins:
@@ -109,6 +121,11 @@ def cache_vocab(
                 f"the token cache's vocabulary has {vocab.state_bins} state bins, the config asks for "
                 f"{state_bins} (use_state / state_bins)"
             )
+        if null_action and not vocab.has_null_action:
+            raise ConfigError(
+                "world_action_dropout > 0 needs a null-action id, and the token cache's own vocabulary "
+                "has none"
+            )
         return vocab
     meta = cache_meta(cache)
     codebook = getattr(cache, "codebook_size", None) or meta.get("codebook_size")
@@ -120,6 +137,7 @@ def cache_vocab(
             image_codes=int(codebook),
             action_bins=action_bins,
             state_bins=state_bins,
+            null_action=null_action,
         )
     )
 
@@ -208,7 +226,7 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
     """
     text_tokenizer = load_text_tokenizer(cfg.text_tokenizer)
     states, state_stats = cache_states(cache) if cfg.state_bins else (None, None)
-    vocab = cache_vocab(cache, text_tokenizer, cfg.action_bins, cfg.state_bins)
+    vocab = cache_vocab(cache, text_tokenizer, cfg.action_bins, cfg.state_bins, cfg.world_action_dropout > 0)
     if text_tokenizer.size > vocab.text_size:
         raise ConfigError(
             f"text tokenizer {cfg.text_tokenizer!r} has {text_tokenizer.size} ids, the vocabulary "
@@ -246,7 +264,7 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
     if cfg.demos_per_task:
         train_eps = first_demos_per_task(cache.episodes, train_eps, is_demo, cfg.demos_per_task)
 
-    def stream(episodes: np.ndarray, seed: int) -> MixedStream:
+    def stream(episodes: np.ndarray, seed: int, null_share: float = 0.0) -> MixedStream:
         # Only demonstrations teach the policy; exploratory segments feed the world model
         # unless the config keeps it on demonstrations too.
         demos = episodes[is_demo[episodes]]
@@ -270,9 +288,9 @@ def build_streams(cache: CacheLike, cfg: StreamConfig) -> SampleStreams:
                 changed_weight=cfg.world_changed_weight,
                 one_step_share=cfg.world_one_step_share,
             )
-        return MixedStream(action, world, f, seed)
+        return MixedStream(action, world, f, seed, world_null_share=null_share)
 
-    train_stream = stream(train_eps, cfg.seed)
+    train_stream = stream(train_eps, cfg.seed, cfg.world_action_dropout)
     val_stream = None
     if len(val_eps):
         try:

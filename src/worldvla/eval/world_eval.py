@@ -147,8 +147,13 @@ def evaluate_world(
     suite: Any = None,
     counterfactual_length: int = 60,
     progress: bool = False,
+    guidance: float = 1.0,
 ) -> dict[str, Any]:
     """Roll out the checkpoint's held-out (validation) episodes; write ``results.json`` and GIFs.
+
+    ``guidance`` ≠ 1 imagines every frame with classifier-free guidance on the actions
+    (:class:`~worldvla.world_model.WorldModel`); the teacher-forced action sensitivity reads
+    the conditioned model alone either way.
 
     ``counterfactual`` (default: whenever the episode file records the simulator suite it
     was collected in, or ``suite`` is given) adds :mod:`worldvla.eval.counterfactual`: the
@@ -163,7 +168,8 @@ def evaluate_world(
     from worldvla.world_model import WorldModel
 
     out = Path(out_dir)
-    wm = WorldModel.from_pretrained(checkpoint)  # first: a bad checkpoint must not clear old GIFs
+    # first: a bad checkpoint must not clear old GIFs
+    wm = WorldModel.from_pretrained(checkpoint, guidance=guidance)
     camera = wm.layout.camera
     keys = list(wm.bundle.val_episodes)
     if not keys:
@@ -211,6 +217,7 @@ def evaluate_world(
         episodes=str(episodes_path),
         episode_keys=keys,
         lengths=list(lengths),
+        guidance=guidance,
         wall_seconds=time.perf_counter() - t0,
     )
     doc: dict[str, Any] = {"meta": meta, "rows": rows, "action_sensitivity": sensitivity}

@@ -253,6 +253,7 @@ def decode(
     chunk_mask: bool = True,
     return_logits: bool = False,
     state: DecodeState | None = None,
+    guidance: float | None = None,
 ) -> Decoded:
     """Run ``plan`` after each prompt, batched, with a KV cache and the WorldVLA mask.
 
@@ -264,7 +265,14 @@ def decode(
         chunk_mask: the SPEC §3 mask; must match how the model was trained.
         return_logits: keep the unconstrained logits of every sampled slot (tests, analysis).
         state: continue an earlier :class:`Decoded`'s ``state`` (its cache is reused and grows).
+        guidance: classifier-free guidance. The rows come in two halves: row ``i`` of the
+            first half is conditioned, row ``i`` of the second the same prediction without the
+            condition; every sampled slot reads ``u + guidance · (c − u)`` of the pair's
+            logits (``c`` conditioned, ``u`` not; 1 = the conditioned logits), and both rows
+            of a pair receive the same id. None: every row on its own.
     """
+    if guidance is not None and len(prompts) % 2:
+        raise ValueError(f"guided decoding needs rows in two equal halves, got {len(prompts)} rows")
     state = _start(model, vocab, prompts, len(plan)) if state is None else _extend(state, prompts)
     p = state.ids.shape[1]
     ids, positions = _with_plan(state, plan)  # (B, p+n) each
@@ -282,9 +290,13 @@ def decode(
         )
         logits = model.output_logits(hidden[:, -1])  # (B, V)
         fed = cur
+        if guidance is not None:
+            cond, uncond = logits.float().chunk(2)  # (B/2, V) each
+            logits = uncond + guidance * (cond - uncond)
         if return_logits:
             logits_out.append(logits.float().cpu())
-        ids[:, cur] = _sample(logits, slot, sampling)
+        choice = _sample(logits, slot, sampling)
+        ids[:, cur] = choice if guidance is None else choice.repeat(2)
     return Decoded(tokens=ids[:, p:].cpu(), logits=logits_out, state=DecodeState(ids, positions, cache, fed))
 
 
@@ -431,15 +443,27 @@ def generate_frame(
     chunk_mask: bool = True,
     state: DecodeState | None = None,
     return_state: bool = False,
+    unconditioned: TokenRows | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor | tuple[torch.Tensor, DecodeState]:
     """Decode one frame of ``grid = (h, w)`` codes after each prompt: codes ``(B, h, w)`` (CPU).
 
     BOI, grid sizes, row separators and EOI are forced from :func:`worldvla.sequence.
-    frame_template`; only image codes are sampled (SPEC §6).
+    frame_template`; only image codes are sampled (SPEC §6). ``unconditioned``: one prompt
+    per prompt, the same prediction without its condition (e.g. null actions), decoded
+    beside it with classifier-free ``guidance`` (:func:`decode`); the state then holds both.
     """
     h, w = grid
     plan = frame_plan(vocab, h, w)
-    out = decode(model, vocab, prompts, plan, sampling=sampling, chunk_mask=chunk_mask, state=state)
+    mix = None
+    if unconditioned is not None:
+        if state is not None or len(unconditioned) != len(prompts):
+            raise ValueError("guided frames need one unconditioned prompt per prompt and no earlier state")
+        prompts, mix = [*prompts, *unconditioned], guidance
+    out = decode(
+        model, vocab, prompts, plan, sampling=sampling, chunk_mask=chunk_mask, state=state, guidance=mix
+    )
     is_code = torch.tensor([s.forced is None for s in plan])
-    codes = vocab.image_codes_of(out.tokens[:, is_code]).view(-1, h, w)  # (B, h, w)
+    tokens = out.tokens if mix is None else out.tokens[: len(prompts) // 2]
+    codes = vocab.image_codes_of(tokens[:, is_code]).view(-1, h, w)  # (B, h, w)
     return (codes, out.state) if return_state else codes

@@ -91,6 +91,11 @@ class TrainConfig:
     # With world_horizon > 1: the share of one-step samples among the world-model samples (the
     # one-step samples are repeated to reach it); 0: every (t, k) once.
     world_one_step_share: float = 0.0
+    # The share of world-model samples trained with their actions not given (null-action ids
+    # in the action block; the vocabulary gains that id): what a world model needs to be
+    # guided towards its actions when it imagines (WorldModel guidance, docs/world_model.md).
+    # 0: none, the paper's.
+    world_action_dropout: float = 0.0
     # Initial input embeddings of the action bins: "random" (N(0, init_std), every bin on its
     # own, the paper's) or "ordinal" (bin b starts at e_mid + (2b/(n-1) - 1)·e_dir + noise:
     # neighbouring bins start alike and an action's value is a direction, so what the model
@@ -196,6 +201,8 @@ class TrainConfig:
             problems.append(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
         if self.image_weight < 0:
             problems.append(f"image_weight must be >= 0, got {self.image_weight}")
+        if not 0.0 <= self.world_action_dropout < 1.0:
+            problems.append(f"world_action_dropout must be in [0, 1), got {self.world_action_dropout}")
         if not 0.0 <= self.world_one_step_share < 1.0:
             problems.append(f"world_one_step_share must be in [0, 1), got {self.world_one_step_share}")
         if self.world_horizon < 1:

@@ -43,6 +43,7 @@ def stream_config(cfg: TrainConfig) -> StreamConfig:
         world_changed_weight=cfg.world_changed_weight,
         world_horizon=cfg.world_horizon,
         world_one_step_share=cfg.world_one_step_share,
+        world_action_dropout=cfg.world_action_dropout,
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
         seed=cfg.seed,
