@@ -217,6 +217,13 @@ def test_eval_policy_lerobot_protocol_end_to_end(debug_demos, tmp_path):
     assert "CUT SHORT" in md and "only 2 of the 50 tasks" in md
     assert "| SmolVLA (0.45B) (published) | 82.5 | 41.8 | 45 | 60 | 57.3 |" in md
     assert "**worldvla** (this run)" in md and "**random** (this run)" in md
+    # The experts' success on the training seeds, from the episode file's collection counts.
+    from worldvla.data.episodes import EpisodeReader
+
+    with EpisodeReader(demos) as reader:
+        kept = json.loads(reader.file_attrs["kept"])
+    assert table["experts"] == {t: {"kept": kept[t], "tries": 2} for t in tasks}
+    assert f"| {tasks[0]} | " in md and f" | {kept[tasks[0]]} / 2 |" in md
     # Only the policy's episodes were rendered for GIFs: the baselines ran blind.
     assert all(g.name.startswith("worldvla_") for g in (out / "gifs").glob("*.gif"))
     # The protocol needs a LeRobot-protocol suite.

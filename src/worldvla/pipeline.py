@@ -376,7 +376,7 @@ def run_pipeline(
         if lerobot:  # the comparison with the published MT50 results (docs/metaworld.md)
             from worldvla.eval.mt50_report import write_mt50_report
 
-            table = write_mt50_report(run / "eval_policy", doc)
+            table = write_mt50_report(run / "eval_policy", doc, episodes)
             st.update(mean_of_groups={a: r["mean"]["success"] for a, r in table["agents"].items()})
         log(
             "policy success: "

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.protocol:
         from worldvla.eval.mt50_report import write_mt50_report
 
-        table = write_mt50_report(out, doc)
+        table = write_mt50_report(out, doc, args.episodes)
         for agent, r in table["agents"].items():
             m = r["mean"]
             print(

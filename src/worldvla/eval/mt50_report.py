@@ -104,6 +104,28 @@ def grouped(episodes: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def expert_success(episodes_path: str | Path | None) -> dict[str, dict[str, int]]:
+    """Per task, the scripted expert's successes and tries on the training seeds, from the
+    ``kept`` / ``dropped`` counts ``worldvla collect`` records in the episode file (empty
+    when there is no file or it records none): does a task fail because its data is thin?"""
+    if episodes_path is None:
+        return {}
+    from worldvla.data.episodes import EpisodeReader
+
+    with EpisodeReader(episodes_path) as reader:
+        attrs = reader.file_attrs
+    try:
+        kept = attrs.get("kept")
+        dropped = attrs.get("dropped")
+        kept = json.loads(kept) if isinstance(kept, str) else kept
+        dropped = json.loads(dropped) if isinstance(dropped, str) else dropped
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(kept, dict) or not isinstance(dropped, dict):
+        return {}
+    return {t: {"kept": int(k), "tries": int(k) + int(dropped.get(t, 0))} for t, k in kept.items()}
+
+
 def protocol_differences(meta: Mapping[str, Any]) -> list[str]:
     """How the run described by ``meta`` (``evaluate_policy``'s) differs from LeRobot's protocol."""
     suite = meta.get("suite", {})
@@ -183,15 +205,20 @@ def render_markdown(table: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         rows = [p for p in PUBLISHED if p.source == source]
         lines.append(f"- {', '.join(p.policy for p in rows)}: {source}; {rows[0].protocol}.")
     tasks = list(dict.fromkeys(t for r in agents.values() for t in r["tasks"]))
+    experts: Mapping[str, Mapping[str, int]] = table.get("experts") or {}
+    expert_head = " expert on training seeds (demonstrations kept / tries) |" if experts else ""
     lines += [
         "",
         "## Tasks",
         "",
-        "| task | group | " + " | ".join(agents) + " |",
-        "|---|---|" + "---|" * len(agents),
+        "| task | group | " + " | ".join(agents) + " |" + expert_head,
+        "|---|---|" + "---|" * (len(agents) + bool(experts)),
     ]
     for t in sorted(tasks, key=lambda t: (list(DIFFICULTY_GROUPS).index(difficulty(t)), t)):
         cells = [_cell(r["tasks"].get(t)) for r in agents.values()]
+        if experts:
+            e = experts.get(t)
+            cells.append(f"{e['kept']} / {e['tries']}" if e else "—")
         lines.append(f"| {t} | {GROUP_TITLES[difficulty(t)]} | " + " | ".join(cells) + " |")
     machine = meta.get("machine", {})
     lines += [
@@ -203,8 +230,11 @@ def render_markdown(table: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_mt50_report(out_dir: str | Path, doc: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``mt50.json`` and ``mt50.md`` into ``out_dir`` from an ``evaluate_policy`` document."""
+def write_mt50_report(
+    out_dir: str | Path, doc: Mapping[str, Any], episodes_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Write ``mt50.json`` and ``mt50.md`` into ``out_dir`` from an ``evaluate_policy`` document;
+    with the training ``episodes_path``, the experts' success per task beside the results."""
     meta = dict(doc["meta"])
     if "metaworld_version" not in meta:
         from importlib.metadata import PackageNotFoundError, version
@@ -217,6 +247,7 @@ def write_mt50_report(out_dir: str | Path, doc: Mapping[str, Any]) -> dict[str, 
         "agents": grouped(doc["episodes"]),
         "differences": protocol_differences(meta),
         "published": [p.__dict__ for p in PUBLISHED],
+        "experts": expert_success(episodes_path),
         "meta": meta,
     }
     out = Path(out_dir)
