@@ -147,16 +147,6 @@ def action_span_ids(vocab: Vocab, bins: np.ndarray) -> np.ndarray:
     return action_ids(vocab, flat)
 
 
-def null_action_span_ids(vocab: Vocab, n_bins: int) -> np.ndarray:
-    """The action block of a world-model sample whose actions are not given: ``BOA``, ``n_bins``
-    null-action ids, ``EOA`` (as long as the block of the bins it stands for)."""
-    if not vocab.has_null_action:
-        raise ValueError(f"vocab {vocab.name!r} has no null-action id (build it with null_action=True)")
-    out = np.full(n_bins + 2, vocab.null_action, dtype=np.int64)
-    out[0], out[-1] = vocab.boa, vocab.eoa
-    return out
-
-
 def action_bins_from_ids(vocab: Vocab, ids: np.ndarray, action_dim: int) -> np.ndarray:
     """Inverse of :func:`action_ids`: ``K*(D+2)`` ids -> ``(K, D)`` bins."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1, action_dim + 2)
@@ -242,8 +232,11 @@ def world_prompt_ids(
     ``null_actions``: the block holds null-action ids instead of the bins (same length): the
     prompt of the same prediction with the actions not given.
     """
-    bins = np.asarray(action_bins)
-    actions = null_action_span_ids(vocab, bins.size) if null_actions else action_span_ids(vocab, bins)
+    actions = action_span_ids(vocab, action_bins)
+    if null_actions:  # same block, every bin hidden behind the null-action id
+        if not vocab.has_null_action:
+            raise ValueError(f"vocab {vocab.name!r} has no null-action id (build it with null_action=True)")
+        actions[1:-1] = vocab.null_action
     return np.concatenate(
         [
             np.array([vocab.bos], dtype=np.int64),

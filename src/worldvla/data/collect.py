@@ -35,8 +35,10 @@ import multiprocessing as mp
 import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -362,9 +364,20 @@ def reuse_collected(
     t0 = time.perf_counter()
     with atomic_path(out, suffix=".hdf5") as tmp:
         shutil.copyfile(source, tmp)
-    kept, dropped = (
-        json.loads(stored[k]) if isinstance(stored.get(k), str) else {} for k in ("kept", "dropped")
-    )
+    kept, dropped = recorded_counts(stored)
     report.kept, report.dropped, report.reused_from = kept, dropped, source
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def recorded_counts(file_attrs: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """``(kept, dropped)`` demonstrations per task as :func:`collect` records them in an episode
+    file's attributes (``EpisodeReader.file_attrs``); empty dicts where the file records none."""
+    out = []
+    for key in ("kept", "dropped"):
+        value = file_attrs.get(key)
+        if isinstance(value, str):
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+        out.append({str(t): int(n) for t, n in value.items()} if isinstance(value, dict) else {})
+    return out[0], out[1]

@@ -110,20 +110,12 @@ def expert_success(episodes_path: str | Path | None) -> dict[str, dict[str, int]
     when there is no file or it records none): does a task fail because its data is thin?"""
     if episodes_path is None:
         return {}
+    from worldvla.data.collect import recorded_counts
     from worldvla.data.episodes import EpisodeReader
 
     with EpisodeReader(episodes_path) as reader:
-        attrs = reader.file_attrs
-    try:
-        kept = attrs.get("kept")
-        dropped = attrs.get("dropped")
-        kept = json.loads(kept) if isinstance(kept, str) else kept
-        dropped = json.loads(dropped) if isinstance(dropped, str) else dropped
-    except json.JSONDecodeError:
-        return {}
-    if not isinstance(kept, dict) or not isinstance(dropped, dict):
-        return {}
-    return {t: {"kept": int(k), "tries": int(k) + int(dropped.get(t, 0))} for t, k in kept.items()}
+        kept, dropped = recorded_counts(reader.file_attrs)
+    return {t: {"kept": k, "tries": k + dropped.get(t, 0)} for t, k in kept.items()}
 
 
 def protocol_differences(meta: Mapping[str, Any]) -> list[str]:
