@@ -40,6 +40,7 @@ RECORDED_PARTS = {
     "mw-quick": ("mw-quick", "mw64", "mw-quick"),
     "mw-quick-multistep": ("mw-quick", "mw64-local", "mw-quick-multistep"),
     "mw-quick-multistep-compact": ("mw-quick", "mw64-local", "mw-quick-multistep-compact"),
+    "mw-quick-guided": ("mw-quick", "mw64-local", "mw-quick-guided"),
     "mw-quick-v1": ("mw-quick-v1", "mw64", "mw-quick"),
     "mw-quick-control": ("mw-quick-control", "mw64", "mw-quick"),
     "debug": ("debug", "mw64", "mw-quick-debug"),

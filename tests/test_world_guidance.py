@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldvla.artifacts.inference import InferenceDefaults
 from worldvla.data.datasets import WORLD, InMemoryCache
 from worldvla.data.streams import build_streams
 from worldvla.errors import ConfigError
@@ -13,7 +14,7 @@ from worldvla.model.generation import generate_frame
 from worldvla.sequence import world_prompt_ids
 from worldvla.tokenizers.text import ByteTokenizer
 from worldvla.train.checkpoint import load_for_inference
-from worldvla.train.config import train_preset
+from worldvla.train.config import TRAIN_PRESETS, preset_inference, train_preset
 from worldvla.train.data import stream_config
 from worldvla.train.loop import train
 from worldvla.vocab import Vocab, VocabConfig
@@ -132,3 +133,48 @@ def test_guidance_needs_a_checkpoint_trained_with_null_actions(tmp_path, guided_
     bundle.image_tokenizer = NO_PIXELS
     with pytest.raises(ConfigError, match="guidance"):
         WorldModel(model, bundle, guidance=float("nan"))
+
+
+def test_a_checkpoint_carries_its_guidance_as_an_inference_default(tmp_path):
+    run = tmp_path / "default"
+    cfg = replace(train_preset("debug"), keep_last=1, world_action_dropout=0.3)
+    guided = InferenceDefaults(world_guidance=2.0)
+    train(cfg, InMemoryCache.synthetic(), run, progress=False, inference=guided)
+    model, bundle = load_for_inference(run)
+    bundle.image_tokenizer = NO_PIXELS
+    assert bundle.inference.world_guidance == 2.0
+    assert WorldModel(model, bundle).guidance == 2.0  # None: the checkpoint's
+    assert WorldModel(model, bundle, guidance=1.0).guidance == 1.0  # the caller's wins
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, bundle.vocab.image_codes, (2, 4, 4))
+    acts = rng.uniform(-1, 1, (2, 1, bundle.layout.action_dim)).astype(np.float32)
+    assert np.array_equal(
+        WorldModel(model, bundle).next_codes(codes, acts),
+        WorldModel(model, bundle, guidance=2.0).next_codes(codes, acts),
+    )
+    # a default the model cannot honour is refused before any step is trained
+    with pytest.raises(ConfigError, match="world_action_dropout"):
+        train(
+            replace(cfg, world_action_dropout=0.0),
+            InMemoryCache.synthetic(),
+            tmp_path / "refused",
+            progress=False,
+            inference=InferenceDefaults(world_guidance=2.0),
+        )
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+
+
+def test_guidance_defaults_are_checked_and_older_files_read_as_plain():
+    assert InferenceDefaults.from_dict({"action_readout": "mean"}).world_guidance == 1.0
+    for bad in (-1.0, float("nan"), float("inf"), "2", True):
+        with pytest.raises(ConfigError, match="world_guidance"):
+            InferenceDefaults(world_guidance=bad)
+
+
+def test_every_preset_that_guides_its_world_model_trains_null_actions():
+    guided = [n for n in TRAIN_PRESETS.names() if preset_inference(n).world_guidance != 1.0]
+    assert "mw-quick-guided" in guided and preset_inference("mw-quick-guided").world_guidance == 2.0
+    for name in guided:
+        assert train_preset(name).world_action_dropout > 0, name
+    unguided = replace(train_preset("mw-quick-guided"), world_action_dropout=0.0)
+    assert replace(unguided, name="mw-quick-multistep-compact") == train_preset("mw-quick-multistep-compact")

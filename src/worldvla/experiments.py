@@ -148,6 +148,17 @@ EXPERIMENTS.register(
     ),
     "mw-quick-multistep with the compact model and world samples over 1-10 control steps",
 )
+# The same with classifier-free guidance on the actions (lever L8): null-action world samples
+# in training, world-model frames decoded with w = 2 (the checkpoints' default).
+EXPERIMENTS.register(
+    "mw-quick-guided",
+    replace(
+        EXPERIMENTS.get("mw-quick-multistep-compact"),
+        name="mw-quick-guided",
+        train=train_preset("mw-quick-guided"),
+    ),
+    "mw-quick-multistep-compact with null-action world samples; world model decoded with guidance 2",
+)
 EXPERIMENTS.register(
     "mw-quick-v1",
     replace(_MW_QUICK_BEFORE_EXPLORATION, name="mw-quick-v1", suite=suite_preset("mw-quick-v1")),

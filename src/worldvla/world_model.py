@@ -52,14 +52,15 @@ class WorldModel:
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int = 0,
-        guidance: float = 1.0,
+        guidance: float | None = None,
     ) -> None:
         """``temperature``, ``top_k`` and ``seed`` (of the generator) make the :class:`Sampling`
         of every next frame; the defaults decode greedily. ``guidance`` w ≠ 1 decodes every
         frame with classifier-free guidance on the actions: logits ``u + w·(c − u)`` of the
         prompt with its actions (``c``) and with null actions (``u``), at twice the compute;
         only for a checkpoint trained with some null-action samples
-        (``world_action_dropout``), whose vocabulary has the null-action id."""
+        (``world_action_dropout``), whose vocabulary has the null-action id. ``None`` takes
+        the checkpoint's inference default (``world_guidance`` in ``inference.json``)."""
         self.model = model.eval()
         self.bundle = bundle
         self.vocab = bundle.vocab
@@ -70,6 +71,8 @@ class WorldModel:
         self.sampling = Sampling(
             temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed)
         )
+        if guidance is None:
+            guidance = getattr(getattr(bundle, "inference", None), "world_guidance", 1.0)
         if not (np.isfinite(guidance) and guidance >= 0):
             raise ConfigError(f"guidance must be a finite number >= 0, got {guidance}")
         if guidance != 1.0 and not self.vocab.has_null_action:

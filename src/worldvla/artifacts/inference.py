@@ -6,7 +6,8 @@ beside ``config.json``, listed in the manifest like every file; written by
 changing one is neither another run for the ablation driver nor a reason to refuse
 resuming. A training preset chooses the defaults of the checkpoints it writes
 (:func:`worldvla.train.config.preset_inference`; mw-quick reads actions out as the expected
-bin), and :class:`worldvla.policy.PolicyConfig` overrides them per policy.
+bin, mw-quick-guided also guides its world model), and :class:`worldvla.policy.PolicyConfig`
+overrides them per policy.
 
 Checkpoints written before ``inference.json`` kept the action readout among the training
 fields (``train.action_readout`` in ``config.json``); :meth:`InferenceDefaults.from_legacy_train`
@@ -16,6 +17,7 @@ reads it from there, and a checkpoint without either has the defaults below.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,12 +39,20 @@ class InferenceDefaults:
         action_readout: how an action bin is read out of the model's distribution over the
             bins (:data:`worldvla.tokenizers.action.READOUTS`): ``"argmax"`` (greedy, the
             reference) or ``"mean"`` (the bin nearest to the expected one).
+        world_guidance: classifier-free guidance w of the world model's frames, logits
+            ``u + w·(c − u)`` of the prompt with its actions and with null actions
+            (:class:`worldvla.world_model.WorldModel`); 1 is the plain model, and any other
+            value needs a checkpoint trained with null-action world samples.
     """
 
     action_readout: Readout = "argmax"
+    world_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         check_readout(self.action_readout)
+        w = self.world_guidance
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+            raise ConfigError(f"world_guidance must be a finite number >= 0, got {w!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--guidance",
         type=float,
-        default=1.0,
-        help="classifier-free guidance on the actions, logits u + W(c - u); needs a checkpoint trained "
-        "with world_action_dropout > 0 (default 1: none)",
+        default=None,
+        help="classifier-free guidance on the actions, logits u + W(c - u); W != 1 needs a checkpoint "
+        "trained with world_action_dropout > 0 (default: the checkpoint's, 1 = none unless its "
+        "preset chose another)",
     )
     args = p.parse_args(argv)
 

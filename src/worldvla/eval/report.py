@@ -129,6 +129,18 @@ def _plot_success(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _guidance_note(meta: dict[str, Any]) -> str:
+    """One sentence when the frames were imagined with classifier-free guidance on the actions."""
+    w = float(meta.get("guidance", 1.0))
+    if w == 1.0:
+        return ""
+    return (
+        f" Every frame imagined with classifier-free guidance on the actions, w = {w:g} "
+        "(logits u + w(c - u) of the prompt without and with its actions; the teacher-forced "
+        "check below reads the plain model)."
+    )
+
+
 def _plot_psnr(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -375,7 +387,8 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
         md += [
             "## World model: rollouts from the first frame with ground-truth actions",
             "",
-            "PSNR in dB, SSIM ×100, LPIPS ×100 (— : standard weights not available locally).",
+            "PSNR in dB, SSIM ×100, LPIPS ×100 (— : standard weights not available locally)."
+            + _guidance_note(world.get("meta", {})),
             "",
             _table(["method", "requested frames", "frames", "PSNR", "SSIM", "LPIPS", "FVD", "videos"], rows),
             "",

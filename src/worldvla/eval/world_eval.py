@@ -147,12 +147,13 @@ def evaluate_world(
     suite: Any = None,
     counterfactual_length: int = 60,
     progress: bool = False,
-    guidance: float = 1.0,
+    guidance: float | None = None,
 ) -> dict[str, Any]:
     """Roll out the checkpoint's held-out (validation) episodes; write ``results.json`` and GIFs.
 
     ``guidance`` ≠ 1 imagines every frame with classifier-free guidance on the actions
-    (:class:`~worldvla.world_model.WorldModel`); the teacher-forced action sensitivity reads
+    (:class:`~worldvla.world_model.WorldModel`; None: the checkpoint's default, recorded in
+    the results); the teacher-forced action sensitivity reads
     the conditioned model alone either way.
 
     ``counterfactual`` (default: whenever the episode file records the simulator suite it
@@ -217,7 +218,7 @@ def evaluate_world(
         episodes=str(episodes_path),
         episode_keys=keys,
         lengths=list(lengths),
-        guidance=guidance,
+        guidance=wm.guidance,
         wall_seconds=time.perf_counter() - t0,
     )
     doc: dict[str, Any] = {"meta": meta, "rows": rows, "action_sensitivity": sensitivity}

@@ -135,6 +135,12 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.inference = inference  # written into every checkpoint, not used in training
+        if inference.world_guidance != 1.0 and not cfg.world_action_dropout > 0:
+            raise ConfigError(
+                f"the inference default world_guidance={inference.world_guidance:g} needs a model "
+                f"trained with null-action world samples, and world_action_dropout is "
+                f"{cfg.world_action_dropout:g}; set world_action_dropout > 0 or use another preset"
+            )
         self.info = info
         self.run_dir = Path(run_dir)
         self.device = info.device
