@@ -17,7 +17,7 @@ from worldvla.envs.mt50 import (
 )
 from worldvla.envs.suites import suite_preset
 from worldvla.errors import ConfigError
-from worldvla.eval.mt50_report import PUBLISHED, grouped, protocol_differences
+from worldvla.eval.mt50_report import PUBLISHED, experts_vs_policy, grouped, protocol_differences
 from worldvla.eval.stats import weighted_wilson_interval, wilson_interval
 
 
@@ -146,6 +146,22 @@ def test_grouped_success_group_means_and_intervals():
     assert p == 0.5 and lo < 0.5 < hi
 
 
+def test_experts_vs_policy_correlates_the_two_rates_per_task():
+    tasks = {t: {"success": r} for t, r in (("a", 1.0), ("b", 0.8), ("c", 0.0), ("d", 0.1))}
+    experts = {"a": {"kept": 70, "tries": 70}, "b": {"kept": 66, "tries": 70}}
+    experts |= {"c": {"kept": 20, "tries": 70}, "d": {"kept": 50, "tries": 70}}
+    r = experts_vs_policy(tasks, experts)
+    assert r["tasks"] == 4 and r["spearman"] == pytest.approx(1.0)  # same order
+    assert set(r["weak_experts"]) == {"c", "d"} and r["policy_on_weak"] == pytest.approx(0.05)
+    assert r["policy_on_strong"] == pytest.approx(0.9) and r["policy_failing"] == {"c": 20 / 70}
+    flipped = experts_vs_policy({t: {"success": 1 - v["success"]} for t, v in tasks.items()}, experts)
+    assert flipped["spearman"] == pytest.approx(-1.0)
+    assert experts_vs_policy(tasks, {}) is None
+    # one distinct rate: no correlation to compute, the rest still reported
+    same = experts_vs_policy(tasks, {t: {"kept": 7, "tries": 7} for t in tasks})
+    assert same["spearman"] is None and same["policy_on_weak"] is None
+
+
 def test_protocol_differences_flag_a_cut_short_partial_run():
     full = {
         "suite": {**suite_preset("mt50").to_dict()},
@@ -224,6 +240,8 @@ def test_eval_policy_lerobot_protocol_end_to_end(debug_demos, tmp_path):
         kept = json.loads(reader.file_attrs["kept"])
     assert table["experts"] == {t: {"kept": kept[t], "tries": 2} for t in tasks}
     assert f"| {tasks[0]} | " in md and f" | {kept[tasks[0]]} / 2 |" in md
+    assert table["experts_vs_policy"]["tasks"] == len(tasks)
+    assert "## Do the experts' failures explain the failing tasks?" in md
     # Only the policy's episodes were rendered for GIFs: the baselines ran blind.
     assert all(g.name.startswith("worldvla_") for g in (out / "gifs").glob("*.gif"))
     # The protocol needs a LeRobot-protocol suite.

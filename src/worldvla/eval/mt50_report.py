@@ -118,6 +118,47 @@ def expert_success(episodes_path: str | Path | None) -> dict[str, dict[str, int]
     return {t: {"kept": k, "tries": k + dropped.get(t, 0)} for t, k in kept.items()}
 
 
+# An expert that kept fewer of its tries than this gave its task thin or biased data.
+WEAK_EXPERT = 0.9
+
+
+def experts_vs_policy(
+    tasks: Mapping[str, Mapping[str, float]], experts: Mapping[str, Mapping[str, int]]
+) -> dict[str, Any] | None:
+    """Whether the scripted experts' failures explain where the policy fails, over the tasks
+    that have both a policy rate (``grouped(...)[agent]["tasks"]``) and expert counts:
+    Spearman's rank correlation of the two per-task rates (scipy), and the policy's mean
+    success on the tasks whose expert kept < :data:`WEAK_EXPERT` of its tries against the
+    others. None without expert counts."""
+    both = [t for t in tasks if t in experts and experts[t]["tries"] > 0]
+    if not both:
+        return None
+    expert = {t: experts[t]["kept"] / experts[t]["tries"] for t in both}
+    policy = {t: float(tasks[t]["success"]) for t in both}
+    weak = [t for t in both if expert[t] < WEAK_EXPERT]
+    strong = [t for t in both if expert[t] >= WEAK_EXPERT]
+    rho = p_value = None
+    if len(both) >= 3 and len(set(expert.values())) > 1 and len(set(policy.values())) > 1:
+        from scipy.stats import spearmanr
+
+        res = spearmanr([expert[t] for t in both], [policy[t] for t in both])
+        rho, p_value = float(res.statistic), float(res.pvalue)
+
+    def mean(ts: list[str]) -> float | None:
+        return sum(policy[t] for t in ts) / len(ts) if ts else None
+
+    return {
+        "tasks": len(both),
+        "spearman": rho,
+        "p_value": p_value,
+        "weak_threshold": WEAK_EXPERT,
+        "weak_experts": {t: expert[t] for t in sorted(weak)},
+        "policy_on_weak": mean(weak),
+        "policy_on_strong": mean(strong),
+        "policy_failing": {t: expert[t] for t in sorted(both) if policy[t] == 0.0},
+    }
+
+
 def protocol_differences(meta: Mapping[str, Any]) -> list[str]:
     """How the run described by ``meta`` (``evaluate_policy``'s) differs from LeRobot's protocol."""
     suite = meta.get("suite", {})
@@ -212,6 +253,7 @@ def render_markdown(table: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             e = experts.get(t)
             cells.append(f"{e['kept']} / {e['tries']}" if e else "—")
         lines.append(f"| {t} | {GROUP_TITLES[difficulty(t)]} | " + " | ".join(cells) + " |")
+    lines += _experts_section(table, agents)
     machine = meta.get("machine", {})
     lines += [
         "",
@@ -220,6 +262,32 @@ def render_markdown(table: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         f"{meta.get('wall_seconds', 0) / 60:.1f} minutes for all agents.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _experts_section(table: Mapping[str, Any], agents: Mapping[str, Any]) -> list[str]:
+    ana = table.get("experts_vs_policy")
+    if not ana:
+        return []
+    agent = next(iter(agents))
+    rho = "—" if ana["spearman"] is None else f"{ana['spearman']:+.2f} (p = {ana['p_value']:.2g})"
+    weak = ", ".join(f"{t} {_pct(r)}" for t, r in ana["weak_experts"].items()) or "none"
+    failing = ", ".join(f"{t} (expert {_pct(r)})" for t, r in ana["policy_failing"].items()) or "none"
+    return [
+        "",
+        "## Do the experts' failures explain the failing tasks?",
+        "",
+        f"Over the {ana['tasks']} tasks, Spearman's rank correlation of the expert's success on the "
+        f"training seeds with **{agent}**'s success: {rho}. {agent}'s mean success on the tasks whose "
+        f"expert kept < {100 * ana['weak_threshold']:.0f}% of its tries: {_pct(ana['policy_on_weak'])}% "
+        f"({len(ana['weak_experts'])} tasks); on the others: {_pct(ana['policy_on_strong'])}%.",
+        "",
+        f"- Experts under {100 * ana['weak_threshold']:.0f}% (kept / tries, %): {weak}.",
+        f"- Tasks {agent} never solved (the expert's %): {failing}.",
+    ]
 
 
 def write_mt50_report(
@@ -235,11 +303,17 @@ def write_mt50_report(
             meta["metaworld_version"] = version("metaworld")
         except PackageNotFoundError:
             meta["metaworld_version"] = "?"
+    agents = grouped(doc["episodes"])
+    experts = expert_success(episodes_path)
     table = {
-        "agents": grouped(doc["episodes"]),
+        "agents": agents,
         "differences": protocol_differences(meta),
         "published": [p.__dict__ for p in PUBLISHED],
-        "experts": expert_success(episodes_path),
+        "experts": experts,
+        # the first agent is the policy, the baselines follow (evaluate_policy's order)
+        "experts_vs_policy": experts_vs_policy(next(iter(agents.values()))["tasks"], experts)
+        if agents
+        else None,
         "meta": meta,
     }
     out = Path(out_dir)
