@@ -1,6 +1,6 @@
 """worldvla quickstart: the whole pipeline on the embedded benchmark, resumable.
 
-worldvla quickstart [--preset mw-quick|debug] [--out runs/quickstart-<preset>] [--max-minutes-per-stage M]
+worldvla quickstart [--preset mw-quick-guided|mw-quick|mt50|debug] [--out runs/quickstart-<preset>] [--max-minutes-per-stage M]
                     [--threads N] [--episodes FILE]
 
 Every stage runs a fixed number of steps, so the same command gives the same model on a
@@ -37,7 +37,7 @@ def exit_status(run_dir: str | Path, cap_asked: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="worldvla quickstart", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="mw-quick", help=f"experiment preset ({', '.join(EXPERIMENTS)})")
+    p.add_argument("--preset", default="mw-quick-guided", help=f"experiment preset ({', '.join(EXPERIMENTS)})")
     p.add_argument("--out", default=None, help="run directory (default: runs/quickstart-<preset>)")
     p.add_argument(
         "--max-minutes-per-stage",
