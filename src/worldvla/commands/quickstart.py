@@ -1,7 +1,7 @@
 """worldvla quickstart: the whole pipeline on the embedded benchmark, resumable.
 
-worldvla quickstart [--preset mw-quick-guided|mw-quick|mt50|debug] [--out runs/quickstart-<preset>] [--max-minutes-per-stage M]
-                    [--threads N] [--episodes FILE]
+worldvla quickstart [--preset mw-quick-guided|mw-quick|mt50|debug] [--out runs/quickstart-<preset>]
+                    [--max-minutes-per-stage M] [--threads N] [--episodes FILE]
 
 Every stage runs a fixed number of steps, so the same command gives the same model on a
 fast or a slow machine (only slower). ``--max-minutes-per-stage M`` caps the wall time of
@@ -37,7 +37,9 @@ def exit_status(run_dir: str | Path, cap_asked: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="worldvla quickstart", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="mw-quick-guided", help=f"experiment preset ({', '.join(EXPERIMENTS)})")
+    p.add_argument(
+        "--preset", default="mw-quick-guided", help=f"experiment preset ({', '.join(EXPERIMENTS)})"
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/quickstart-<preset>)")
     p.add_argument(
         "--max-minutes-per-stage",
