@@ -1,5 +1,6 @@
 """Null-action world samples and classifier-free guidance on the actions (docs/world_model.md)."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -143,6 +144,9 @@ def test_a_checkpoint_carries_its_guidance_as_an_inference_default(tmp_path):
     model, bundle = load_for_inference(run)
     bundle.image_tokenizer = NO_PIXELS
     assert bundle.inference.world_guidance == 2.0
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    stored = json.loads((ckpt / "inference.json").read_text())
+    assert stored == {"action_readout": "argmax", "world_guidance": 2.0}  # w = 1 is left out
     assert WorldModel(model, bundle).guidance == 2.0  # None: the checkpoint's
     assert WorldModel(model, bundle, guidance=1.0).guidance == 1.0  # the caller's wins
     rng = np.random.default_rng(1)

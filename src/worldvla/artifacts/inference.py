@@ -55,7 +55,12 @@ class InferenceDefaults:
             raise ConfigError(f"world_guidance must be a finite number >= 0, got {w!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored object; ``world_guidance`` only when it is not 1, so that a checkpoint
+        without guidance stays readable by releases that predate the field."""
+        d = asdict(self)
+        if d["world_guidance"] == 1.0:
+            del d["world_guidance"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InferenceDefaults:
