@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldvla.artifacts.inference import check_guidance
 from worldvla.errors import ConfigError, DataError
 from worldvla.model.generation import Sampling, generate_frame
 from worldvla.sequence import action_length, frame_length, world_prompt_ids
@@ -71,16 +72,13 @@ class WorldModel:
         self.sampling = Sampling(
             temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(seed)
         )
-        if guidance is None:
-            guidance = getattr(getattr(bundle, "inference", None), "world_guidance", 1.0)
-        if not (np.isfinite(guidance) and guidance >= 0):
-            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance}")
+        guidance = check_guidance(bundle.inference.world_guidance if guidance is None else guidance)
         if guidance != 1.0 and not self.vocab.has_null_action:
             raise ConfigError(
                 f"{bundle.path}: guidance {guidance} needs a checkpoint trained with null-action world "
                 "samples (world_action_dropout > 0); this one has no null-action id"
             )
-        self.guidance = float(guidance)
+        self.guidance = guidance
         self.horizon = self.layout.world_horizon
         # BOS, world prompt, IMG(t), ACT(t..t+H-1), SEP, then IMG(t+H) and SEP (sequence.py).
         text = len(self.text_tokenizer.encode(self.layout.prompts.world_prompt))

@@ -31,6 +31,13 @@ from worldvla.utils.io import atomic_write_text
 LEGACY_TRAIN_KEYS = ("action_readout",)
 
 
+def check_guidance(w: Any, name: str = "guidance") -> float:
+    """``w`` as a classifier-free guidance strength (a finite number >= 0), or ConfigError."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {w!r}")
+    return float(w)
+
+
 @dataclass(frozen=True)
 class InferenceDefaults:
     """What a checkpoint's policy does by default at inference.
@@ -50,9 +57,7 @@ class InferenceDefaults:
 
     def __post_init__(self) -> None:
         check_readout(self.action_readout)
-        w = self.world_guidance
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
-            raise ConfigError(f"world_guidance must be a finite number >= 0, got {w!r}")
+        check_guidance(self.world_guidance, "world_guidance")
 
     def to_dict(self) -> dict[str, Any]:
         """The stored object; ``world_guidance`` only when it is not 1, so that a checkpoint
