@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-world": ("eval_world", "world-model rollouts: PSNR / SSIM / LPIPS / FVD"),
     "eval-actions": ("eval_actions", "held-out action error of generated chunks, with an image probe"),
     "report": ("report", "write report.md / report.html for a run directory"),
+    "compare": ("compare", "held-out losses of runs at equal exposure to one sample kind"),
     "quickstart": ("quickstart", "collect -> tokenizer -> tokenize -> train -> evaluate -> report"),
     "ablate": ("ablate", "reproduce the paper's ablations"),
     "serve": ("serve", "serve a policy over websockets (msgpack)"),
