@@ -179,3 +179,71 @@ def test_outcomes_of_unequal_length_are_scored_to_their_own_end():
     outs = run_counterfactual(DotModel(True), DotEnv(), starts, max_length=7)
     assert [o.length for o in outs] == [6, 7]
     assert isinstance(outs[0], EpisodeOutcomes) and outs[0].pred["random"].shape == (6, SIZE, SIZE, 3)
+
+
+# ---------------------------------------------------------------------------- probe-world
+def test_a_probe_shows_whether_the_imagined_dot_does_what_it_is_told():
+    from worldvla.eval.metrics.image import PSNR_CAP_DB
+    from worldvla.eval.probe import parse_sequence, probe_markdown, run_probe
+
+    start = _starts(1)[0]  # the demonstration moves the dot (+1, +1) per step for 6 steps
+    seqs = [parse_sequence(s, start.actions, steps=5) for s in ("zero", "hold:0,-1,0,0", "negated")]
+    assert [len(s.actions) for s in seqs] == [5, 5, 5]
+    follow = run_probe(DotModel(follow=True), DotEnv(), start, seqs)
+    rows = {r["sequence"]: r for r in follow["rows"]}
+    assert list(rows) == ["demonstration", "zero", "hold 0,-1,0,0", "negated"]
+    assert rows["zero"]["change_simulator"] == 0.0 == rows["zero"]["change_imagined"]  # stays still
+    for r in rows.values():  # the oracle draws exactly what the simulator renders
+        assert r["psnr_moving_first"] == r["psnr_moving_last"] == PSNR_CAP_DB
+        assert r["change_imagined"] == pytest.approx(r["change_simulator"])
+    assert rows["hold 0,-1,0,0"]["action_blind_last"] < 20  # the demonstration went elsewhere
+    blind = {r["sequence"]: r for r in run_probe(DotModel(follow=False), DotEnv(), start, seqs)["rows"]}
+    assert (
+        blind["zero"]["change_imagined"] > 50 and blind["zero"]["change_simulator"] == 0.0
+    )  # it moves anyway
+    for k in ("zero", "hold 0,-1,0,0", "negated"):  # a blind model is its own action-blind reference
+        assert blind[k]["psnr_moving_last"] == pytest.approx(blind[k]["action_blind_last"])
+    doc = {
+        "checkpoint": "ckpt",
+        "episode": start.key,
+        "task": start.task,
+        "guidance": 1.0,
+        "rows": follow["rows"],
+    }
+    assert "| zero | 5 |" in probe_markdown(doc)
+
+
+def test_probe_sequences_from_names_holds_and_files_and_what_is_refused(tmp_path):
+    from worldvla.errors import ConfigError
+    from worldvla.eval.probe import MAX_FILE_BYTES, parse_sequence
+
+    demo = np.tile(np.array([[0.5, -0.5, 0.0, 1.0]], np.float32), (8, 1))
+    assert np.array_equal(parse_sequence("negated", demo, 3).actions, -demo[:3])
+    r1, r2 = parse_sequence("random", demo, 20, seed=1), parse_sequence("random", demo, 20, seed=1)
+    assert r1.actions.shape == (8, 4) and np.array_equal(r1.actions, r2.actions)  # capped, seeded
+    held = parse_sequence("hold:0,0,1,-1", demo, 4)
+    assert held.label == "hold 0,0,1,-1" and np.array_equal(held.actions, np.tile([[0, 0, 1, -1]], (4, 1)))
+    np.save(tmp_path / "up.npy", np.tile(np.array([[0, 0, 0.5, 0]], np.float32), (6, 1)))
+    assert parse_sequence(str(tmp_path / "up.npy"), demo, 4).actions.shape == (4, 4)
+    (tmp_path / "left.csv").write_text("-1,0,0,0\n-1,0,0,0\n")
+    assert parse_sequence(str(tmp_path / "left.csv"), demo, 4).actions.tolist() == [[-1, 0, 0, 0]] * 2
+    (tmp_path / "wide.csv").write_text("0,0,0\n")
+    (tmp_path / "big.csv").write_text("2,0,0,0\n")
+    (tmp_path / "nan.csv").write_text("nan,0,0,0\n")
+    (tmp_path / "words.csv").write_text("up,down\n")
+    (tmp_path / "huge.npy").write_bytes(b"\0" * (MAX_FILE_BYTES + 1))
+    (tmp_path / "a.json").write_text("[]")
+    for spec, needle in (
+        ("sideways", "unknown action sequence 'sideways'"),
+        ("hold:1,x", "expected hold:a,b,... with 4 numbers"),
+        ("hold:1,0", r"must be \(T, 4\)"),
+        (str(tmp_path / "wide.csv"), r"wide.csv: actions must be \(T, 4\)"),
+        (str(tmp_path / "big.csv"), r"big.csv: actions must lie in \[-1, 1\]"),
+        (str(tmp_path / "nan.csv"), "nan.csv: actions must be finite"),
+        (str(tmp_path / "words.csv"), "words.csv: not a readable action file"),
+        (str(tmp_path / "huge.npy"), "more than the"),
+        (str(tmp_path / "missing.npy"), "missing.npy: action file not found"),
+        (str(tmp_path / "a.json"), "unknown action sequence"),
+    ):
+        with pytest.raises((ConfigError, DataError), match=needle):
+            parse_sequence(spec, demo, 4)

@@ -63,6 +63,36 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
     assert list((run / "eval_policy" / "gifs").glob("*.gif")) and list(
         (run / "eval_world" / "gifs").glob("*.gif")
     )
+    # A probe with actions of one's choosing, against the simulator, from a held-out start.
+    probe = subprocess.run(
+        [
+            *cmd[:3],
+            "probe-world",
+            str(run / "train"),
+            "--episodes",
+            str(run / "data" / "episodes.hdf5"),
+            "--actions",
+            "zero",
+            "--actions",
+            "hold:0,0,1,0",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "probe"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr[-2000:]
+    probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert [r["sequence"] for r in probed["rows"]] == ["demonstration", "zero", "hold 0,0,1,0"]
+    assert all(r["steps"] == 3 for r in probed["rows"]) and probed["suite"] == "debug"
+    for r in probed["rows"]:  # zero actions do not freeze Meta-World's arm: it settles after a reset
+        assert 0 < r["psnr_moving_last"] <= 100 and r["change_simulator"] > 0 and r["change_imagined"] >= 0
+    assert probed["rows"][1]["change_simulator"] != probed["rows"][2]["change_simulator"]
+    assert "| hold 0,0,1,0 | 3 |" in probe.stdout and (tmp_path / "probe" / "probe.gif").stat().st_size > 0
+
     # The checkpoint knows how its frames were rendered; evaluation refuses another view.
     from dataclasses import replace
 

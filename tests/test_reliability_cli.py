@@ -136,6 +136,59 @@ CASES = [
         lambda i, s, u: ["eval-world", str(s / "nope" / "run"), "--episodes", str(i / "eps4.hdf5")],
         "checkpoint not found",
     ),
+    # probe-world: every bad argument is named before the simulator starts or a file is written.
+    Case(
+        "probe-world-no-held-out-episode",
+        lambda i, s, u: [
+            "probe-world",
+            str(i / "run"),
+            "--episodes",
+            str(i / "eps4.hdf5"),
+            "--actions",
+            "zero",
+        ],
+        "records no held-out episode; choose one with --episode",
+    ),
+    Case(
+        "probe-world-unknown-episode",
+        lambda i, s, u: [
+            *("probe-world", str(i / "run"), "--episodes", str(i / "eps4.hdf5")),
+            *("--actions", "zero", "--episode", "task-9/9"),
+        ],
+        "no episode 'task-9/9'",
+    ),
+    Case(
+        "probe-world-unknown-actions",
+        lambda i, s, u: [
+            *("probe-world", str(i / "run"), "--episodes", str(i / "eps4.hdf5")),
+            *("--actions", "sideways", "--episode", "demo_0"),
+        ],
+        "unknown action sequence 'sideways'",
+    ),
+    Case(
+        "probe-world-actions-out-of-range",
+        lambda i, s, u: [
+            *("probe-world", str(i / "run"), "--episodes", str(i / "eps4.hdf5")),
+            *("--actions", "hold:0,0,3,0", "--episode", "demo_0"),
+        ],
+        "must lie in [-1, 1]",
+    ),
+    Case(
+        "probe-world-store-without-suite",
+        lambda i, s, u: [
+            *("probe-world", str(i / "run"), "--episodes", str(i / "eps4.hdf5")),
+            *("--actions", "zero", "--episode", "demo_0"),
+        ],
+        "does not record one (give --suite)",
+    ),
+    Case(
+        "probe-world-unwritable-out",
+        lambda i, s, u: [
+            *("probe-world", str(i / "run"), "--episodes", str(i / "eps4.hdf5")),
+            *("--actions", "zero", "--out", str(u / "probe")),
+        ],
+        "not writable",
+    ),
     Case(
         "eval-actions-missing-checkpoint",
         lambda i, s, u: ["eval-actions", str(s / "nope" / "run"), "--episodes", str(i / "eps4.hdf5")],

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train the action world model"),
     "eval-policy": ("eval_policy", "closed-loop success rate in simulation"),
     "eval-world": ("eval_world", "world-model rollouts: PSNR / SSIM / LPIPS / FVD"),
+    "probe-world": ("probe_world", "imagine actions of your choosing from one start, beside the simulator"),
     "eval-actions": ("eval_actions", "held-out action error of generated chunks, with an image probe"),
     "report": ("report", "write report.md / report.html for a run directory"),
     "compare": ("compare", "held-out losses of runs at equal exposure to one sample kind"),

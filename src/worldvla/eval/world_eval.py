@@ -179,22 +179,13 @@ def evaluate_world(
     with EpisodeReader(episodes_path) as reader:
         cam = camera or reader.cameras[0]
         keys = spread_over_tasks(keys, [reader.attrs(k).get("task", "") for k in keys], num_episodes)
-        recorded_suite = reader.file_attrs.get("suite")
+        suite = suite or recorded_suite(reader, episodes_path, required=bool(counterfactual))
         for key in keys:
             ep = reader[key]
             frames = ep.frames[cam]
             executed = ep.executed_actions if ep.executed_actions is not None else ep.actions
             episodes.append((frames, executed))
-            starts.append(_start_state(key, ep, frames[0], executed))
-    if suite is None and isinstance(recorded_suite, str):
-        from worldvla.envs.suites import suite_from_dict
-
-        suite = suite_from_dict(json.loads(recorded_suite))
-    if counterfactual and suite is None:
-        raise DataError(
-            f"{episodes_path}: counterfactual evaluation needs the simulator suite the episodes were "
-            "collected in, and the file does not record one"
-        )
+            starts.append(start_state(key, ep, frames[0], executed))
     counterfactual = suite is not None if counterfactual is None else counterfactual
     fresh_gif_dir(out / "gifs")
     t0 = time.perf_counter()
@@ -228,7 +219,26 @@ def evaluate_world(
     return doc
 
 
-def _start_state(key: str, ep: Any, first_frame: np.ndarray, actions: np.ndarray) -> Any:
+def recorded_suite(reader: Any, episodes_path: str | Path, required: bool = True) -> Any:
+    """The simulator suite an episode store records it was collected in; without one, None,
+    or with ``required`` an error naming the file."""
+    from worldvla.errors import DataError
+
+    recorded = reader.file_attrs.get("suite")
+    if isinstance(recorded, str):
+        from worldvla.envs.suites import suite_from_dict
+
+        return suite_from_dict(json.loads(recorded))
+    if required:
+        raise DataError(
+            f"{episodes_path}: rolling out other actions needs the simulator suite the episodes were "
+            "collected in, and the file does not record one (give --suite)"
+        )
+    return None
+
+
+def start_state(key: str, ep: Any, first_frame: np.ndarray, actions: np.ndarray) -> Any:
+    """The :class:`~worldvla.eval.counterfactual.StartState` of episode ``ep`` of a store."""
     from worldvla.eval.counterfactual import StartState
 
     return StartState(
@@ -262,10 +272,15 @@ def _counterfactual(
 
 def counterfactual_grid(outcome: Any, kinds: Sequence[str]) -> np.ndarray:
     """One row per action sequence: simulator (left) vs. imagined (right); ``(T, H*K, 2W+2, 3)``."""
-    length = outcome.length
+    return sequence_grid([(outcome.sim[k], outcome.pred[k]) for k in kinds])
+
+
+def sequence_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """One row per ``(simulated, imagined)`` pair of ``(T_k, H, W, 3)`` videos, simulator left;
+    shorter videos hold their last frame. ``(max T_k, (H+2)*K, 2W+2, 3)`` uint8."""
+    length = max(len(sim) for sim, _ in pairs)
     rows = []
-    for k in kinds:
-        sim, pred = outcome.sim[k], outcome.pred[k]
+    for sim, pred in pairs:
         pad = lambda v: np.concatenate([v, np.repeat(v[-1:], length - len(v), axis=0)])  # noqa: E731
         pair = side_by_side(pad(sim), pad(pred), scale=1)
         rows.append(np.concatenate([pair, np.full((length, 2, pair.shape[2], 3), 255, np.uint8)], axis=1))
