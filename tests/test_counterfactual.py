@@ -247,3 +247,22 @@ def test_probe_sequences_from_names_holds_and_files_and_what_is_refused(tmp_path
     ):
         with pytest.raises((ConfigError, DataError), match=needle):
             parse_sequence(spec, demo, 4)
+
+
+def test_a_probe_can_start_inside_the_episode_and_checks_that_the_simulator_gets_there():
+    from dataclasses import replace
+
+    from worldvla.eval.probe import parse_sequence, run_probe
+
+    s = _starts(1)[0]
+    env = DotEnv()
+    env.reset(s.task, s.variation)
+    for a in s.actions[:3]:
+        obs, _ = env.step(a)
+    mid = replace(s, first_frame=obs.images["cam"], actions=s.actions[3:], prefix=s.actions[:3])
+    rows_zero = [parse_sequence("zero", mid.actions, 3)]
+    rows = run_probe(DotModel(follow=True), DotEnv(), mid, rows_zero)["rows"]
+    assert [r["steps"] for r in rows] == [3, 3] and rows[1]["change_simulator"] == 0.0
+    assert rows[1]["change_imagined"] == 0.0  # from a settled state, zero actions keep the dot still
+    with pytest.raises(DataError, match="frame at step 3 differs"):
+        run_probe(DotModel(follow=True), DotEnv(), replace(mid, first_frame=s.first_frame), rows_zero)

@@ -77,6 +77,8 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
             "hold:0,0,1,0",
             "--steps",
             "3",
+            "--start-step",
+            "2",
             "--out",
             str(tmp_path / "probe"),
         ],
@@ -88,6 +90,7 @@ def test_quickstart_debug_end_to_end_and_resume(tmp_path):
     probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert [r["sequence"] for r in probed["rows"]] == ["demonstration", "zero", "hold 0,0,1,0"]
     assert all(r["steps"] == 3 for r in probed["rows"]) and probed["suite"] == "debug"
+    assert probed["start_step"] == 2  # the simulator replayed the demonstration to the recorded frame
     for r in probed["rows"]:  # zero actions do not freeze Meta-World's arm: it settles after a reset
         assert 0 < r["psnr_moving_last"] <= 100 and r["change_simulator"] > 0 and r["change_imagined"] >= 0
     assert probed["rows"][1]["change_simulator"] != probed["rows"][2]["change_simulator"]

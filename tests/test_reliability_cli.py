@@ -174,6 +174,14 @@ CASES = [
         "must lie in [-1, 1]",
     ),
     Case(
+        "probe-world-start-step-beyond-the-episode",
+        lambda i, s, u: [
+            *("probe-world", str(i / "run"), "--episodes", str(i / "eps4.hdf5")),
+            *("--actions", "zero", "--episode", "demo_0", "--start-step", "8"),
+        ],
+        "--start-step must be in 0..7 for episode 'demo_0'",
+    ),
+    Case(
         "probe-world-store-without-suite",
         lambda i, s, u: [
             *("probe-world", str(i / "run"), "--episodes", str(i / "eps4.hdf5")),

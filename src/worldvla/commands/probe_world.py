@@ -1,7 +1,8 @@
 """worldvla probe-world: imagine actions of your choosing and compare with the simulator.
 
     worldvla probe-world CHECKPOINT --episodes DEMOS.hdf5 --actions zero --actions hold:0,0,1,0
-                         [--actions FILE.npy] [--episode KEY] [--steps 10] [--out DIR] [--guidance W]
+                         [--actions FILE.npy] [--episode KEY] [--start-step 0] [--steps 10] [--out DIR]
+                         [--guidance W]
 
 From the first frame of one episode (default: the first the checkpoint holds out), each
 sequence is executed in the simulator and imagined by the world model, beside the
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--episode", default=None, help="episode key to start from (default: the first held out)")
     p.add_argument("--steps", type=int, default=10, help="steps to roll out (at most the episode's length)")
+    p.add_argument(
+        "--start-step",
+        type=int,
+        default=0,
+        help="start from this step of the episode (the simulator replays the demonstration up to it)",
+    )
     p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/../probe)")
     p.add_argument("--suite", default=None, help="simulator suite (default: the one the file records)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sequence")
@@ -59,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         args.actions,
         episode=args.episode,
         steps=args.steps,
+        start_step=args.start_step,
         guidance=args.guidance,
         suite=suite,
         seed=args.seed,

@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from worldvla.errors import DataError
 from worldvla.eval.metrics.image import PSNR_CAP_DB, frame_metrics
 
 KINDS = ("demonstration", "zero", "negated", "other-task", "random", "noisy")
@@ -87,8 +88,11 @@ class StartState:
     key: str
     task: str
     variation: int
-    first_frame: np.ndarray  # uint8 (H, W, 3), the recorded frame 0
-    actions: np.ndarray  # float32 (T, D)
+    first_frame: np.ndarray  # uint8 (H, W, 3), the recorded frame the rollouts start from
+    actions: np.ndarray  # float32 (T, D), the demonstration's actions from there
+    # Actions executed after the reset to reach that frame (a start inside the episode);
+    # None: the start is the reset itself.
+    prefix: np.ndarray | None = None
 
 
 def counterfactual_actions(
@@ -116,9 +120,17 @@ def counterfactual_actions(
     return out
 
 
+def _reach(env: Any, start: StartState) -> Any:
+    """Reset to the start's scene and execute its prefix; the observation there."""
+    obs = env.reset(start.task, start.variation)
+    for a in start.prefix if start.prefix is not None else ():
+        obs, _ = env.step(a)
+    return obs
+
+
 def simulate(env: Any, start: StartState, actions: np.ndarray) -> np.ndarray:
     """The frames the simulator renders after each action: uint8 ``(T, H, W, 3)``."""
-    env.reset(start.task, start.variation)
+    _reach(env, start)
     frames = []
     for a in actions:
         obs, _ = env.step(a)
@@ -127,7 +139,19 @@ def simulate(env: Any, start: StartState, actions: np.ndarray) -> np.ndarray:
 
 
 def reset_frame(env: Any, start: StartState) -> np.ndarray:
-    return env.reset(start.task, start.variation).images[env.camera]
+    """The simulator's frame at the start (after the reset and the prefix)."""
+    return _reach(env, start).images[env.camera]
+
+
+def check_start(env: Any, start: StartState) -> None:
+    """Refuse a simulator whose frame at the start differs from the recorded one."""
+    diff = np.abs(reset_frame(env, start).astype(np.int16) - start.first_frame.astype(np.int16)).mean()
+    if diff > 1.0:
+        where = "first frame" if start.prefix is None else f"frame at step {len(start.prefix)}"
+        raise DataError(
+            f"episode {start.key}: the simulator's {where} differs from the recorded one (mean "
+            f"|diff| {diff:.1f} levels): the suite renders differently from the data"
+        )
 
 
 def moving_mask(
@@ -337,18 +361,10 @@ def run_counterfactual(
     """
     from tqdm.auto import tqdm
 
-    from worldvla.errors import DataError
-
     seqs = counterfactual_actions(starts, max_length, seed)
     sims: list[dict[str, np.ndarray]] = []
     for n, s in enumerate(starts):
-        first = reset_frame(env, s)
-        diff = np.abs(first.astype(np.int16) - s.first_frame.astype(np.int16)).mean()
-        if diff > 1.0:
-            raise DataError(
-                f"episode {s.key}: the simulator's first frame differs from the recorded one (mean "
-                f"|diff| {diff:.1f} levels): the suite renders differently from the data"
-            )
+        check_start(env, s)
         sims.append({k: simulate(env, s, seqs[k][n]) for k in KINDS})
     pairs = [(n, k) for n in range(len(starts)) for k in KINDS]
     horizon = max(len(seqs["demonstration"][n]) for n in range(len(starts)))

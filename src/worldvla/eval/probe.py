@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from worldvla.errors import ConfigError, DataError
-from worldvla.eval.counterfactual import StartState, masked_psnr, moving_mask, reset_frame, simulate
+from worldvla.eval.counterfactual import StartState, check_start, masked_psnr, moving_mask, simulate
 
 NAMED = ("zero", "negated", "random")
 MAX_FILE_BYTES = 16 * 2**20  # an action file larger than this is refused, not read
@@ -133,13 +133,7 @@ def run_probe(
         raise ConfigError("a probe needs at least one action sequence")
     steps = max(len(s.actions) for s in sequences)
     rows = [ProbeSequence("demonstration", np.asarray(start.actions[:steps], np.float32)), *sequences]
-    first = reset_frame(env, start)
-    diff = np.abs(first.astype(np.int16) - start.first_frame.astype(np.int16)).mean()
-    if diff > 1.0:
-        raise DataError(
-            f"episode {start.key}: the simulator's first frame differs from the recorded one (mean |diff| "
-            f"{diff:.1f} levels): the suite renders differently from the data"
-        )
+    check_start(env, start)
     sims = [simulate(env, start, r.actions) for r in rows]
     horizon = max(len(r.actions) for r in rows)
     acts = np.zeros((len(rows), horizon, rows[0].actions.shape[1]), np.float32)
@@ -177,7 +171,8 @@ def probe_markdown(doc: dict[str, Any]) -> str:
         "repeat first frame, last | change from frame 0: simulator | imagined |"
     )
     lines = [
-        f"Probe of `{doc['checkpoint']}` on episode `{doc['episode']}` ({doc['task']}), guidance "
+        f"Probe of `{doc['checkpoint']}` on episode `{doc['episode']}` ({doc['task']}) from step "
+        f"{doc.get('start_step', 0)}, guidance "
         f"w = {doc['guidance']:g}. PSNR (dB) on the pixels that move in any simulated video; "
         "change: mean absolute change of the last frame from the first on those pixels (levels of 255).",
         "",
@@ -207,13 +202,16 @@ def probe_world(
     specs: Sequence[str],
     episode: str | None = None,
     steps: int = 10,
+    start_step: int = 0,
     guidance: float | None = None,
     suite: Any = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run a probe from a checkpoint and its episode store; write ``probe.json``, ``probe.md``
     and ``probe.gif`` into ``out_dir``. ``episode``: a key of the store (default: the first
-    episode the checkpoint holds out); ``suite``: the simulator (default: the one the store
+    episode the checkpoint holds out); ``start_step``: start from that step of the episode (the
+    simulator replays the demonstration's executed actions up to it; the world model starts
+    from the recorded frame there); ``suite``: the simulator (default: the one the store
     records)."""
     from worldvla.data.episodes import EpisodeReader
     from worldvla.eval.policy_eval import save_gif
@@ -238,7 +236,14 @@ def probe_world(
         ep = reader[key]
         cam = wm.layout.camera or reader.cameras[0]
         executed = ep.executed_actions if ep.executed_actions is not None else ep.actions
-        start = start_state(key, ep, ep.frames[cam][0], executed)
+        if not 0 <= start_step < len(executed):
+            raise ConfigError(
+                f"--start-step must be in 0..{len(executed) - 1} for episode {key!r}, got {start_step}"
+            )
+        start = replace(
+            start_state(key, ep, ep.frames[cam][start_step], executed[start_step:]),
+            prefix=np.asarray(executed[:start_step], np.float32) if start_step else None,
+        )
         sequences = [parse_sequence(s, start.actions, steps, seed) for s in specs]
         suite = suite or recorded_suite(reader, episodes_path)
     env = suite.make_env()
@@ -250,10 +255,15 @@ def probe_world(
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "meta": provenance(
-            checkpoint=str(checkpoint), episodes=str(episodes_path), specs=list(specs), steps=steps
+            checkpoint=str(checkpoint),
+            episodes=str(episodes_path),
+            specs=list(specs),
+            steps=steps,
+            start_step=start_step,
         ),
         "checkpoint": str(checkpoint),
         "episode": result["episode"],
+        "start_step": start_step,
         "task": result["task"],
         "guidance": wm.guidance,
         "suite": suite.name,
