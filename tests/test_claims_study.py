@@ -99,7 +99,10 @@ def test_debug_study_runs_the_pretraining_comparison_end_to_end(tmp_path, capsys
         }
         assert r["steps_cap"] == r["train"]["steps"]
     assert "counterfactual" in pre and "fidelity" in pre["counterfactual"]
+    builds = {(r["data"]["collection"], r["data"]["tokenizer"]) for r in results}
+    assert len(builds) == 1 and all(len(x) >= 16 for x in next(iter(builds)))  # one build, recorded
     table = (out / "table.md").read_text()
+    assert "(4 runs)." in table and "Pairs not known" not in table  # the selected variants
     assert "| `pretrain` (world-model pre-training, then action fine-tuning) | pre-training |" in table
     assert (out / "claims_vs_factor.png").stat().st_size > 1000
     doc = json.loads((kept / "runs.json").read_text())
@@ -156,3 +159,23 @@ def test_study_base_is_the_multistep_quickstart_recipe():
         "val_batches",
         "ckpt_every",
     }
+
+
+def test_the_report_names_the_data_builds_and_the_pairs_that_straddle_two():
+    from worldvla.ablation.study_report import data_note
+
+    cfg = ablation_preset("claims-study")
+    a, b = {"collection": "c" * 64, "tokenizer": "1" * 16}, {"collection": "c" * 64, "tokenizer": "2" * 16}
+    res = {
+        "base/action-only": [{"key": "k0", "seed": 0}, {"key": "k1", "seed": 1, "data": b}],
+        "base/joint": [{"key": "j0", "seed": 0}, {"key": "j1", "seed": 1, "data": b}],
+        "base/world-only": [{"key": "w0", "seed": 0, "data": a}, {"key": "w1", "seed": 1, "data": b}],
+    }
+    note = data_note(cfg, res)
+    assert "`cccccccc/11111111` (1 run), `cccccccc/22222222` (3 runs)" in note
+    assert "no record (2 runs, finished before runs recorded it)" in note
+    # claim 2 seed 0: world-only on build a, joint without a record; seed 1 shares build b.
+    assert "base claim 2 seed 0" in note and "base claim 2 seed 1" not in note
+    assert "base claim 1 seed 0" in note and "base claim 1 seed 1" not in note
+    same = {v: [r for r in rs if r["seed"] == 1] for v, rs in res.items()}
+    assert "Pairs not known" not in data_note(cfg, same)

@@ -342,6 +342,7 @@ def _run_one(
             last_val=result.last_val,
             wall_seconds=result.wall_seconds,
             wall_from_step=result.wall_from_step,
+            data=data_identity(data),
         )
         if r.init is not None:
             doc["init_run"] = r.init
@@ -432,6 +433,24 @@ def _run_one(
     doc["seconds"] = seconds
     record.stamp(preset=cfg.name, seed=r.seed)
     record.save()
+
+
+def data_identity(data: Path) -> dict[str, str | None]:
+    """Which data stages a run trained on: the collection's content digest (``stages.json``)
+    and the image tokenizer's fingerprint (the token cache's ``meta.json``). Data stages made
+    again on another machine hold the same episodes (seeded) but may hold another tokenizer
+    (training it is not bit-reproducible across machines and thread counts)."""
+
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    collect = (read(data / "stages.json").get("stages") or {}).get("collect") or {}
+    tokenizer = read(data / "cache" / "meta.json").get("image_tokenizer") or {}
+    return {"collection": collect.get("content_sha256"), "tokenizer": tokenizer.get("fingerprint")}
 
 
 def _baselines(

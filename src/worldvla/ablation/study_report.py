@@ -243,6 +243,43 @@ def study_tables(cfg: AblationConfig, res: dict[str, list[Result]]) -> tuple[str
     return "\n".join(parts), data
 
 
+def _build(r: Result) -> str | None:
+    """A short name of the data build a run trained on (None: the run has no record)."""
+    d = r.get("data") or {}
+    if not d.get("collection") and not d.get("tokenizer"):
+        return None
+    return f"{str(d.get('collection'))[:8]}/{str(d.get('tokenizer'))[:8]}"
+
+
+def data_note(cfg: AblationConfig, res: dict[str, list[Result]]) -> str:
+    """Which data builds (collection digest / tokenizer fingerprint) the runs trained on, and
+    the compared pairs whose two runs did not train on the same known build."""
+    runs = [r for rs in res.values() for r in rs]
+    builds: dict[str | None, set[str]] = {}
+    for r in runs:
+        builds.setdefault(_build(r), set()).add(str(r.get("key")))
+    known = sorted((b, len(k)) for b, k in builds.items() if b is not None)
+    parts = [f"`{b}` ({n} run{'s' if n != 1 else ''})" for b, n in known]
+    if None in builds:
+        parts.append(f"no record ({len(builds[None])} runs, finished before runs recorded it)")
+    if not parts:
+        return ""
+    mixed = []
+    for c in comparisons(cfg):
+        a, b = _by_seed(res.get(c.baseline, [])), _by_seed(res.get(c.joint, []))
+        for seed in sorted(set(a) & set(b)):
+            ba, bb = _build(a[seed]), _build(b[seed])
+            if ba is None or bb is None or ba != bb:
+                mixed.append(f"{c.level} claim {c.claim} seed {seed}")
+    note = "Data builds (collection digest / tokenizer fingerprint): " + ", ".join(parts) + "."
+    if mixed and len(builds) > 1:
+        note += (
+            " Pairs not known to share one build (the data stages were made again on another "
+            f"machine between their runs): {', '.join(mixed)}."
+        )
+    return note
+
+
 def write_study_table(
     out: Path, cfg: AblationConfig, res: dict[str, list[Result]], meta: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -265,6 +302,9 @@ def write_study_table(
         "checkpoint evaluated); converged: runs that stopped themselves rather than at the step cap.",
         "",
     ]
+    note = data_note(cfg, res)
+    if note:
+        head += [note, ""]
     atomic_write_text(out / "table.md", "\n".join(head) + "\n" + body)
     return data
 
