@@ -253,7 +253,8 @@ def _build(r: Result) -> str | None:
 
 def data_note(cfg: AblationConfig, res: dict[str, list[Result]]) -> str:
     """Which data builds (collection digest / tokenizer fingerprint) the runs trained on, and
-    the compared pairs whose two runs did not train on the same known build."""
+    the compared pairs that straddle a change: one run recorded, the other on another build or
+    without a record (pairs of two unrecorded runs cannot be told apart)."""
     runs = [r for rs in res.values() for r in rs]
     builds: dict[str | None, set[str]] = {}
     for r in runs:
@@ -269,12 +270,12 @@ def data_note(cfg: AblationConfig, res: dict[str, list[Result]]) -> str:
         a, b = _by_seed(res.get(c.baseline, [])), _by_seed(res.get(c.joint, []))
         for seed in sorted(set(a) & set(b)):
             ba, bb = _build(a[seed]), _build(b[seed])
-            if ba is None or bb is None or ba != bb:
+            if (ba is not None or bb is not None) and ba != bb:
                 mixed.append(f"{c.level} claim {c.claim} seed {seed}")
     note = "Data builds (collection digest / tokenizer fingerprint): " + ", ".join(parts) + "."
     if mixed and len(builds) > 1:
         note += (
-            " Pairs not known to share one build (the data stages were made again on another "
+            " Pairs that straddle a change of build (the data stages were made again on another "
             f"machine between their runs): {', '.join(mixed)}."
         )
     return note
