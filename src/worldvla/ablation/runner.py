@@ -441,15 +441,15 @@ def data_identity(data: Path) -> dict[str, str | None]:
     again on another machine hold the same episodes (seeded) but may hold another tokenizer
     (training it is not bit-reproducible across machines and thread counts)."""
 
-    def read(path: Path) -> dict[str, Any]:
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+    from worldvla.data.token_cache import META_FILE
 
-    collect = (read(data / "stages.json").get("stages") or {}).get("collect") or {}
-    tokenizer = read(data / "cache" / "meta.json").get("image_tokenizer") or {}
+    stages = StageRecord(data / "stages.json", "data stages record", "make the data stages again")
+    collect = stages.doc.get("stages", {}).get("collect") or {}
+    try:
+        meta = json.loads((data / "cache" / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    tokenizer = (meta.get("image_tokenizer") if isinstance(meta, dict) else None) or {}
     return {"collection": collect.get("content_sha256"), "tokenizer": tokenizer.get("fingerprint")}
 
 

@@ -135,8 +135,7 @@ def run_probe(
     rows = [ProbeSequence("demonstration", np.asarray(start.actions[:steps], np.float32)), *sequences]
     check_start(env, start)
     sims = [simulate(env, start, r.actions) for r in rows]
-    horizon = max(len(r.actions) for r in rows)
-    acts = np.zeros((len(rows), horizon, rows[0].actions.shape[1]), np.float32)
+    acts = np.zeros((len(rows), steps, rows[0].actions.shape[1]), np.float32)  # no row is longer than steps
     for i, r in enumerate(rows):
         acts[i, : len(r.actions)] = r.actions
     video = world_model.rollout(np.repeat(start.first_frame[None], len(rows), axis=0), acts)
